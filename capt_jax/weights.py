@@ -1,0 +1,147 @@
+"""Hugging Face safetensors <-> the decoder's params pytree, one tensor at a time and without torch.
+
+Files are memory-mapped; each stacked leaf is filled layer by layer in the target dtype and moved to its
+device before the next one is read, so a bf16 3B model never exists as a float32 copy on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import ml_dtypes
+import numpy as np
+from tqdm.auto import tqdm
+
+from capt_jax.model import ModelConfig, Params, param_shapes
+
+SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+# Our leaf path inside a layer -> the Hugging Face module path inside `model.layers.{i}`.
+_LAYER_MODULES = {
+    "input_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
+    "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
+    "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "down_proj": "mlp.down_proj",
+}
+_TOP_LEVEL = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight", "lm_head": "lm_head.weight"}
+
+
+class WeightsError(ValueError):
+    """A checkpoint that does not match its config: a tensor missing, misshapen or unreadable."""
+
+
+def hf_tensor_name(path: tuple[str, ...], layer: int | None = None) -> str:
+    """('layers', 'q_proj', 'weight'), 3 -> 'model.layers.3.self_attn.q_proj.weight'."""
+    if path[0] != "layers":
+        return _TOP_LEVEL[path[0]]
+    module = _LAYER_MODULES[path[1]]
+    suffix = path[2] if len(path) > 2 else "weight"
+    return f"model.layers.{layer}.{module}.{suffix}"
+
+
+class SafetensorsFolder:
+    """Lazy, memory-mapped view of the tensors in a folder (one file, or shards listed in an index)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._files: dict[str, Path] = {}
+        self._headers: dict[Path, tuple[int, dict[str, Any]]] = {}
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise WeightsError(f"{index}: not a safetensors index (need a 'weight_map' object): {e}") from e
+            self._files = {name: self.folder / file for name, file in weight_map.items()}
+        else:
+            files = sorted(self.folder.glob("*.safetensors"))
+            if not files:
+                raise WeightsError(f"{self.folder}: no *.safetensors files (PyTorch .bin checkpoints are not supported; "
+                                   "re-save them with save_pretrained(safe_serialization=True))")
+            for file in files:
+                self._files.update({name: file for name in self._header(file)[1]})
+
+    def _header(self, file: Path) -> tuple[int, dict[str, Any]]:
+        if file not in self._headers:
+            try:
+                with open(file, "rb") as f:
+                    (length,) = struct.unpack("<Q", f.read(8))
+                    header = json.loads(f.read(length))
+            except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise WeightsError(f"{file}: not a readable safetensors file ({e})") from e
+            header.pop("__metadata__", None)
+            self._headers[file] = (8 + length, header)
+        return self._headers[file]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._files
+
+    def file_of(self, name: str) -> Path:
+        return self._files[name]
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor as a read-only memmap view in its stored dtype."""
+        if name not in self._files:
+            raise WeightsError(f"{self.folder}: tensor {name!r} is missing from the checkpoint")
+        file = self._files[name]
+        data_start, header = self._header(file)
+        if name not in header:
+            raise WeightsError(f"{file}: tensor {name!r} is listed in the index but not in this file")
+        info = header[name]
+        dtype = SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise WeightsError(f"{file}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        raw = np.memmap(file, dtype=np.uint8, mode="r", offset=data_start + begin, shape=(end - begin,))
+        return raw.view(dtype).reshape(info["shape"])
+
+
+def _leaf_paths(tree: Params) -> Iterator[tuple[tuple[str, ...], tuple[int, ...]]]:
+    for path, shape in jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda s: isinstance(s, tuple))[0]:
+        yield tuple(k.key for k in path), shape
+
+
+def _set_leaf(tree: Params, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def load_params(folder: str | Path, config: ModelConfig, dtype: str = "float32",
+                place: Callable[[tuple[str, ...], np.ndarray], jax.Array] | None = None,
+                progress: bool = True) -> Params:
+    """Read every tensor the config calls for into a params pytree of `dtype`.
+
+    `place(path, host_array)` puts a finished leaf on its device(s) (e.g. with a sharding); by default it is
+    `jax.device_put` onto the default device.
+    """
+    tensors = SafetensorsFolder(folder)
+    place = place or (lambda _path, array: jax.device_put(array))
+    target = np.dtype(dtype) if dtype != "bfloat16" else np.dtype(ml_dtypes.bfloat16)
+    params: Params = {}
+    leaves = list(_leaf_paths(param_shapes(config)))
+    for path, shape in tqdm(leaves, desc=f"loading {Path(folder).name}", disable=not progress, leave=False):
+        host = np.empty(shape, target)
+        if path[0] == "layers":
+            for layer in range(config.num_layers):
+                host[layer] = _checked(tensors, hf_tensor_name(path, layer), shape[1:])
+        else:
+            host[...] = _checked(tensors, hf_tensor_name(path), shape)
+        _set_leaf(params, path, place(path, host))
+        del host
+    return params
+
+
+def _checked(tensors: SafetensorsFolder, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    array = tensors.read(name)
+    if tuple(array.shape) != tuple(shape):
+        raise WeightsError(f"{tensors.file_of(name)}: tensor {name!r} has shape {tuple(array.shape)}, "
+                           f"expected {tuple(shape)} from config.json")
+    return array

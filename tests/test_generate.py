@@ -1,0 +1,101 @@
+"""KV-cache decoding equals recomputation; generation is batched, bucketed and matches transformers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import capt_jax
+from capt_jax.generate import Sampling, bucket, decode, sample_next
+from capt_jax.model import KVCache, forward
+
+
+def test_cached_decoding_equals_full_recomputation(tiny_llama_dir):
+    model = capt_jax.load_pretrained(tiny_llama_dir, progress=False)
+    config, params = model.config, model.params
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 128, (2, 24)).astype(np.int32)
+    mask = np.ones_like(ids, bool)
+    mask[1, :5] = False  # left padding in the second row
+    full, _ = forward(params, jnp.asarray(ids), config, token_mask=jnp.asarray(mask))
+
+    prefill = 10
+    cache = KVCache.empty(config, batch=2, slots=32)
+    first, cache = forward(params, jnp.asarray(ids[:, :prefill]), config, token_mask=jnp.asarray(mask[:, :prefill]),
+                           cache=cache)
+    steps = [first]
+    for t in range(prefill, ids.shape[1]):
+        logits, cache = forward(params, jnp.asarray(ids[:, t:t + 1]), config, cache=cache)
+        steps.append(logits)
+    cached = np.concatenate([np.asarray(s) for s in steps], axis=1)
+    np.testing.assert_allclose(cached[mask], np.asarray(full)[mask], rtol=0, atol=1e-5 * np.abs(full).max())
+    assert int(cache.index) == ids.shape[1]
+
+
+def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = capt_jax.load_pretrained(tiny_qwen2_dir, progress=False)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32).eval()
+    prompts = [[5, 17, 99, 3], [7, 8, 9, 10, 11, 12, 13, 14, 15]]
+    length = 16
+    ids = np.zeros((2, length), np.int32)
+    mask = np.zeros((2, length), bool)
+    for row, p in enumerate(prompts):
+        ids[row, length - len(p):], mask[row, length - len(p):] = p, True
+    new = np.asarray(decode(model.params, ids, mask, jax.random.key(0), config=model.config, max_new_tokens=12,
+                            sampling=Sampling(), eos_ids=(), pad_id=0))
+    for row, p in enumerate(prompts):
+        with torch.no_grad():
+            expected = reference.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, eos_token_id=None,
+                                          pad_token_id=0)[0, len(p):].tolist()
+        assert new[row].tolist() == expected
+
+
+def test_decoding_stops_at_eos_and_pads_after(tiny_qwen2_dir):
+    model = capt_jax.load_pretrained(tiny_qwen2_dir, progress=False)
+    ids = np.array([[5, 17, 99, 3]], np.int32)
+    mask = np.ones_like(ids, bool)
+    kwargs = dict(config=model.config, max_new_tokens=8, sampling=Sampling(), pad_id=127)
+    free = np.asarray(decode(model.params, ids, mask, jax.random.key(0), eos_ids=(), **kwargs))[0]
+    stop = int(free[2])  # pretend the third generated token is EOS
+    first_stop = int(np.argmax(free == stop))
+    stopped = np.asarray(decode(model.params, ids, mask, jax.random.key(0), eos_ids=(stop,), **kwargs))[0]
+    assert stopped[:first_stop + 1].tolist() == free[:first_stop + 1].tolist()
+    assert (stopped[first_stop + 1:] == 127).all()
+
+
+def test_sampling_rules():
+    logits = jnp.log(jnp.array([[0.6, 0.3, 0.1], [0.05, 0.05, 0.9]]))
+    key = jax.random.key(3)
+    assert sample_next(logits, key, Sampling()).tolist() == [0, 2]
+    # top_p applies after temperature (as in transformers): at T=5 the top tokens hold 38% and 47%, so
+    # top_p=0.3 leaves only them.
+    assert sample_next(logits, key, Sampling(temperature=5.0, top_p=0.3)).tolist() == [0, 2]
+    draws = np.stack([np.asarray(sample_next(logits, k, Sampling(temperature=1.0, top_p=0.85)))
+                      for k in jax.random.split(key, 400)])
+    assert set(draws[:, 0].tolist()) == {0, 1}  # 0.6 + 0.3 reaches 0.85; token 2 is cut
+    assert abs((draws[:, 0] == 0).mean() - 2 / 3) < 0.08
+    same = [np.asarray(sample_next(logits, key, Sampling(temperature=1.0))).tolist() for _ in range(2)]
+    assert same[0] == same[1]
+
+
+def test_buckets_are_powers_of_two():
+    assert [bucket(n, 16) for n in (1, 16, 17, 33, 100)] == [16, 16, 32, 64, 128]
+    assert [bucket(n) for n in (1, 2, 3, 5)] == [1, 2, 4, 8]
+
+
+def test_generate_compiles_once_per_bucket(smollm2_dir):
+    from capt_jax.generate import generate
+
+    model = capt_jax.load_pretrained(smollm2_dir, progress=False)
+    generate(model, ["Name a color."], max_new_tokens=4, chat=True, progress=False)
+    compiled = decode._cache_size()
+    # Different prompts and batch sizes inside the same (batch, length) buckets reuse the compiled loop.
+    generate(model, ["Name a fruit, please.", "Name a tree."], max_new_tokens=4, chat=True, progress=False)
+    generate(model, ["Name a big animal.", "Name a river.", "Name a sea."], max_new_tokens=4, chat=True,
+             batch_size=2, progress=False)
+    assert decode._cache_size() == compiled + 1  # one new batch bucket (2); lengths share one bucket
