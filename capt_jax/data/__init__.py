@@ -1,0 +1,66 @@
+"""CAPT data: CLadder and PrOntoQA examples, oracle event estimation and event intervention.
+
+Typical use (training):
+
+    from capt_jax.data import paper_data_config, training_data, evaluation_data
+    config = paper_data_config("cladder", "capt")
+    pairs = training_data(config)        # [{"prompt", "completion"}], 10000 // n copies
+    tests = evaluation_data(config)      # {"id" | "anti" | "non": [Intervened]}
+
+Prompts and targets are plain strings; the chat template is applied when tokenizing.
+"""
+
+from .abstraction import (
+    ValidityReport,
+    abstract,
+    is_valid,
+    leftover_names,
+    names_present,
+    original_names,
+    validity_report,
+)
+from .answers import AnswerReport, answer_instruction, format_target, parse_answer, score
+from .config import default_data_config, load_options, paper_data_config
+from .example import Abstraction, DataError, Example
+from .intervention import MODES, Intervened, intervene, render_examples, training_pairs
+from .pipeline import evaluation_data, training_data, training_examples
+from .prontoqa_generator import generate_prontoqa
+from .render import Term, render
+from .sources import default_data_dir, load_examples, test_sets
+from .splits import split
+
+__all__ = [
+    "MODES",
+    "Abstraction",
+    "AnswerReport",
+    "DataError",
+    "Example",
+    "Intervened",
+    "Term",
+    "ValidityReport",
+    "abstract",
+    "answer_instruction",
+    "default_data_config",
+    "default_data_dir",
+    "evaluation_data",
+    "format_target",
+    "generate_prontoqa",
+    "intervene",
+    "is_valid",
+    "leftover_names",
+    "load_examples",
+    "load_options",
+    "names_present",
+    "original_names",
+    "paper_data_config",
+    "parse_answer",
+    "render",
+    "render_examples",
+    "score",
+    "split",
+    "test_sets",
+    "training_data",
+    "training_examples",
+    "training_pairs",
+    "validity_report",
+]

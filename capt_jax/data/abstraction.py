@@ -1,0 +1,85 @@
+"""Event estimation (oracle form) and the paper's validity check."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable
+
+from . import cladder_oracle, prontoqa_oracle
+from .cladder import QUERY_TYPE_NAMES
+from .example import Abstraction, Example
+from .render import SLOT, slots_in
+
+_ABSTRACT = {"cladder": cladder_oracle.abstract_cladder, "prontoqa": prontoqa_oracle.abstract_prontoqa}
+_NAMES = {"cladder": cladder_oracle.original_names, "prontoqa": prontoqa_oracle.original_names}
+# Fixed wording of the target format, not taken from the question: "average
+# treatment effect" names a query type, not a variable called "treatment".
+_SCAFFOLD = {"cladder": tuple(QUERY_TYPE_NAMES.values()), "prontoqa": ()}
+
+
+def abstract(example: Example) -> Abstraction:
+    """The exact `{symbol_i}` template of an example, from the data's own structure."""
+    return _ABSTRACT[example.dataset](example)
+
+
+def names_present(text: str, names: Iterable[str], dataset: str) -> list[str]:
+    """Those `names` that occur in `text` as whole words, in any case, plural too.
+
+    Slots and the fixed wording of the target format are ignored.
+    """
+    text = SLOT.sub(" ", text).lower()
+    for phrase in _SCAFFOLD[dataset]:
+        text = text.replace(phrase, " ")
+    by_lower = {name.lower(): name for name in sorted(names) if name.strip()}
+    if not by_lower or not _word_pattern(list(by_lower)).search(text):  # one pass for the clean case
+        return []
+    return [name for lower, name in sorted(by_lower.items()) if _word_pattern([lower]).search(text)]
+
+
+def _word_pattern(names: list[str]) -> re.Pattern[str]:
+    alternatives = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+    return re.compile(rf"(?<![a-z0-9])(?:{alternatives})(?:s|es)?(?![a-z0-9])")
+
+
+def original_names(example: Example) -> list[str]:
+    """Every original name and wording of the example's events and entities."""
+    return _NAMES[example.dataset](example)
+
+
+def leftover_names(abstraction: Abstraction, example: Example | None = None) -> list[str]:
+    """Original names still present in the template."""
+    example = example or abstraction.example
+    return names_present(abstraction.prompt + "\n" + abstraction.reasoning, original_names(example), example.dataset)
+
+
+def is_valid(abstraction: Abstraction, example: Example | None = None) -> bool:
+    """The paper's check, no original name may remain, plus: every slot has a filler."""
+    template_slots = set(slots_in(abstraction.prompt + abstraction.reasoning))
+    return not leftover_names(abstraction, example) and template_slots <= set(abstraction.terms)
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidityReport:
+    """Invalid abstractions of one file (or any group of examples)."""
+
+    source: str
+    total: int
+    invalid_ids: tuple[str, ...]
+
+    @property
+    def invalid_rate(self) -> float:
+        return len(self.invalid_ids) / self.total if self.total else 0.0
+
+    def line(self) -> str:
+        return (
+            f"{self.source}: {self.total - len(self.invalid_ids)}/{self.total} valid, "
+            f"invalid rate {100 * self.invalid_rate:.2f}%"
+        )
+
+
+def validity_report(examples: Iterable[Example], source: str) -> ValidityReport:
+    """Count the examples whose oracle abstraction fails the validity check."""
+    examples = list(examples)
+    invalid = tuple(e.id for e in examples if not is_valid(abstract(e), e))
+    return ValidityReport(source, len(examples), invalid)

@@ -1,0 +1,71 @@
+"""Answer format: the instruction in the prompt, the target, and parsing replies."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Sequence
+
+from .example import LABELS, Example
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.IGNORECASE | re.DOTALL)
+
+
+def answer_instruction(dataset: str, with_reasoning: bool = True) -> str:
+    """The instruction appended to every prompt; it matches the target format."""
+    yes, no = LABELS[dataset]
+    choice = f'"{yes}" or "{no}"'
+    if with_reasoning:
+        return (
+            f"Reason step by step inside <think> </think> tags, then give the final answer, "
+            f"{choice}, inside <answer> </answer> tags, for example <answer>{yes}</answer>."
+        )
+    return f"Give only the final answer, {choice}, inside <answer> </answer> tags, for example <answer>{yes}</answer>."
+
+
+def format_target(reasoning: str, answer: str, with_reasoning: bool = True) -> str:
+    """`<think>reasoning</think><answer>X</answer>`, or the answer alone."""
+    if with_reasoning and reasoning:
+        return f"<think>{reasoning}</think><answer>{answer}</answer>"
+    return f"<answer>{answer}</answer>"
+
+
+def parse_answer(text: str, dataset: str) -> str | None:
+    """The label in the last <answer> tag, else the first label word; None if neither.
+
+    Inside a tag only the tag counts, so "<answer>maybe</answer>" is unparseable.
+    """
+    labels = LABELS[dataset]
+    words = re.compile(r"\b(" + "|".join(labels) + r")\b", re.IGNORECASE)
+    tags = _ANSWER_TAG.findall(text)
+    match = words.search(tags[-1] if tags else text)
+    if match is None:
+        return None
+    return next(label for label in labels if label.lower() == match.group(1).lower())
+
+
+@dataclasses.dataclass(frozen=True)
+class AnswerReport:
+    """Accuracy over replies; unparseable replies count as wrong and are listed."""
+
+    total: int
+    correct: int
+    unparseable_ids: tuple[str, ...]
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+
+def score(replies: Sequence[str], examples: Iterable[Example]) -> AnswerReport:
+    """Compare model replies with the examples' answers, in order."""
+    examples = list(examples)
+    if len(replies) != len(examples):
+        raise ValueError(f"{len(replies)} replies for {len(examples)} examples")
+    correct, unparseable = 0, []
+    for reply, example in zip(replies, examples):
+        parsed = parse_answer(reply, example.dataset)
+        if parsed is None:
+            unparseable.append(example.id)
+        correct += parsed == example.answer
+    return AnswerReport(len(examples), correct, tuple(unparseable))

@@ -1,0 +1,349 @@
+"""CLadder loading: question files joined with causal models and story phrase tables.
+
+Every CLadder prompt is generated from phrase tables (one per story) that list
+every wording of every variable value. The loader keeps, per question, the
+wordings that can occur in its text, so the oracle abstraction can substitute
+them exactly. Anti-commonsense questions replace one variable's wordings with
+an entry of `anticommonsense.yml`; the loader applies that replacement the way
+the CLadder generator does (only for wordings the story defines, with the
+story's subject noun and its plural).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .example import DataError, Example, require, require_str
+from .files import read_json, read_yaml
+
+VARIANTS = ("commonsense", "anticommonsense", "nonsense")
+VARIANT_ALIASES = {
+    "commonsense": "commonsense",
+    "easy": "commonsense",
+    "id": "commonsense",
+    "anticommonsense": "anticommonsense",
+    "anti": "anticommonsense",
+    "nonsense": "nonsense",
+    "noncommonsense": "nonsense",
+    "non": "nonsense",
+}
+# Question files per variant: the v1 release names first, then the shared-data layout.
+QUESTION_FILES = {
+    "commonsense": ("cladder-v1-q-commonsense.json", "test-generate-easy.json"),
+    "anticommonsense": ("cladder-v1-q-anticommonsense.json", "test-generate-anti.json"),
+    "nonsense": ("cladder-v1-q-noncommonsense.json", "cladder-v1-q-nonsense.json", "test-generate-non.json"),
+}
+MODEL_FILES = ("cladder-v1-meta-models.json", "test-model-meta.json")
+HUB_REPO = "causalnlp/CLadder"
+
+QUERY_TYPE_NAMES = {
+    "correlation": "correlation",
+    "marginal": "marginal distribution",
+    "exp_away": "explaining away effect",
+    "ate": "average treatment effect",
+    "backadj": "backdoor adjustment set",
+    "collider_bias": "collider bias",
+    "ett": "effect of the treatment on the treated",
+    "nde": "natural direct effect",
+    "nie": "natural indirect effect",
+    "det-counterfactual": "deterministic counterfactual",
+}
+REASONING_STEPS = ("step0", "step1", "step2", "step3", "step4", "step5", "end")
+
+
+def canonical_variant(variant: str | None) -> str:
+    """Map the accepted spellings of a variant to one of VARIANTS."""
+    key = (variant or "commonsense").lower()
+    if key not in VARIANT_ALIASES:
+        raise ValueError(f"unknown CLadder variant {variant!r}; expected one of {sorted(VARIANT_ALIASES)}")
+    return VARIANT_ALIASES[key]
+
+
+def cladder_dir(data_dir: str | Path) -> Path:
+    """Accept both the data root (holding `cladder/`) and the CLadder folder itself."""
+    root = Path(data_dir)
+    return root / "cladder" if (root / "cladder").is_dir() else root
+
+
+def question_file(folder: Path, variant: str) -> Path:
+    """The question file of `variant` in `folder`, whichever layout it follows."""
+    for name in QUESTION_FILES[canonical_variant(variant)]:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(
+        f"no CLadder {variant} question file in {folder}; looked for {QUESTION_FILES[canonical_variant(variant)]}"
+    )
+
+
+def load_models(path: Path) -> dict[int, Mapping[str, Any]]:
+    """Causal models keyed by model_id."""
+    models = read_json(path)
+    if not isinstance(models, list):
+        raise DataError(str(path), None, None, "expected a JSON list of causal models")
+    by_id = {}
+    for index, model in enumerate(models):
+        by_id[require(model, "model_id", str(path), index)] = model
+    return by_id
+
+
+def load_stories(folder: Path) -> dict[str, Mapping[str, Any]]:
+    """Story phrase tables keyed by story_id (the file stem)."""
+    return {path.stem: read_yaml(path) for path in sorted(folder.glob("*.yml"))}
+
+
+def load_cladder_file(
+    path: str | Path,
+    variant: str | None = None,
+    *,
+    models: Mapping[int, Mapping[str, Any]] | None = None,
+    stories: Mapping[str, Mapping[str, Any]] | None = None,
+    anticommonsense: Mapping[str, Any] | None = None,
+) -> list[Example]:
+    """Load one question file; causal models and stories default to its own folder.
+
+    A question that carries its own `background` and `variable_mapping` needs
+    no causal-model file. Without a stories folder, only the variable
+    mapping's names and value nouns are known to the abstraction.
+    """
+    path = Path(path)
+    folder = path.parent
+    if variant is None:
+        variant = next((v for v, names in QUESTION_FILES.items() if path.name in names), "commonsense")
+    variant = canonical_variant(variant)
+    if models is None:
+        model_path = next((folder / n for n in MODEL_FILES if (folder / n).is_file()), None)
+        models = load_models(model_path) if model_path else {}
+    if stories is None and (folder / "stories").is_dir():
+        stories = load_stories(folder / "stories")
+    if anticommonsense is None and (folder / "anticommonsense.yml").is_file():
+        anticommonsense = read_yaml(folder / "anticommonsense.yml")
+    records = read_json(path)
+    if not isinstance(records, list):
+        raise DataError(str(path), None, None, "expected a JSON list of questions")
+    return [
+        _example(record, index, str(path), variant, models, stories, anticommonsense)
+        for index, record in enumerate(records)
+    ]
+
+
+def load_cladder(
+    variant: str | None = None, data_dir: str | Path | None = None, data_file: str | Path | None = None
+) -> list[Example]:
+    """Load a variant from a data folder (v1 release or shared layout) or one file."""
+    if data_file is not None:
+        return load_cladder_file(data_file, variant)
+    if data_dir is None:
+        raise ValueError("CLadder needs data_dir or data_file (or source='hub')")
+    return load_cladder_file(question_file(cladder_dir(data_dir), canonical_variant(variant)), variant)
+
+
+def load_cladder_hub(
+    variant: str | None = None, stories_dir: str | Path | None = None, repo_id: str = HUB_REPO
+) -> list[Example]:
+    """Download the v1 question and model files from the Hugging Face hub.
+
+    The hub release has no story tables; pass `stories_dir` (a v1 `stories/`
+    folder) for the exact abstraction.
+    """
+    from huggingface_hub import hf_hub_download  # network access only here
+
+    def fetch(names: Iterable[str]) -> Path:
+        names, errors = list(names), []
+        for name in names:
+            for candidate in (name, f"data/{name}"):
+                try:
+                    return Path(hf_hub_download(repo_id, candidate, repo_type="dataset"))
+                except Exception as err:  # noqa: BLE001 - try the next spelling
+                    errors.append(f"{candidate}: {err}")
+        raise FileNotFoundError(f"none of {names} in hub dataset {repo_id}: {errors}")
+
+    variant = canonical_variant(variant)
+    questions = fetch(name for name in QUESTION_FILES[variant] if name.startswith("cladder-v1"))
+    models = load_models(fetch(MODEL_FILES[:1]))
+    stories = load_stories(Path(stories_dir)) if stories_dir else None
+    anti_path = Path(stories_dir).parent / "anticommonsense.yml" if stories_dir else None
+    anticommonsense = read_yaml(anti_path) if anti_path and anti_path.is_file() else None
+    return load_cladder_file(questions, variant, models=models, stories=stories, anticommonsense=anticommonsense)
+
+
+def _example(
+    record: Any,
+    index: int,
+    file: str,
+    variant: str,
+    models: Mapping[int, Mapping[str, Any]],
+    stories: Mapping[str, Mapping[str, Any]] | None,
+    anticommonsense: Mapping[str, Any] | None,
+) -> Example:
+    record_id = record.get("question_id", index) if isinstance(record, Mapping) else index
+    require(record, "question_id", file, record_id)
+    meta = require(record, "meta", file, record_id)
+    if "background" in record and "variable_mapping" in record:
+        model: Mapping[str, Any] = record
+        within = ""
+    else:
+        model_id = require(meta, "model_id", file, record_id, "meta")
+        if model_id not in models:
+            raise DataError(file, record_id, "meta.model_id", f"unknown causal model {model_id!r}")
+        model = models[model_id]
+        within = f"causal model {model_id}"
+    background = require_str(model, "background", file, record_id, within)
+    mapping = require(model, "variable_mapping", file, record_id, within)
+    answer = require_str(record, "answer", file, record_id).strip().lower()
+    if answer not in ("yes", "no"):
+        raise DataError(file, record_id, "answer", f"expected yes or no, got {answer!r}")
+    story_id = require_str(meta, "story_id", file, record_id, "meta")
+    story = _story(story_id, stories, model.get("anticommonsense"), anticommonsense, file, record_id)
+    segments = {
+        "background": background,
+        "given_info": require_str(record, "given_info", file, record_id),
+        "question": require_str(record, "question", file, record_id),
+    }
+    steps = _reasoning_steps(record.get("reasoning"), file, record_id)
+    query_type = require_str(meta, "query_type", file, record_id, "meta")
+    variables = _variables(mapping, story, file, record_id)
+    return Example(
+        id=str(record["question_id"]),
+        dataset="cladder",
+        variant=variant,
+        prompt=segments_text(segments),
+        reasoning=causal_cot(steps, query_type, answer) if steps else "",
+        answer=answer.capitalize(),
+        meta={
+            "rung": meta.get("rung"),
+            "query_type": query_type,
+            "story_id": story_id,
+            "graph_id": meta.get("graph_id"),
+            "model_id": meta.get("model_id"),
+            "desc_id": record.get("desc_id"),
+            "source_file": file,
+            "segments": segments,
+            "steps": steps,
+            "variables": variables,
+            "variable_mapping": dict(mapping),
+        },
+    )
+
+
+def _story(
+    story_id: str,
+    stories: Mapping[str, Mapping[str, Any]] | None,
+    change: Any,
+    anticommonsense: Mapping[str, Any] | None,
+    file: str,
+    record_id: Any,
+) -> Mapping[str, Any]:
+    """The story's phrase table, with the anti-commonsense replacement applied."""
+    if stories is None:
+        return {}
+    if story_id not in stories:
+        raise DataError(file, record_id, "meta.story_id", f"unknown story {story_id!r}")
+    story = dict(stories[story_id])
+    if not change:
+        return story
+    if anticommonsense is None:
+        raise DataError(
+            file, record_id, "meta.model_id", "anti-commonsense model but no anticommonsense.yml next to the stories"
+        )
+    try:
+        letter, choice = change["variable"], change["change"]
+        replacement = anticommonsense["variables"][letter][choice]
+    except (KeyError, TypeError) as err:
+        raise DataError(
+            file, record_id, "causal model anticommonsense", f"no replacement {change!r} in anticommonsense.yml"
+        ) from err
+    subject = story.get(f"{letter}subject", "")
+    plural = anticommonsense.get("plurals", {}).get(subject, f"{subject}s")
+    story.update(
+        {
+            key: text.replace("{subject}", subject).replace("{plural}", plural)
+            for key, text in replacement.items()
+            if key in story
+        }
+    )
+    return story
+
+
+def _variables(mapping: Any, story: Mapping[str, Any], file: str, record_id: Any) -> list[dict[str, Any]]:
+    """Per causal variable: its letter, name and every wording of each value."""
+    if not isinstance(mapping, Mapping):
+        raise DataError(file, record_id, "variable_mapping", "expected an object")
+    letters = [key[: -len("name")] for key in mapping if key.endswith("name")]
+    variables = []
+    for letter in letters:
+        wordings: dict[str, set[str]] = {"name": {mapping[f"{letter}name"]}}
+        for value in ("1", "0"):
+            wordings[value] = {require_str(mapping, f"{letter}{value}", file, record_id, "variable_mapping")}
+        story_letter = _story_letter(story, mapping[f"{letter}name"])
+        if story_letter:
+            wordings["name"].add(story[f"{story_letter}name"])
+            for key, text in story.items():
+                match = re.fullmatch(rf"{story_letter}([01])_\w+", key)
+                if match and isinstance(text, str):
+                    wordings[match.group(1)].update(_wording_variants(text))
+        variables.append(
+            {
+                "letter": letter,
+                "name": mapping[f"{letter}name"],
+                "wordings": {kind: sorted(texts) for kind, texts in wordings.items()},
+            }
+        )
+    return variables
+
+
+def _story_letter(story: Mapping[str, Any], name: str) -> str | None:
+    """The story's letter for a variable; stories and models letter variables differently."""
+    for key, text in story.items():
+        if re.fullmatch(r"[A-Z]name", key) and isinstance(text, str) and text.lower() == name.lower():
+            return key[0]
+    return None
+
+
+def _wording_variants(text: str) -> set[str]:
+    """A wording plus the shortened form questions quote from it.
+
+    Counterfactual conditions ("if the husband had set the alarm instead of
+    not setting it") also appear without their "instead of ..." tail; the
+    leading "if" is grammar and stays out of the slot.
+    """
+    text = text.removeprefix("if ")
+    return {text, text.split(" instead of ")[0]}
+
+
+def _reasoning_steps(reasoning: Any, file: str, record_id: Any) -> dict[str, str] | None:
+    """The CausalCoT steps, or None where the data has no reasoning."""
+    if reasoning is None:
+        return None
+    steps = {}
+    for key in REASONING_STEPS:
+        value = require(reasoning, key, file, record_id, "reasoning")
+        steps[key] = value if isinstance(value, str) else str(value)
+    return steps
+
+
+def causal_cot(steps: Mapping[str, str], query_type: str, answer: str, with_variables: bool = True) -> str:
+    """The CausalCoT chain as target text, one step per line.
+
+    `with_variables=False` drops the "Let X = ..." line; an abstracted chain
+    has no names to introduce.
+    """
+    data = "; ".join(line for line in steps["step4"].split("\n") if line) or "none"
+    lines = [steps["step0"]] if with_variables else []
+    lines += [
+        f"Step 1) Causal graph: {steps['step1']}",
+        f"Step 2) Query type: {QUERY_TYPE_NAMES.get(query_type, query_type)}",
+        f"Step 3) Formal query: {steps['step2']}",
+        f"Step 4) Available data: {data}",
+        f"Step 5) Estimand: {steps['step3']}",
+        f"Step 6) Estimate: {steps['step5']}",
+        f"Step 7) Result: {steps['end']}, so the answer is {answer.lower()}.",
+    ]
+    return "\n".join(lines)
+
+
+def segments_text(segments: Mapping[str, str]) -> str:
+    """The prompt text from its background, given_info and question."""
+    return " ".join(text for text in segments.values() if text)

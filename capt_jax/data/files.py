@@ -1,0 +1,29 @@
+"""Reading JSON and YAML with errors that name the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .example import DataError
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; malformed JSON becomes a DataError naming the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(str(path), None, None, f"malformed JSON: {err}") from err
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; malformed YAML becomes a DataError naming the file."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise DataError(str(path), None, None, f"malformed YAML: {err}") from err

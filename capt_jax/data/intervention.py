@@ -1,0 +1,157 @@
+"""Event intervention: fill the abstraction's slots and build model inputs.
+
+Modes:
+* `null`: the raw prompt (the SFT baseline);
+* `order`: letters A, B, C, ... in slot order;
+* `random`: distinct random letters, drawn afresh per copy (CAPT);
+* `original`: the template refilled with the original names;
+* `symbol`: the literal `{symbol_i}` slots.
+
+Letters of the dataset's notation (CLadder's "P(" and "E[", in every
+example, with or without reasoning) and letters already standing alone in
+the template are never symbols, so a symbol cannot be confused with notation.
+When an example has more slots than free letters, two-letter symbols
+(AA, AB, ...) join the pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import random
+import re
+import string
+from collections.abc import Sequence
+
+from .abstraction import abstract
+from .answers import answer_instruction, format_target
+from .example import Abstraction, Example
+from .render import Term, letter_term, render
+
+MODES = ("null", "order", "random", "original", "symbol")
+DEFAULT_TOTAL = 10_000
+NOTATION_LETTERS = {"cladder": frozenset("PE"), "prontoqa": frozenset()}
+_STANDALONE_CAPITALS = re.compile(r"(?<![A-Za-z])[A-Z]{1,2}(?![A-Za-z])")
+
+
+@dataclasses.dataclass(frozen=True)
+class Intervened:
+    """What the model sees for one example, and what each symbol stood for."""
+
+    example_id: str
+    prompt: str
+    target: str
+    answer: str
+    symbols: dict[str, str]
+
+
+def symbol_pool(abstraction: Abstraction) -> list[str]:
+    """Letters free to act as symbols, extended by letter pairs if too few."""
+    taken = set(_STANDALONE_CAPITALS.findall(abstraction.prompt + "\n" + abstraction.reasoning))
+    taken |= NOTATION_LETTERS[abstraction.example.dataset]
+    singles = [c for c in string.ascii_uppercase if c not in taken]
+    if len(abstraction.terms) <= len(singles):
+        return singles
+    pairs = ["".join(p) for p in itertools.product(string.ascii_uppercase, repeat=2)]
+    return singles + [p for p in pairs if p not in taken]
+
+
+def draw_letters(abstraction: Abstraction, mode: str, rng: random.Random | None = None) -> list[str]:
+    """One symbol per slot, in slot order, for the `order` or `random` mode."""
+    pool = symbol_pool(abstraction)
+    count = len(abstraction.terms)
+    if mode == "order":
+        return pool[:count]
+    if mode == "random":
+        if rng is None:
+            raise ValueError("random mode needs an rng")
+        return rng.sample(pool, count)
+    raise ValueError(f"mode {mode!r} draws no letters")
+
+
+def intervene(
+    abstraction: Abstraction,
+    mode: str,
+    rng: random.Random | None = None,
+    with_reasoning: bool = True,
+    letters: Sequence[str] | None = None,
+) -> Intervened:
+    """Render an abstraction for the model; `letters` overrides the drawn ones."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    example = abstraction.example
+    slots = list(abstraction.terms)
+    if mode == "null":
+        prompt, reasoning, symbols = example.prompt, example.reasoning, {}
+    else:
+        if mode == "symbol":
+            fillers = {slot: Term("{" + slot + "}") for slot in slots}
+        elif mode == "original":
+            fillers = dict(abstraction.terms)
+        else:
+            chosen = list(letters) if letters is not None else draw_letters(abstraction, mode, rng)
+            fillers = {slot: letter_term(letter) for slot, letter in zip(slots, chosen)}
+        prompt, reasoning = render(abstraction.prompt, fillers), render(abstraction.reasoning, fillers)
+        symbols = {fillers[slot].text: abstraction.terms[slot].text for slot in slots}
+    instruction = answer_instruction(example.dataset, with_reasoning)
+    return Intervened(
+        example_id=example.id,
+        prompt=f"{prompt}\n\n{instruction}",
+        target=format_target(reasoning, example.answer, with_reasoning),
+        answer=example.answer,
+        symbols=symbols,
+    )
+
+
+def render_examples(
+    examples: Sequence[Example], mode: str, seed: int = 0, with_reasoning: bool = True
+) -> list[Intervened]:
+    """One rendering per example (e.g. a test set): the first copy `training_pairs` makes."""
+    return [intervene(abstract(e), mode, _example_rng(seed, e), with_reasoning) for e in examples]
+
+
+def training_pairs(
+    examples: Sequence[Example],
+    mode: str,
+    copies: int | None = None,
+    seed: int = 0,
+    with_reasoning: bool = True,
+    total: int = DEFAULT_TOTAL,
+) -> list[dict[str, str]]:
+    """The training set replicated `copies` times (default total // n), copy after copy.
+
+    In `random` mode every copy of an example gets a fresh lettering, and
+    copies of one example never repeat a lettering while unused ones remain.
+    """
+    if not examples:
+        return []
+    copies = copies if copies is not None else max(1, total // len(examples))
+    per_example = [_renderings(e, mode, copies, seed, with_reasoning) for e in examples]
+    return [
+        {"prompt": renderings[copy].prompt, "completion": renderings[copy].target}
+        for copy in range(copies)
+        for renderings in per_example
+    ]
+
+
+def _renderings(example: Example, mode: str, copies: int, seed: int, with_reasoning: bool) -> list[Intervened]:
+    abstraction = abstract(example)
+    if mode != "random":
+        return [intervene(abstraction, mode, with_reasoning=with_reasoning)] * copies
+    rng = _example_rng(seed, example)
+    possible = math.perm(len(symbol_pool(abstraction)), len(abstraction.terms))
+    used: set[tuple[str, ...]] = set()
+    renderings = []
+    for _ in range(copies):
+        letters = tuple(draw_letters(abstraction, mode, rng))
+        while letters in used and len(used) < possible:
+            letters = tuple(draw_letters(abstraction, mode, rng))
+        used.add(letters)
+        renderings.append(intervene(abstraction, mode, with_reasoning=with_reasoning, letters=letters))
+    return renderings
+
+
+def _example_rng(seed: int, example: Example) -> random.Random:
+    """A stream per example, independent of where the example sits in its list."""
+    return random.Random(f"{seed}/{example.dataset}/{example.variant}/{example.id}")

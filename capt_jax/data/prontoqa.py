@@ -1,0 +1,218 @@
+"""PrOntoQA loading and grammar: the CAPT format and the official generator's format.
+
+Both become the same parts: the facts, the given premise (the first proof
+claim, not among the facts), the queried statement, the proof's claims and
+the rule used at each step. Prompt and reasoning are built from those parts
+by `prontoqa_prompt` and `prontoqa_reasoning`, which the abstraction reuses on
+template parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .example import DataError, Example, require, require_str
+from .files import read_json
+
+QUERY_PREFIX = "True or false: "
+_RULE = re.compile(r"(Every|Each) (.+?) is (not )?(.+)\.")
+_PLURAL_RULE = re.compile(r"(.+?) are (not )?(.+)\.")
+_FACT = re.compile(r"(.+?) is (not )?(.+)\.")
+_ARTICLE = re.compile(r"(an?) (.+)")
+FINISH = "Finish."
+CAPT_FILE = "prontoqa.json"
+_SENTENCE_END = re.compile(r"(?<=\.)\s+")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sentence:
+    """One parsed statement.
+
+    subject_kind: 'entity', 'concept' (after Every/Each) or 'concepts' (plural);
+    predicate_kind: 'concept' (with article), or 'bare' (after "is": a property;
+    after "are": a plural concept or a property, decided per example).
+    """
+
+    quantifier: str
+    subject: str
+    subject_kind: str
+    negated: bool
+    predicate: str
+    predicate_kind: str
+    article: str = ""
+
+
+def parse_sentence(text: str) -> Sentence:
+    """Parse one statement; ValueError if it is not in PrOntoQA's grammar, which has three forms:
+
+    Every|Each <concept> is [not] (a|an <concept> | <property>).
+    <concepts> are [not] (<concepts> | <property>).
+    <entity> is [not] (a|an <concept> | <property>).
+    """
+    if match := _RULE.fullmatch(text):
+        quantifier, subject, negated, rest = match.groups()
+        return _with_predicate(quantifier, subject, "concept", bool(negated), rest)
+    if match := _PLURAL_RULE.fullmatch(text):
+        subject, negated, rest = match.groups()
+        return Sentence("", subject, "concepts", bool(negated), rest, "bare")
+    if match := _FACT.fullmatch(text):
+        subject, negated, rest = match.groups()
+        return _with_predicate("", subject, "entity", bool(negated), rest)
+    raise ValueError(f"not a PrOntoQA statement: {text!r}")
+
+
+def _with_predicate(quantifier: str, subject: str, subject_kind: str, negated: bool, rest: str) -> Sentence:
+    if match := _ARTICLE.fullmatch(rest):
+        return Sentence(quantifier, subject, subject_kind, negated, match.group(2), "concept", match.group(1))
+    return Sentence(quantifier, subject, subject_kind, negated, rest, "bare")
+
+
+def prontoqa_dir(data_dir: str | Path) -> Path:
+    """Accept both the data root (holding `prontoqa/`) and the PrOntoQA folder itself."""
+    root = Path(data_dir)
+    return root / "prontoqa" if (root / "prontoqa").is_dir() else root
+
+
+def prontoqa_prompt(facts: Sequence[str], given: str, query: str) -> str:
+    return f"Given facts: {' '.join(facts)} Given {given.removesuffix('.')}, answer the question: {QUERY_PREFIX}{query}"
+
+
+def prontoqa_reasoning(claims: Sequence[str], steps: Sequence[str]) -> str:
+    """The proof as alternating claims and rules, ending with the derived claim."""
+    chain = [claims[0]]
+    for rule, claim in zip(steps, claims[1:]):
+        chain += [rule, claim]
+    return " ".join(chain)
+
+
+def derive_answer(last_claim: str, query: str) -> str | None:
+    """'True' if the proof ends in the query, 'False' if in its negation, else None."""
+    if last_claim == query:
+        return "True"
+    negations = {last_claim.replace(" is not ", " is ", 1), last_claim.replace(" is ", " is not ", 1)}
+    return "False" if query in negations - {last_claim} else None
+
+
+def make_example(
+    example_id: str,
+    variant: str,
+    facts: Sequence[str],
+    given: str,
+    query: str,
+    claims: Sequence[str],
+    steps: Sequence[str],
+    answer: str,
+    extra_meta: Mapping[str, Any] | None = None,
+) -> Example:
+    """An Example from PrOntoQA parts; the parts stay in meta for the abstraction."""
+    return Example(
+        id=example_id,
+        dataset="prontoqa",
+        variant=variant,
+        prompt=prontoqa_prompt(facts, given, query),
+        reasoning=prontoqa_reasoning(claims, steps),
+        answer=answer,
+        meta={
+            "facts": tuple(facts),
+            "given": given,
+            "query": query,
+            "claims": tuple(claims),
+            "steps": tuple(steps),
+            "hops": len(steps),
+            **(extra_meta or {}),
+        },
+    )
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(text.strip()) if s]
+
+
+def capt_record_example(record: Any, index: int, file: str, variant: str = "id") -> Example:
+    """One CAPT-format record (Facts, Query, claims, next_steps); its id is the index."""
+    facts = split_sentences(require_str(record, "Facts", file, index))
+    query = _query_statement(require_str(record, "Query", file, index), file, index, "Query")
+    claims = _string_list(require(record, "claims", file, index), file, index, "claims")
+    next_steps = _string_list(require(record, "next_steps", file, index), file, index, "next_steps")
+    if not next_steps or next_steps[-1] != FINISH:
+        raise DataError(file, index, "next_steps", f"expected the last step to be {FINISH!r}")
+    steps = next_steps[:-1]
+    if len(steps) != len(claims) - 1 or not claims:
+        raise DataError(file, index, "claims", f"{len(claims)} claims do not fit {len(steps)} proof steps")
+    answer = derive_answer(claims[-1], query)
+    if answer is None:
+        raise DataError(file, index, "Query", "neither the last claim nor its negation")
+    _check_grammar({"Facts": facts, "Query": [query], "claims": claims, "next_steps": steps}, file, index)
+    return make_example(
+        str(index), variant, facts, claims[0], query, claims, steps, answer, {"source_file": file, "format": "capt"}
+    )
+
+
+def official_record_example(key: str, record: Any, file: str, variant: str = "id") -> Example:
+    """The test_example of one official-generator entry; its id is the entry key."""
+    test = require(record, "test_example", file, key)
+    record_id = f"{key}.test_example"
+    question = require_str(test, "question", file, record_id)
+    query = _query_statement(require_str(test, "query", file, record_id), file, record_id, "query")
+    chain = _string_list(require(test, "chain_of_thought", file, record_id), file, record_id, "chain_of_thought")
+    if len(chain) % 2 != 1:
+        raise DataError(file, record_id, "chain_of_thought", "expected claim, rule, claim, ... , claim")
+    claims, steps = chain[0::2], chain[1::2]
+    answer = require_str(test, "answer", file, record_id)
+    if answer != derive_answer(claims[-1], query):
+        raise DataError(file, record_id, "answer", f"{answer!r} contradicts the proof's last claim")
+    facts = split_sentences(question)
+    _check_grammar({"question": facts, "query": [query], "chain_of_thought": chain}, file, record_id)
+    if claims[0] in facts:
+        facts.remove(claims[0])
+    return make_example(
+        key, variant, facts, claims[0], query, claims, steps, answer, {"source_file": file, "format": "official"}
+    )
+
+
+def examples_from_capt_records(records: Any, file: str, variant: str = "id") -> list[Example]:
+    """A CAPT-format file's content: {"next_steps": [records]} or the bare list."""
+    if isinstance(records, Mapping):
+        records = require(records, "next_steps", file, None)
+    if not isinstance(records, list):
+        raise DataError(file, None, "next_steps", "expected a list of records")
+    return [capt_record_example(record, index, file, variant) for index, record in enumerate(records)]
+
+
+def load_prontoqa_file(path: str | Path, variant: str = "id") -> list[Example]:
+    """Load either format, recognised by its shape."""
+    path = Path(path)
+    content = read_json(path)
+    if (
+        isinstance(content, Mapping)
+        and content
+        and all(isinstance(v, Mapping) and "test_example" in v for v in content.values())
+    ):
+        return [official_record_example(key, record, str(path), variant) for key, record in content.items()]
+    return examples_from_capt_records(content, str(path), variant)
+
+
+def _check_grammar(fields: Mapping[str, Sequence[str]], file: str, record_id: Any) -> None:
+    """Every statement must parse, or the abstraction could not be exact."""
+    for field, sentences in fields.items():
+        for sentence in sentences:
+            try:
+                parse_sentence(sentence)
+            except ValueError as err:
+                raise DataError(file, record_id, field, str(err)) from err
+
+
+def _query_statement(query: str, file: str, record_id: Any, field: str) -> str:
+    if not query.startswith(QUERY_PREFIX):
+        raise DataError(file, record_id, field, f"expected it to start with {QUERY_PREFIX!r}")
+    return query[len(QUERY_PREFIX) :]
+
+
+def _string_list(value: Any, file: str, record_id: Any, field: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DataError(file, record_id, field, "expected a list of strings")
+    return list(value)

@@ -1,0 +1,114 @@
+"""PrOntoQA's out-of-distribution test sets, made from the in-distribution ones.
+
+Each example is abstracted and its slots are refilled: `anti` with real
+terms of the same kind (entity, concept, property) drawn from the pool of all
+terms in the dataset, `non` with random 3-5 letter pseudo-words. The proof's
+structure is untouched, so the answer stays. Fillers are distinct within an
+example and differ from every original term of the example.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+
+from .abstraction import abstract
+from .example import Abstraction, Example
+from .prontoqa_oracle import refill
+from .render import Term, pluralize
+
+KIND_ORDER = ("concept", "entity", "property")
+_GRAMMAR_WORDS = frozenset(
+    {
+        "a",
+        "an",
+        "is",
+        "are",
+        "not",
+        "every",
+        "each",
+        "true",
+        "false",
+        "or",
+        "given",
+        "facts",
+        "answer",
+        "the",
+        "question",
+        "finish",
+    }
+)
+_CONSONANTS = "bcdfghjklmnprstvwz"
+_VOWELS = "aeiou"
+
+
+def term_pool(examples: Iterable[Example]) -> dict[str, list[Term]]:
+    """Every distinct real term per kind, in first-seen order (concepts need a singular)."""
+    pool: dict[str, dict[str, Term]] = {kind: {} for kind in KIND_ORDER}
+    for example in examples:
+        abstraction = abstract(example)
+        for slot, term in abstraction.terms.items():
+            kind = abstraction.kinds[slot]
+            if kind == "concept" and term.text == term.plural and pluralize(term.text) != term.text:
+                continue  # only its plural is known
+            pool[kind].setdefault(term.text.lower(), term)
+    return {kind: list(terms.values()) for kind, terms in pool.items()}
+
+
+def anti_commonsense(examples: Sequence[Example], pool: dict[str, list[Term]], seed: int) -> list[Example]:
+    """Refill every slot with a random real term of its kind."""
+    return [
+        _refill(example, seed, "anti", lambda kind, rng, taken: _pick_real(pool[kind], rng, taken))
+        for example in examples
+    ]
+
+
+def non_commonsense(examples: Sequence[Example], seed: int, real_words: Iterable[str] = ()) -> list[Example]:
+    """Refill every slot with a random pseudo-word (capitalised for entities), never a real term."""
+    avoid = _GRAMMAR_WORDS | {w.lower() for w in real_words}
+    return [
+        _refill(example, seed, "non", lambda kind, rng, taken: _pick_pseudo(kind, rng, taken | avoid))
+        for example in examples
+    ]
+
+
+def _refill(example: Example, seed: int, variant: str, pick: Callable[[str, random.Random, set[str]], Term]) -> Example:
+    abstraction = abstract(example)
+    rng = random.Random(f"{seed}/{variant}/{example.id}")
+    taken = {form.lower() for term in abstraction.terms.values() for form in (term.text, term.plural_form())}
+    fillers: dict[str, Term] = {}
+    for kind in KIND_ORDER:
+        for slot in _slots_of(abstraction, kind):
+            term = pick(kind, rng, taken)
+            taken |= {term.text.lower(), term.plural_form().lower()}
+            fillers[slot] = term
+    return refill(abstraction, fillers, variant)
+
+
+def _slots_of(abstraction: Abstraction, kind: str) -> list[str]:
+    return [slot for slot in abstraction.terms if abstraction.kinds[slot] == kind]
+
+
+def _pick_real(candidates: Sequence[Term], rng: random.Random, taken: set[str]) -> Term:
+    free = [t for t in candidates if t.text.lower() not in taken and t.plural_form().lower() not in taken]
+    if not free:
+        raise ValueError("the term pool is too small to refill this example with distinct terms")
+    return rng.choice(free)
+
+
+def _pick_pseudo(kind: str, rng: random.Random, taken: set[str]) -> Term:
+    while True:
+        word = pseudo_word(rng)
+        if word not in taken and pluralize(word) not in taken:
+            return Term(word.capitalize()) if kind == "entity" else Term(word)
+
+
+def pseudo_word(rng: random.Random) -> str:
+    """A pronounceable 3-5 letter non-word: consonants and vowels alternating."""
+    length = rng.randint(3, 5)
+    starts_with_vowel = rng.random() < 0.3
+    letters = []
+    for position in range(length):
+        vowel = (position % 2 == 0) == starts_with_vowel
+        letters.append(rng.choice(_VOWELS if vowel else _CONSONANTS))
+    return "".join(letters)

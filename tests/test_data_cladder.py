@@ -1,0 +1,261 @@
+"""CLadder: loading, bad data, oracle abstraction and random intervention.
+
+A tiny v1-layout folder written per test always runs; the checks over every
+record of the shared benchmark files skip when `../shared/data` is absent.
+"""
+
+import json
+import os
+import random
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from capt_jax.data import DataError, abstract, intervene, is_valid, load_examples, names_present, test_sets
+from capt_jax.data.abstraction import original_names, validity_report
+from capt_jax.data.cladder import load_cladder_file, load_stories
+
+SHARED = Path(os.environ.get("CAPT_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+SHARED_FILES = {"commonsense": 844, "anticommonsense": 844, "nonsense": 1120}
+
+TOY_STORY = {
+    "story_id": "toy",
+    "Xname": "rain",
+    "Xsubject": "situation",
+    "X1_noun": "heavy rain",
+    "X0_noun": "no rain",
+    "X1_sentence": "it rains",
+    "X0_sentence": "it does not rain",
+    "X1_sentence_condition": "if it had rained instead of staying dry",
+    "X0_sentence_condition": "if it had stayed dry instead of raining",
+    "X1_wheresentence": "days with rain",
+    "X0_wheresentence": "days without rain",
+    "Yname": "umbrella",
+    "Y1_noun": "open umbrella",
+    "Y0_noun": "closed umbrella",
+    "Y1_sentence": "the umbrella is open",
+    "Y0_sentence": "the umbrella is closed",
+    "Zname": float("nan"),
+}
+TOY_MODEL = {
+    "model_id": 0,
+    "story_id": "toy",
+    "background": "Imagine a self-contained, hypothetical world with only the following conditions: "
+    "Rain has a direct effect on umbrella.",
+    "variable_mapping": {
+        "Xname": "rain",
+        "X1": "heavy rain",
+        "X0": "no rain",
+        "Yname": "umbrella",
+        "Y1": "open umbrella",
+        "Y0": "closed umbrella",
+    },
+}
+TOY_QUESTION = {
+    "question_id": 7,
+    "desc_id": "toy-chain-ate",
+    "given_info": "For days without rain, the probability of open umbrella is 10%. "
+    "For days with rain, the probability of open umbrella is 90%.",
+    "question": "For days with rain, would it be more likely to see open umbrella if it had stayed dry?",
+    "answer": "no",
+    "meta": {"story_id": "toy", "model_id": 0, "query_type": "ett", "rung": 3, "graph_id": "chain"},
+    "reasoning": {
+        "step0": "Let X = rain; Y = umbrella.",
+        "step1": "X->Y",
+        "step2": "E[Y_{X = 1} - Y_{X = 0} | X = 1]",
+        "step3": "P(Y=1|X=1) - P(Y=1|X=0)",
+        "step4": "P(Y=1 | X=0) = 0.10\nP(Y=1 | X=1) = 0.90",
+        "step5": "0.90 - 0.10 = 0.80",
+        "end": "0.80 > 0",
+    },
+}
+
+
+def write_toy(folder: Path, questions=None, models=None, story=None) -> Path:
+    """A v1-release-layout folder with one story, one model and the given questions."""
+    (folder / "stories").mkdir(parents=True, exist_ok=True)
+    (folder / "stories" / "toy.yml").write_text(yaml.safe_dump(story or TOY_STORY))
+    (folder / "cladder-v1-meta-models.json").write_text(json.dumps(models or [TOY_MODEL]))
+    path = folder / "cladder-v1-q-commonsense.json"
+    path.write_text(json.dumps(questions if questions is not None else [TOY_QUESTION]))
+    return path
+
+
+def test_toy_example_loads_and_abstracts_exactly(tmp_path):
+    write_toy(tmp_path)
+    [example] = load_examples("cladder", "commonsense", data_dir=tmp_path)
+    assert (example.id, example.variant, example.answer) == ("7", "commonsense", "No")
+    assert example.meta["rung"] == 3 and example.meta["query_type"] == "ett"
+    assert example.prompt.startswith("Imagine") and example.prompt.endswith("if it had stayed dry?")
+    assert example.reasoning.startswith("Let X = rain; Y = umbrella.\nStep 1) Causal graph: X->Y")
+    abstraction = abstract(example)
+    assert abstraction.prompt == (
+        "Imagine a self-contained, hypothetical world with only the following conditions: "
+        "{symbol_1} has a direct effect on {symbol_2}. For {symbol_1}=0, the probability of {symbol_2}=1 is 10%. "
+        "For {symbol_1}=1, the probability of {symbol_2}=1 is 90%. "
+        "For {symbol_1}=1, would it be more likely to see {symbol_2}=1 if {symbol_1}=0?"
+    )
+    assert (
+        "Step 3) Formal query: E[{symbol_2}_{{symbol_1} = 1} - {symbol_2}_{{symbol_1} = 0} | {symbol_1} = 1]"
+        in abstraction.reasoning
+    )
+    assert "Let" not in abstraction.reasoning
+    assert abstraction.symbols == {"symbol_1": "rain", "symbol_2": "umbrella"}
+    assert is_valid(abstraction)
+    shown = intervene(abstraction, "order")
+    assert "For A=1, would it be more likely to see B=1 if A=0?" in shown.prompt
+    assert shown.symbols == {"A": "rain", "B": "umbrella"}
+    assert shown.target.startswith("<think>Step 1) Causal graph: A->B") and shown.target.endswith(
+        "</think><answer>No</answer>"
+    )
+
+
+def test_hub_source_fetches_v1_files(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    write_toy(tmp_path)
+    fetched = []
+
+    def fake_download(repo_id, filename, repo_type):
+        fetched.append((repo_id, filename, repo_type))
+        if not (tmp_path / filename).is_file():
+            raise FileNotFoundError(filename)
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    [example] = load_examples("cladder", "commonsense", source="hub", stories_dir=tmp_path / "stories")
+    assert fetched[0] == ("causalnlp/CLadder", "cladder-v1-q-commonsense.json", "dataset")
+    assert is_valid(abstract(example)) and len(example.meta["variables"][0]["wordings"]["1"]) > 1
+
+
+def test_question_carrying_its_own_model_needs_no_model_file(tmp_path):
+    own = dict(TOY_QUESTION, background=TOY_MODEL["background"], variable_mapping=TOY_MODEL["variable_mapping"])
+    path = write_toy(tmp_path, questions=[own], models=[])
+    [example] = load_cladder_file(path)
+    assert is_valid(abstract(example))
+
+
+def test_null_reasoning_gives_answer_only_target(tmp_path):
+    write_toy(tmp_path, questions=[dict(TOY_QUESTION, reasoning=None)])
+    [example] = load_examples("cladder", data_dir=tmp_path)
+    assert example.reasoning == ""
+    assert intervene(abstract(example), "random", random.Random(0)).target == "<answer>No</answer>"
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda q: q.pop("question"), "question"),
+        (lambda q: q["meta"].pop("query_type"), "meta.query_type"),
+        (lambda q: q["meta"].update(story_id="unknown_story"), "meta.story_id"),
+        (lambda q: q["meta"].update(model_id=99), "meta.model_id"),
+        (lambda q: q.update(answer="maybe"), "answer"),
+        (lambda q: q["reasoning"].pop("step3"), "reasoning.step3"),
+        (lambda q: q.update(meta="oops"), "meta"),
+    ],
+)
+def test_bad_records_name_file_record_and_field(tmp_path, change, field):
+    question = json.loads(json.dumps(TOY_QUESTION))
+    change(question)
+    path = write_toy(tmp_path, questions=[question])
+    with pytest.raises(DataError) as raised:
+        load_cladder_file(path)
+    message = str(raised.value)
+    assert path.name in message and "record 7" in message and repr(field) in message
+
+
+def test_bad_causal_model_names_model_and_field(tmp_path):
+    model = json.loads(json.dumps(TOY_MODEL))
+    del model["variable_mapping"]["Y0"]
+    path = write_toy(tmp_path, models=[model])
+    with pytest.raises(DataError, match=r"record 7, field 'variable_mapping.Y0': missing field"):
+        load_cladder_file(path)
+    del model["background"]
+    path = write_toy(tmp_path, models=[model])
+    with pytest.raises(DataError, match=r"record 7, field 'causal model 0.background'"):
+        load_cladder_file(path)
+
+
+def test_malformed_json_names_the_file(tmp_path):
+    path = write_toy(tmp_path)
+    path.write_text('[{"question_id": 1,')
+    with pytest.raises(DataError, match="cladder-v1-q-commonsense.json.*malformed JSON"):
+        load_cladder_file(path)
+
+
+# --- every record of the shared benchmark files ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_cladder():
+    if not (SHARED / "cladder").is_dir():
+        pytest.skip(f"shared CLadder data not found at {SHARED / 'cladder'} (set CAPT_DATA_DIR)")
+    return {variant: load_examples("cladder", variant, data_dir=SHARED) for variant in SHARED_FILES}
+
+
+def test_shared_files_load_completely(shared_cladder):
+    for variant, size in SHARED_FILES.items():
+        examples = shared_cladder[variant]
+        assert len(examples) == size and len({e.id for e in examples}) == size
+        assert {e.answer for e in examples} == {"Yes", "No"}
+        assert {e.meta["rung"] for e in examples} == {1, 2, 3}
+
+
+@pytest.mark.parametrize("variant", SHARED_FILES)
+def test_oracle_abstraction_valid_on_every_record(shared_cladder, variant):
+    report = validity_report(shared_cladder[variant], variant)
+    print(report.line())
+    assert report.invalid_rate <= 0.02, report.invalid_ids[:10]
+    # Stricter than names: no wording of any variable value survives either.
+    leftover = [
+        e.id for e in shared_cladder[variant] if names_present(_template_text(abstract(e)), _wordings(e), "cladder")
+    ]
+    assert len(leftover) <= 0.02 * len(shared_cladder[variant]), leftover[:10]
+
+
+@pytest.mark.parametrize("variant", SHARED_FILES)
+def test_random_intervention_hides_every_name(shared_cladder, variant):
+    rng = random.Random(0)
+    for example in shared_cladder[variant]:
+        abstraction = abstract(example)
+        shown = intervene(abstraction, "random", rng)
+        names = original_names(example) + _wordings(example)
+        assert not names_present(shown.prompt + "\n" + shown.target, names, "cladder"), example.id
+        letters = list(shown.symbols)
+        assert len(set(letters)) == len(letters) == len(abstraction.terms)
+        assert not {"P", "E"} & set(letters)  # notation letters are never symbols
+        for slot, letter in zip(abstraction.terms, letters):
+            token = re.compile(rf"(?<![A-Za-z]){letter}(?![A-Za-z])")
+            in_prompt = "{" + slot + "}" in abstraction.prompt
+            in_reasoning = "{" + slot + "}" in abstraction.reasoning
+            assert bool(token.search(shown.prompt)) == in_prompt
+            assert bool(token.search(shown.target)) == in_reasoning
+
+
+def test_unseen_v1_records_abstract_validly(tmp_path):
+    """The authors' LLM failed on these v1 commonsense questions; the oracle must not."""
+    sample = SHARED / "cladder" / "cladder-v1-q-commonsense_gpt-4o-mini_2ex_abstract_invalid.json"
+    if not sample.is_file():
+        pytest.skip(f"{sample} not found (set CAPT_DATA_DIR)")
+    records = [r["old"] for r in json.loads(sample.read_text())]
+    path = tmp_path / "cladder-v1-q-commonsense.json"
+    path.write_text(json.dumps(records))
+    examples = load_cladder_file(path, models={}, stories=load_stories(SHARED / "cladder" / "stories"))
+    assert len(examples) == 187
+    assert validity_report(examples, "v1 sample").invalid_rate == 0
+
+
+def test_test_sets_are_id_split_and_ood_files(shared_cladder):
+    sets = test_sets("cladder", data_dir=SHARED)
+    assert [len(sets[k]) for k in ("id", "anti", "non")] == [85, 844, 1120]
+    assert [e.id for e in sets["id"]] == [e.id for e in shared_cladder["commonsense"][-85:]]
+
+
+def _template_text(abstraction) -> str:
+    return abstraction.prompt + "\n" + abstraction.reasoning
+
+
+def _wordings(example) -> list[str]:
+    return [w for v in example.meta["variables"] for texts in v["wordings"].values() for w in texts]

@@ -1,0 +1,109 @@
+"""The `python -m capt_jax.data` CLI and the config-driven pipeline, with no data files."""
+
+import json
+
+import pytest
+
+from capt_jax.data import __main__ as cli
+from capt_jax.data import default_data_config, evaluation_data, paper_data_config, training_data
+
+
+@pytest.fixture
+def no_shared_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("CAPT_DATA_DIR", str(tmp_path / "absent"))
+
+
+def test_show_json_lines(no_shared_data, capsys):
+    assert cli.main(["show", "--dataset", "prontoqa", "--mode", "random", "--n", "3", "--seed", "2", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3
+    for line in lines:
+        assert set(line) == {"id", "variant", "prompt", "target", "answer", "symbols"}
+        assert line["variant"] == "id" and line["answer"] in ("True", "False")
+        assert line["target"].endswith(f"<answer>{line['answer']}</answer>")
+        assert all(len(letter) == 1 and letter.isupper() for letter in line["symbols"])
+
+
+def test_show_ood_variant_as_text(no_shared_data, capsys):
+    assert (
+        cli.main(
+            [
+                "show",
+                "--dataset",
+                "prontoqa",
+                "--variant",
+                "non",
+                "--mode",
+                "original",
+                "--n",
+                "1",
+                "--ontology",
+                "fictional",
+                "--hops",
+                "2",
+                "4",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "(non) ===" in out and "--- prompt ---\nGiven facts:" in out and "--- target ---\n<think>" in out
+
+
+def test_show_reports_missing_files(capsys, tmp_path):
+    assert cli.main(["show", "--dataset", "prontoqa", "--data-dir", str(tmp_path), "--mode", "null", "--n", "1"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_report_generator_settings(no_shared_data, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "REPORT_GENERATOR_SETTINGS", [("true", 3, 0), ("fictional", (2, 4), 1)])
+    assert cli.main(["report"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "generator ontology=true hops=3 seed=0: 500/500 valid, invalid rate 0.00%",
+        "generator ontology=fictional hops=(2, 4) seed=1: 500/500 valid, invalid rate 0.00%",
+    ]
+
+
+def test_paper_configs():
+    assert default_data_config().mode == "random"
+    assert paper_data_config("prontoqa", "capt").mode == "random"
+    sft = paper_data_config("cladder", "sft")
+    assert (sft.dataset, sft.mode, sft.n_train, sft.split_seed) == ("cladder", "null", 100, 19)
+    with pytest.raises(ValueError):
+        paper_data_config("cladder", "dpo")
+
+
+def test_pipeline_from_config(no_shared_data):
+    config = paper_data_config("prontoqa", "capt")
+    config.source, config.prontoqa_num_examples, config.n_train, config.copies = "generate", 200, 10, 3
+    pairs = training_data(config)
+    assert len(pairs) == 30 and all(p["completion"].startswith("<think>") for p in pairs)
+    tests = evaluation_data(config)
+    assert {name: len(items) for name, items in tests.items()} == {"id": 20, "anti": 20, "non": 20}
+    assert all(item.symbols for items in tests.values() for item in items)
+
+
+def test_export_writes_training_jsonl(no_shared_data, tmp_path, capsys):
+    out = tmp_path / "pairs.jsonl"
+    assert (
+        cli.main(
+            [
+                "export",
+                "--dataset",
+                "prontoqa",
+                "--mode",
+                "random",
+                "--n-train",
+                "20",
+                "--copies",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    pairs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(pairs) == 80 and all(set(p) == {"prompt", "completion"} for p in pairs)
+    assert "wrote 80 pairs (20 examples)" in capsys.readouterr().out
