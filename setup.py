@@ -23,6 +23,7 @@ setup(
         "ml-dtypes>=0.4",
         "numpy>=1.26",
         "tqdm>=4.66",
+        "tensorboardX>=2.6",
         "pyyaml>=6",
     ],
     extras_require={

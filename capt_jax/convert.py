@@ -44,14 +44,16 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path, dtype: str = "float
     if not gguf_file.is_file():
         raise FileNotFoundError(f"{gguf_file}: GGUF file not found")
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
-                                                 dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_file.parent, gguf_file=gguf_file.name, dtype=getattr(torch, dtype)
+    )
     # The weights are now plain dense tensors; transformers refuses to save while the GGUF quantizer is attached.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it owner-only; the converted model is for everyone
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)

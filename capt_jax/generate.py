@@ -12,7 +12,8 @@ import argparse
 import dataclasses
 import functools
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,8 +50,18 @@ def sample_next(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Ar
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "sampling", "eos_ids", "pad_id"))
-def decode(params: Params, prompt: jax.Array, prompt_mask: jax.Array, rng: jax.Array, *, config: ModelConfig,
-           max_new_tokens: int, sampling: Sampling, eos_ids: tuple[int, ...], pad_id: int) -> jax.Array:
+def decode(
+    params: Params,
+    prompt: jax.Array,
+    prompt_mask: jax.Array,
+    rng: jax.Array,
+    *,
+    config: ModelConfig,
+    max_new_tokens: int,
+    sampling: Sampling,
+    eos_ids: tuple[int, ...],
+    pad_id: int,
+) -> jax.Array:
     """New tokens [B, max_new_tokens] for left-padded prompts [B, T]; rows that hit EOS are pad-filled after it."""
     batch, length = prompt.shape
     eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
@@ -85,8 +96,9 @@ def bucket(n: int, minimum: int = 1) -> int:
 
 def chat_prompt(tokenizer: Any, prompt: str) -> str:
     """The prompt as a single user turn in the tokenizer's chat template, ready for the assistant's answer."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def eos_token_ids(model: Pretrained) -> tuple[int, ...]:
@@ -96,8 +108,16 @@ def eos_token_ids(model: Pretrained) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def generate(model: Pretrained, prompts: Sequence[str], max_new_tokens: int = 256, sampling: Sampling = Sampling(),
-             chat: bool = False, batch_size: int = 32, seed: int = 0, progress: bool = True) -> list[str]:
+def generate(
+    model: Pretrained,
+    prompts: Sequence[str],
+    max_new_tokens: int = 256,
+    sampling: Sampling = Sampling(),
+    chat: bool = False,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[str]:
     """Completions for `prompts`, in order; prompts are sorted by length so each batch pads little."""
     tok = model.tokenizer
     if tok is None:
@@ -110,17 +130,28 @@ def generate(model: Pretrained, prompts: Sequence[str], max_new_tokens: int = 25
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[str] = [""] * len(encoded)
     rng = jax.random.key(seed)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for rows in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
         length = bucket(max(len(encoded[i]) for i in rows), MIN_LENGTH_BUCKET)
         ids = np.full((bucket(len(rows)), length), pad_id, np.int32)
         mask = np.zeros(ids.shape, bool)
         for r, i in enumerate(rows):
-            ids[r, length - len(encoded[i]):] = encoded[i]
-            mask[r, length - len(encoded[i]):] = True
+            ids[r, length - len(encoded[i]) :] = encoded[i]
+            mask[r, length - len(encoded[i]) :] = True
         rng, batch_rng = jax.random.split(rng)
-        new = np.asarray(decode(model.params, ids, mask, batch_rng, config=model.config, max_new_tokens=max_new_tokens,
-                                sampling=sampling, eos_ids=eos_ids, pad_id=pad_id))
+        new = np.asarray(
+            decode(
+                model.params,
+                ids,
+                mask,
+                batch_rng,
+                config=model.config,
+                max_new_tokens=max_new_tokens,
+                sampling=sampling,
+                eos_ids=eos_ids,
+                pad_id=pad_id,
+            )
+        )
         for r, i in enumerate(rows):
             results[i] = tok.decode(_until_eos(new[r], eos_ids), skip_special_tokens=True)
     return results
@@ -153,8 +184,15 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 < args.top_p <= 1:
         parser.error("--top-p must be in (0, 1]")
     model = load_pretrained(args.model, dtype=args.dtype)
-    completions = generate(model, args.prompt, args.max_new_tokens, Sampling(args.temperature, args.top_p),
-                           chat=args.chat, batch_size=args.batch_size, seed=args.seed)
+    completions = generate(
+        model,
+        args.prompt,
+        args.max_new_tokens,
+        Sampling(args.temperature, args.top_p),
+        chat=args.chat,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     for prompt, completion in zip(args.prompt, completions):
         print(json.dumps({"prompt": prompt, "completion": completion}) if args.json else completion + "\n")
 

@@ -54,8 +54,10 @@ def resolve_model_dir(path_or_id: str | Path) -> Path:
     try:
         return Path(snapshot_download(str(path_or_id), allow_patterns=HUB_PATTERNS))
     except Exception as e:  # offline, unknown repo, gated model: say which and why
-        raise FileNotFoundError(f"{path_or_id!r} is not a local folder, and downloading it from the Hugging Face hub "
-                                f"failed: {type(e).__name__}: {e}") from e
+        raise FileNotFoundError(
+            f"{path_or_id!r} is not a local folder, and downloading it from the Hugging Face hub "
+            f"failed: {type(e).__name__}: {e}"
+        ) from e
 
 
 def load_tokenizer(folder: Path) -> Any | None:
@@ -67,8 +69,14 @@ def load_tokenizer(folder: Path) -> Any | None:
     return AutoTokenizer.from_pretrained(folder)
 
 
-def load_pretrained(path_or_id: str | Path, dtype: str = "float32", compute_dtype: str | None = None,
-                    attention_impl: str | None = None, progress: bool = True, **load_kwargs: Any) -> Pretrained:
+def load_pretrained(
+    path_or_id: str | Path,
+    dtype: str = "float32",
+    compute_dtype: str | None = None,
+    attention_impl: str | None = None,
+    progress: bool = True,
+    **load_kwargs: Any,
+) -> Pretrained:
     """Load a Llama/Qwen2 checkpoint: params stored in `dtype`, activations in `compute_dtype` (default: dtype)."""
     folder = resolve_model_dir(path_or_id)
     config = ModelConfig.from_pretrained_dir(folder, dtype=compute_dtype or dtype, attention_impl=attention_impl)

@@ -2,14 +2,16 @@
 
 Files are memory-mapped; each stacked leaf is filled layer by layer in the target dtype and moved to its
 device before the next one is read, so a bf16 3B model never exists as a float32 copy on the host.
+Writing (for export) streams tensors into the file one by one, from views of the stacked leaves.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
 import ml_dtypes
@@ -19,16 +21,33 @@ from tqdm.auto import tqdm
 from capt_jax.model import ModelConfig, Params, param_shapes
 
 SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,
+    "F8_E5M2": ml_dtypes.float8_e5m2,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
 }
+
+_DTYPE_NAMES = {np.dtype(dtype): name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 # Our leaf path inside a layer -> the Hugging Face module path inside `model.layers.{i}`.
 _LAYER_MODULES = {
-    "input_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
-    "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
-    "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "down_proj": "mlp.down_proj",
+    "input_norm": "input_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "q_proj": "self_attn.q_proj",
+    "k_proj": "self_attn.k_proj",
+    "v_proj": "self_attn.v_proj",
+    "o_proj": "self_attn.o_proj",
+    "gate_proj": "mlp.gate_proj",
+    "up_proj": "mlp.up_proj",
+    "down_proj": "mlp.down_proj",
 }
 _TOP_LEVEL = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight", "lm_head": "lm_head.weight"}
 
@@ -63,8 +82,10 @@ class SafetensorsFolder:
         else:
             files = sorted(self.folder.glob("*.safetensors"))
             if not files:
-                raise WeightsError(f"{self.folder}: no *.safetensors files (PyTorch .bin checkpoints are not supported; "
-                                   "re-save them with save_pretrained(safe_serialization=True))")
+                raise WeightsError(
+                    f"{self.folder}: no *.safetensors files (PyTorch .bin checkpoints are not supported; "
+                    "re-save them with save_pretrained(safe_serialization=True))"
+                )
             for file in files:
                 self._files.update({name: file for name in self._header(file)[1]})
 
@@ -114,9 +135,13 @@ def _set_leaf(tree: Params, path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def load_params(folder: str | Path, config: ModelConfig, dtype: str = "float32",
-                place: Callable[[tuple[str, ...], np.ndarray], jax.Array] | None = None,
-                progress: bool = True) -> Params:
+def load_params(
+    folder: str | Path,
+    config: ModelConfig,
+    dtype: str = "float32",
+    place: Callable[[tuple[str, ...], np.ndarray], jax.Array] | None = None,
+    progress: bool = True,
+) -> Params:
     """Read every tensor the config calls for into a params pytree of `dtype`.
 
     `place(path, host_array)` puts a finished leaf on its device(s) (e.g. with a sharding); by default it is
@@ -142,6 +167,66 @@ def load_params(folder: str | Path, config: ModelConfig, dtype: str = "float32",
 def _checked(tensors: SafetensorsFolder, name: str, shape: tuple[int, ...]) -> np.ndarray:
     array = tensors.read(name)
     if tuple(array.shape) != tuple(shape):
-        raise WeightsError(f"{tensors.file_of(name)}: tensor {name!r} has shape {tuple(array.shape)}, "
-                           f"expected {tuple(shape)} from config.json")
+        raise WeightsError(
+            f"{tensors.file_of(name)}: tensor {name!r} has shape {tuple(array.shape)}, "
+            f"expected {tuple(shape)} from config.json"
+        )
     return array
+
+
+def hf_state_dict(params: Params, config: ModelConfig) -> dict[str, np.ndarray]:
+    """Hugging Face tensor name -> host array, the inverse of `load_params` (tied models carry no lm_head).
+
+    Each stacked leaf is copied to the host once and split into per-layer views, so no second copy is made.
+    """
+    tensors: dict[str, np.ndarray] = {}
+    for path, _ in _leaf_paths(param_shapes(config)):
+        leaf = params
+        for key in path:
+            leaf = leaf[key]
+        host = np.asarray(leaf)
+        if path[0] == "layers":
+            tensors.update({hf_tensor_name(path, layer): host[layer] for layer in range(config.num_layers)})
+        else:
+            tensors[hf_tensor_name(path)] = host
+    return tensors
+
+
+def save_safetensors(
+    file: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None, progress: bool = False
+) -> None:
+    """Write `tensors` as one safetensors file, streamed tensor by tensor (no whole-file buffer).
+
+    Layout: 8-byte little-endian header length, a JSON header (dtype, shape, data_offsets per tensor, padded
+    with spaces to 8 bytes so every tensor starts aligned), then the raw bytes of each tensor in order. The
+    `{"format": "pt"}` metadata is what transformers checks before loading a file.
+    """
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
+    offset = 0
+    for name, array in tensors.items():
+        if array.dtype not in _DTYPE_NAMES:
+            raise WeightsError(f"{file}: tensor {name!r} has dtype {array.dtype}, which safetensors cannot store")
+        header[name] = {
+            "dtype": _DTYPE_NAMES[array.dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
+        offset += array.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with (
+        open(file, "wb") as f,
+        tqdm(
+            total=offset,
+            unit="B",
+            unit_scale=True,
+            desc=f"writing {Path(file).name}",
+            disable=not progress,
+            leave=False,
+            delay=1.0,
+        ) as bar,
+    ):
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for array in tensors.values():
+            f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+            bar.update(array.nbytes)

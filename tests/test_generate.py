@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import torch
 
 import capt_jax
@@ -24,11 +23,12 @@ def test_cached_decoding_equals_full_recomputation(tiny_llama_dir):
 
     prefill = 10
     cache = KVCache.empty(config, batch=2, slots=32)
-    first, cache = forward(params, jnp.asarray(ids[:, :prefill]), config, token_mask=jnp.asarray(mask[:, :prefill]),
-                           cache=cache)
+    first, cache = forward(
+        params, jnp.asarray(ids[:, :prefill]), config, token_mask=jnp.asarray(mask[:, :prefill]), cache=cache
+    )
     steps = [first]
     for t in range(prefill, ids.shape[1]):
-        logits, cache = forward(params, jnp.asarray(ids[:, t:t + 1]), config, cache=cache)
+        logits, cache = forward(params, jnp.asarray(ids[:, t : t + 1]), config, cache=cache)
         steps.append(logits)
     cached = np.concatenate([np.asarray(s) for s in steps], axis=1)
     np.testing.assert_allclose(cached[mask], np.asarray(full)[mask], rtol=0, atol=1e-5 * np.abs(full).max())
@@ -45,13 +45,25 @@ def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir):
     ids = np.zeros((2, length), np.int32)
     mask = np.zeros((2, length), bool)
     for row, p in enumerate(prompts):
-        ids[row, length - len(p):], mask[row, length - len(p):] = p, True
-    new = np.asarray(decode(model.params, ids, mask, jax.random.key(0), config=model.config, max_new_tokens=12,
-                            sampling=Sampling(), eos_ids=(), pad_id=0))
+        ids[row, length - len(p) :], mask[row, length - len(p) :] = p, True
+    new = np.asarray(
+        decode(
+            model.params,
+            ids,
+            mask,
+            jax.random.key(0),
+            config=model.config,
+            max_new_tokens=12,
+            sampling=Sampling(),
+            eos_ids=(),
+            pad_id=0,
+        )
+    )
     for row, p in enumerate(prompts):
         with torch.no_grad():
-            expected = reference.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, eos_token_id=None,
-                                          pad_token_id=0)[0, len(p):].tolist()
+            expected = reference.generate(
+                torch.tensor([p]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0
+            )[0, len(p) :].tolist()
         assert new[row].tolist() == expected
 
 
@@ -64,8 +76,8 @@ def test_decoding_stops_at_eos_and_pads_after(tiny_qwen2_dir):
     stop = int(free[2])  # pretend the third generated token is EOS
     first_stop = int(np.argmax(free == stop))
     stopped = np.asarray(decode(model.params, ids, mask, jax.random.key(0), eos_ids=(stop,), **kwargs))[0]
-    assert stopped[:first_stop + 1].tolist() == free[:first_stop + 1].tolist()
-    assert (stopped[first_stop + 1:] == 127).all()
+    assert stopped[: first_stop + 1].tolist() == free[: first_stop + 1].tolist()
+    assert (stopped[first_stop + 1 :] == 127).all()
 
 
 def test_sampling_rules():
@@ -75,8 +87,9 @@ def test_sampling_rules():
     # top_p applies after temperature (as in transformers): at T=5 the top tokens hold 38% and 47%, so
     # top_p=0.3 leaves only them.
     assert sample_next(logits, key, Sampling(temperature=5.0, top_p=0.3)).tolist() == [0, 2]
-    draws = np.stack([np.asarray(sample_next(logits, k, Sampling(temperature=1.0, top_p=0.85)))
-                      for k in jax.random.split(key, 400)])
+    draws = np.stack(
+        [np.asarray(sample_next(logits, k, Sampling(temperature=1.0, top_p=0.85))) for k in jax.random.split(key, 400)]
+    )
     assert set(draws[:, 0].tolist()) == {0, 1}  # 0.6 + 0.3 reaches 0.85; token 2 is cut
     assert abs((draws[:, 0] == 0).mean() - 2 / 3) < 0.08
     same = [np.asarray(sample_next(logits, key, Sampling(temperature=1.0))).tolist() for _ in range(2)]
@@ -96,6 +109,12 @@ def test_generate_compiles_once_per_bucket(smollm2_dir):
     compiled = decode._cache_size()
     # Different prompts and batch sizes inside the same (batch, length) buckets reuse the compiled loop.
     generate(model, ["Name a fruit, please.", "Name a tree."], max_new_tokens=4, chat=True, progress=False)
-    generate(model, ["Name a big animal.", "Name a river.", "Name a sea."], max_new_tokens=4, chat=True,
-             batch_size=2, progress=False)
+    generate(
+        model,
+        ["Name a big animal.", "Name a river.", "Name a sea."],
+        max_new_tokens=4,
+        chat=True,
+        batch_size=2,
+        progress=False,
+    )
     assert decode._cache_size() == compiled + 1  # one new batch bucket (2); lengths share one bucket

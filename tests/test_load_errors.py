@@ -76,8 +76,11 @@ def test_missing_tensor_names_tensor_and_folder(broken_copy):
 
 def test_wrongly_shaped_tensor_names_file_and_shapes(broken_copy):
     rewrite_tensor(broken_copy / "model.safetensors", "model.norm.weight", np.ones(63, np.float32))
-    with pytest.raises(WeightsError, match=r"model\.safetensors: tensor 'model\.norm\.weight' has shape \(63,\), "
-                                           r"expected \(64,\)"):
+    with pytest.raises(
+        WeightsError,
+        match=r"model\.safetensors: tensor 'model\.norm\.weight' has shape \(63,\), "
+        r"expected \(64,\)",
+    ):
         capt_jax.load_pretrained(broken_copy, progress=False)
 
 
@@ -98,13 +101,17 @@ def test_bfloat16_load_never_holds_a_float32_copy(tmp_path):
     """Host memory while loading float32 files as bf16 stays below the bf16 size of the model itself."""
     from conftest import save_random_model
 
-    folder = save_random_model("llama", tmp_path / "m", num_hidden_layers=8, hidden_size=256, intermediate_size=768,
-                               vocab_size=512)
+    folder = save_random_model(
+        "llama", tmp_path / "m", num_hidden_layers=8, hidden_size=256, intermediate_size=768, vocab_size=512
+    )
     config = capt_jax.ModelConfig.from_pretrained_dir(folder)
-    from capt_jax.model import param_shapes
     import jax
 
-    n_params = sum(int(np.prod(s)) for s in jax.tree.leaves(param_shapes(config), is_leaf=lambda s: isinstance(s, tuple)))
+    from capt_jax.model import param_shapes
+
+    n_params = sum(
+        int(np.prod(s)) for s in jax.tree.leaves(param_shapes(config), is_leaf=lambda s: isinstance(s, tuple))
+    )
     tracemalloc.start()
     model = capt_jax.load_pretrained(folder, dtype="bfloat16", progress=False)
     _, peak = tracemalloc.get_traced_memory()

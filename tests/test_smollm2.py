@@ -42,13 +42,25 @@ def test_greedy_generation_matches_transformers(models):
         ids = tok(chat_prompt(tok, prompt), add_special_tokens=False, return_tensors="pt")
         with torch.no_grad():
             out = reference.generate(**ids, max_new_tokens=32, do_sample=False)
-        expected = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        expected = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         assert completion == expected
     assert completions[0].startswith("No")  # the event bias CAPT sets out to remove
 
 
 def test_cli_prints_one_completion_per_prompt(smollm2_dir, capsys):
-    main(["--model", str(smollm2_dir), "--chat", "--max-new-tokens", "6", "--json",
-          "--prompt", PROMPTS[1], "--prompt", PROMPTS[2]])
+    main(
+        [
+            "--model",
+            str(smollm2_dir),
+            "--chat",
+            "--max-new-tokens",
+            "6",
+            "--json",
+            "--prompt",
+            PROMPTS[1],
+            "--prompt",
+            PROMPTS[2],
+        ]
+    )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == 2 and "Paris" in lines[0]

@@ -46,11 +46,11 @@ class ModelConfig:
     def rope_type(self) -> str:
         return dict(self.rope_scaling).get("rope_type", "default")
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json", **runtime: Any) -> "ModelConfig":
+    def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json", **runtime: Any) -> ModelConfig:
         """Map a transformers config (v4 or v5 layout) onto ModelConfig, naming `source` in every error."""
         model_type = hf.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
@@ -70,9 +70,13 @@ class ModelConfig:
         hidden = field("hidden_size")
         num_kv = int(hf.get("num_key_value_heads") or num_heads)
         if num_heads % num_kv:
-            raise ModelConfigError(f"{source}: num_attention_heads={num_heads} is not a multiple of num_key_value_heads={num_kv}")
+            raise ModelConfigError(
+                f"{source}: num_attention_heads={num_heads} is not a multiple of num_key_value_heads={num_kv}"
+            )
         if hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or ()):
-            raise ModelConfigError(f"{source}: sliding-window attention is not supported (use_sliding_window / layer_types)")
+            raise ModelConfigError(
+                f"{source}: sliding-window attention is not supported (use_sliding_window / layer_types)"
+            )
         if hf.get("hidden_act", "silu") != "silu":
             raise ModelConfigError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported; expected 'silu'")
 
@@ -101,7 +105,7 @@ class ModelConfig:
         )
 
     @classmethod
-    def from_pretrained_dir(cls, path: str | Path, **runtime: Any) -> "ModelConfig":
+    def from_pretrained_dir(cls, path: str | Path, **runtime: Any) -> ModelConfig:
         file = Path(path) / "config.json"
         if not file.is_file():
             raise ModelConfigError(f"{file}: not found; a model folder needs a Hugging Face config.json")
@@ -124,8 +128,13 @@ def _rope_parameters(hf: dict[str, Any], source: str) -> dict[str, Any]:
     params.setdefault("rope_theta", hf.get("rope_theta", 10000.0))
     rope_type = params.setdefault("rope_type", "default")
     if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise ModelConfigError(f"{source}: rope type {rope_type!r} is not supported; expected one of {SUPPORTED_ROPE_TYPES}")
-    required = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+        raise ModelConfigError(
+            f"{source}: rope type {rope_type!r} is not supported; expected one of {SUPPORTED_ROPE_TYPES}"
+        )
+    required = {
+        "linear": ("factor",),
+        "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    }
     for key in required.get(rope_type, ()):
         if key not in params:
             raise ModelConfigError(f"{source}: rope type {rope_type!r} needs field {key!r}")

@@ -47,10 +47,12 @@ class KVCache(NamedTuple):
     index: jax.Array  # [] int32
 
     @classmethod
-    def empty(cls, config: ModelConfig, batch: int, slots: int) -> "KVCache":
+    def empty(cls, config: ModelConfig, batch: int, slots: int) -> KVCache:
         shape = (config.num_layers, batch, slots, config.num_kv_heads, config.head_dim)
         dtype = jnp.dtype(config.dtype)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, slots), bool), jnp.array(0, jnp.int32))
+        return cls(
+            jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, slots), bool), jnp.array(0, jnp.int32)
+        )
 
 
 class Lora(NamedTuple):
@@ -69,8 +71,9 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight.astype(x.dtype) * normed.astype(x.dtype)
 
 
-def linear(x: jax.Array, p: Params, adapter: Params | None = None, lora: Lora | None = None,
-           rng: jax.Array | None = None) -> jax.Array:
+def linear(
+    x: jax.Array, p: Params, adapter: Params | None = None, lora: Lora | None = None, rng: jax.Array | None = None
+) -> jax.Array:
     """x @ W.T (+ b) (+ scale * dropout(x) @ A.T @ B.T); the frozen W is cast to x's dtype, never copied in f32."""
     y = jnp.einsum("...i,oi->...o", x, p["weight"].astype(x.dtype))
     if "bias" in p:
@@ -107,8 +110,19 @@ def attention_implementation(config: ModelConfig) -> str:
     return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
 
 
-def _block(h, layer: Params, adapters: Params | None, kv, cos, sin, mask, config: ModelConfig, lora: Lora | None,
-           rng: jax.Array | None, write_index):
+def _block(
+    h,
+    layer: Params,
+    adapters: Params | None,
+    kv,
+    cos,
+    sin,
+    mask,
+    config: ModelConfig,
+    lora: Lora | None,
+    rng: jax.Array | None,
+    write_index,
+):
     """One pre-norm decoder layer. With a cache (kv != None) the new keys/values are written at write_index."""
     batch, seq, _ = h.shape
     rngs = list(jax.random.split(rng, len(PROJECTIONS))) if rng is not None else [None] * len(PROJECTIONS)
@@ -127,8 +141,9 @@ def _block(h, layer: Params, adapters: Params | None, kv, cos, sin, mask, config
         v_all = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), write_index, axis=1)
         kv = (k_all, v_all)
         k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
-    attn = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=config.head_dim**-0.5,
-                                        implementation=attention_implementation(config))
+    attn = jax.nn.dot_product_attention(
+        q, k, v, mask=mask, scale=config.head_dim**-0.5, implementation=attention_implementation(config)
+    )
     h = h + proj("o_proj", attn.reshape(batch, seq, config.num_heads * config.head_dim))
 
     x = rms_norm(h, layer["post_attention_norm"], config.rms_norm_eps)
@@ -136,9 +151,16 @@ def _block(h, layer: Params, adapters: Params | None, kv, cos, sin, mask, config
     return h, kv
 
 
-def hidden_states(params: Params, tokens: jax.Array, config: ModelConfig, *, token_mask: jax.Array | None = None,
-                  positions: jax.Array | None = None, cache: KVCache | None = None, lora: Lora | None = None,
-                  ) -> tuple[jax.Array, KVCache | None]:
+def hidden_states(
+    params: Params,
+    tokens: jax.Array,
+    config: ModelConfig,
+    *,
+    token_mask: jax.Array | None = None,
+    positions: jax.Array | None = None,
+    cache: KVCache | None = None,
+    lora: Lora | None = None,
+) -> tuple[jax.Array, KVCache | None]:
     """Final-normed hidden states [B, T, D] for tokens [B, T], and the updated cache.
 
     token_mask [B, T] marks real (non-pad) tokens. positions default to each row's count of real tokens so

@@ -1,0 +1,77 @@
+"""Orbax checkpoints of the trainable state under {workdir}/checkpoints/<step>/.
+
+A checkpoint holds the LoRA params, optimizer state, step and RNG (the `state` item) plus JSON metadata:
+the data position and what export needs (LoRA rank/alpha/targets, base model path). The frozen base is never
+saved: it is re-read from model.path. Saves are async; the manager keeps the last `keep`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be restored into this run."""
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+    return epath.Path(workdir) / "checkpoints"
+
+
+def manager(workdir: str, keep: int = 3, async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if read_only else keep,
+        read_only=read_only,
+        enable_async_checkpointing=async_save,
+        create=not read_only,
+    )
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]) -> None:
+    mgr.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
+    )
+
+
+def restore(mgr: ocp.CheckpointManager, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
+    """The latest (or given) checkpoint restored onto the shardings of `like`; None when there is none."""
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+        return None
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+    try:
+        restored = mgr.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        )
+    except Exception as e:  # a checkpoint from another model, rank or targets: say where and what
+        raise CheckpointError(
+            f"{checkpoint_dir(str(mgr.directory.parent))}/{step}: cannot be restored into this run "
+            f"(different model, LoRA rank or targets?): {type(e).__name__}: {e}"
+        ) from e
+    return restored.state, dict(restored.meta)
+
+
+def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any]]:
+    """(step, metadata) of the latest or given checkpoint, without restoring arrays."""
+    mgr = manager(workdir, read_only=True)
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"{checkpoint_dir(workdir)}: no checkpoint found")
+    meta_file = checkpoint_dir(workdir) / str(step) / "meta" / "metadata"
+    if not meta_file.exists():
+        raise CheckpointError(f"{meta_file}: checkpoint metadata missing")
+    return step, json.loads(meta_file.read_text())
+
+
+def restore_adapters(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """LoRA params (on the default device) and metadata from a checkpoint, for export and evaluation."""
+    step, meta = read_meta(workdir, step)
+    mgr = manager(workdir, read_only=True)
+    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored.state["lora"], meta

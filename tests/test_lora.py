@@ -1,0 +1,103 @@
+"""LoRA: a fresh adapter is the identity, one step moves only adapters, optimizer state is adapters-sized."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import capt_jax
+from capt_jax.config import default_config
+from capt_jax.lora import init_lora, lora_scale, make_optimizer, merge_lora, partition_labels, warmup_cosine
+from capt_jax.model import Lora, forward
+from capt_jax.train import make_train_step
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj")
+
+
+def size(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def random_batch(accum: int, micro: int, length: int, seed: int = 0) -> dict[str, jnp.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 128, (accum, micro, length + 1)).astype(np.int32)
+    return {
+        "inputs": jnp.asarray(ids[..., :-1]),
+        "targets": jnp.asarray(ids[..., 1:]),
+        "weights": jnp.ones((accum, micro, length), jnp.float32),
+        "mask": jnp.ones((accum, micro, length), bool),
+    }
+
+
+def test_fresh_adapter_leaves_logits_identical(tiny_llama_dir):
+    model = capt_jax.load_pretrained(tiny_llama_dir, progress=False)
+    adapters = init_lora(model.config, TARGETS, 8, jax.random.PRNGKey(0))
+    ids = jnp.arange(20, dtype=jnp.int32)[None] % 128
+    base, _ = forward(model.params, ids, model.config)
+    adapted, _ = forward(model.params, ids, model.config, lora=Lora(adapters, lora_scale(8, 16.0)))
+    assert np.array_equal(np.asarray(base), np.asarray(adapted))
+
+
+def test_merged_weights_equal_applied_adapter(tiny_llama_dir):
+    model = capt_jax.load_pretrained(tiny_llama_dir, progress=False)
+    adapters = init_lora(model.config, TARGETS, 4, jax.random.PRNGKey(0))
+    adapters = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape), adapters)
+    ids = jnp.arange(20, dtype=jnp.int32)[None] % 128
+    scale = lora_scale(4, 8.0)
+    applied, _ = forward(model.params, ids, model.config, lora=Lora(adapters, scale))
+    merged, _ = forward(merge_lora(model.params, adapters, scale), ids, model.config)
+    np.testing.assert_allclose(
+        np.asarray(merged), np.asarray(applied), rtol=0, atol=1e-5 * float(jnp.abs(applied).max())
+    )
+
+
+def test_one_step_changes_only_adapters_and_state_is_adapter_sized(tiny_llama_dir):
+    model = capt_jax.load_pretrained(tiny_llama_dir, progress=False)
+    config = default_config()
+    config.lora.rank, config.lora.alpha, config.lora.targets = 8, 16.0, TARGETS
+    schedule = warmup_cosine(1e-2, 10, 0.0)
+    optimizer = make_optimizer(schedule, 0.01, 1.0)
+    adapters = init_lora(model.config, TARGETS, 8, jax.random.PRNGKey(0))
+    opt_state = optimizer.init(adapters)
+    # Adam's two moments per adapter weight; everything else in the state is a scalar (step counts).
+    assert sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim) == 2 * size(adapters)
+    assert all(x.size == 1 for x in jax.tree.leaves(opt_state) if not x.ndim)
+    assert set(jax.tree.leaves(partition_labels(adapters))) == {"lora"}
+
+    base_before = jax.tree.map(np.array, model.params)
+    state = {"step": jnp.array(0), "lora": adapters, "opt": opt_state, "rng": jax.random.PRNGKey(1)}
+    step = jax.jit(make_train_step(model.config, config, optimizer, schedule))
+    new_state, metrics = step(state, model.params, random_batch(1, 2, 16))
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+    assert all(
+        np.array_equal(a, np.asarray(b)) for a, b in zip(jax.tree.leaves(base_before), jax.tree.leaves(model.params))
+    )
+    for name in TARGETS:
+        for leaf in ("a", "b"):
+            assert not np.array_equal(
+                np.asarray(new_state["lora"]["layers"][name][leaf]), np.asarray(adapters["layers"][name][leaf])
+            ), (name, leaf)
+    assert int(new_state["step"]) == 1
+
+
+def test_gradient_accumulation_equals_one_big_batch(tiny_llama_dir):
+    model = capt_jax.load_pretrained(tiny_llama_dir, progress=False)
+    config = default_config()
+    config.lora.rank, config.lora.dropout = 4, 0.0
+    schedule = warmup_cosine(1e-3, 10, 0.0)
+    optimizer = make_optimizer(schedule, 0.0, 0.0)
+    adapters = init_lora(model.config, config.lora.targets, 4, jax.random.PRNGKey(0))
+    adapters = jax.tree.map(lambda x: x + 0.01, adapters)
+    big = random_batch(1, 4, 16)
+    big["weights"] = big["weights"].at[0, 1, 5:].set(0.0)  # unequal weights per row: the mean must be global
+    split = jax.tree.map(lambda x: x.reshape(2, 2, 16), big)
+    results = []
+    for accum, batch in ((1, big), (2, split)):
+        config.train.grad_accum = accum
+        state = {"step": jnp.array(0), "lora": adapters, "opt": optimizer.init(adapters), "rng": jax.random.PRNGKey(1)}
+        results.append(jax.jit(make_train_step(model.config, config, optimizer, schedule))(state, model.params, batch))
+    (s1, m1), (s2, m2) = results
+    np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(s1["lora"]), jax.tree.leaves(s2["lora"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

@@ -1,0 +1,201 @@
+"""The training engine end to end: config errors, sharded equivalence, kill/resume, preemption, divergence, SFT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, write_sft_jsonl
+
+SFT_CONFIG = str(REPO / "configs" / "smollm2_sft.py")
+
+
+def losses(workdir: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {m["step"]: m["loss"] for m in lines if "loss" in m}
+
+
+def train_args(model_dir: Path, data: Path, workdir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "capt_jax.train",
+        "--config",
+        SFT_CONFIG,
+        f"--config.model.path={model_dir}",
+        f"--config.data.path={data}",
+        f"--config.workdir={workdir}",
+        "--config.data.holdout_fraction=0",
+        "--config.train.batch_size=8",
+        "--config.train.seq_len=64",
+        "--config.train.learning_rate=3e-3",
+        "--config.lora.dropout=0.1",
+        *overrides,
+    ]
+
+
+def run(args: list[str], devices: int = 1, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def sft_file(tmp_path_factory) -> Path:
+    return write_sft_jsonl(tmp_path_factory.mktemp("data") / "sft.jsonl", 160)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.train.max_stepz=3", "unknown config key 'train.max_stepz' (did you mean 'train.max_steps'?)"),
+        ("--config.train.batch_size=four", "config key 'train.batch_size': 'four' is not a valid int"),
+        ("--config.mesh.data=3", "config key 'mesh': data=3 x fsdp=1 x tensor=1 = 3 devices, but 1 are available"),
+        ("--config.model.remat=sometimes", "config key 'model.remat': 'sometimes' is not one of"),
+        ("--config.data.path=/no/such.jsonl", "config key 'data.path': JSONL file '/no/such.jsonl' not found"),
+    ],
+)
+def test_bad_config_fails_before_loading_with_key_named(override, message, capsys, sft_file):
+    from capt_jax.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", SFT_CONFIG, f"--config.data.path={sft_file}", "--config.model.path=/not/loaded", override])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_jsonl_names_file_and_line(tmp_path, tiny_chat_dir, capsys):
+    from capt_jax.train import main
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "--config",
+                SFT_CONFIG,
+                f"--config.data.path={data}",
+                f"--config.model.path={tiny_chat_dir}",
+                f"--config.workdir={tmp_path / 'w'}",
+            ]
+        )
+    assert f"{data}:2: field 'completion' is missing or not a string" in capsys.readouterr().err
+
+
+def test_eight_devices_match_one_device(tmp_path, tiny_chat_dir, sft_file):
+    common = ["--config.train.max_steps=4", "--config.checkpoint.every_steps=100"]
+    one = run(train_args(tiny_chat_dir, sft_file, tmp_path / "one", *common))
+    assert one.returncode == 0, one.stderr[-3000:]
+    eight = run(
+        train_args(
+            tiny_chat_dir, sft_file, tmp_path / "eight", *common, "--config.mesh.data=4", "--config.mesh.fsdp=2"
+        ),
+        devices=8,
+    )
+    assert eight.returncode == 0, eight.stderr[-3000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "eight")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    assert b == pytest.approx(a, rel=1e-5)
+
+
+def test_sigkill_then_restart_reproduces_uninterrupted_losses(tmp_path, tiny_chat_dir, sft_file):
+    common = ["--config.train.max_steps=10", "--config.checkpoint.every_steps=3"]
+    reference = run(train_args(tiny_chat_dir, sft_file, tmp_path / "ref", *common))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    workdir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        train_args(tiny_chat_dir, sft_file, workdir, *common),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (workdir / "metrics.jsonl").exists() and max(losses(workdir), default=0) >= 7:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (workdir / "checkpoints" / "6").is_dir(), "the kill should land after the step-6 checkpoint"
+    resumed = run(train_args(tiny_chat_dir, sft_file, workdir, *common))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    assert losses(workdir) == losses(tmp_path / "ref")  # every step, bit for bit
+
+
+def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path, tiny_chat_dir, sft_file):
+    workdir = tmp_path / "preempted"
+    proc = subprocess.Popen(
+        train_args(
+            tiny_chat_dir, sft_file, workdir, "--config.train.max_steps=500", "--config.checkpoint.every_steps=1000"
+        ),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((workdir / "metrics.jsonl").exists() and losses(workdir)):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and saved[-1] == max(losses(workdir)), out
+    assert "SIGTERM: saved checkpoint" in out
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_chat_dir, sft_file):
+    workdir = tmp_path / "diverged"
+    result = run(
+        train_args(
+            tiny_chat_dir,
+            sft_file,
+            workdir,
+            "--config.train.max_steps=30",
+            "--config.checkpoint.every_steps=1",
+            "--config.checkpoint.async_save=false",
+            "--config.train.learning_rate=1e9",
+            "--config.train.grad_clip=0",
+            "--config.train.warmup_ratio=0",
+        )
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "loss is nan" in result.stderr or "loss is inf" in result.stderr
+    bad_step = int(result.stderr.split("error: step ")[1].split(":")[0])
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved[-1] == bad_step - 1
+
+
+def test_smollm2_sft_lowers_heldout_loss(tmp_path):
+    """A couple of hundred CPU steps of configs/smollm2_sft.py on a learnable task."""
+    from capt_jax.config import load_config
+    from capt_jax.train import train
+
+    data = write_sft_jsonl(tmp_path / "sft.jsonl", 400)
+    config = load_config(
+        SFT_CONFIG,
+        [
+            f"--config.data.path={data}",
+            f"--config.workdir={tmp_path / 'w'}",
+            "--config.train.max_steps=200",
+            "--config.train.batch_size=2",
+            "--config.data.chat_template=false",
+            "--config.train.seq_len=64",
+            "--config.checkpoint.every_steps=1000",
+        ],
+    )
+    last = train(config)
+    evals = [
+        json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line
+    ]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 200
+    assert evals[-1]["eval_loss"] < 0.5 * evals[0]["eval_loss"], evals
+    assert last["loss"] < 1.0
+    assert list((tmp_path / "w" / "tensorboard").iterdir())
