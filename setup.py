@@ -24,6 +24,7 @@ setup(
         "numpy>=1.26",
         "tqdm>=4.66",
         "tensorboardX>=2.6",
+        "matplotlib>=3.7",
         "pyyaml>=6",
     ],
     extras_require={

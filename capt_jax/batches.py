@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from capt_jax.generate import bucket, chat_prompt
+from capt_jax.generate import chat_prompt, length_bucket
+from capt_jax.objective import ESTIMATION_TASK, INTERVENTION_TASK
 
 MIN_SEQ_BUCKET = 32
+MIN_LOSS_WINDOW = 16
 SORT_WINDOW_BATCHES = 64  # batches per window sorted by length: tight buckets, still shuffled
 
 
@@ -53,16 +55,45 @@ def end_of_turn(tokenizer: Any) -> str:
     return text.split(marker, 1)[1].rstrip()
 
 
+Encode = Callable[[dict[str, str]], tuple[np.ndarray, np.ndarray]]
+
+
+def pair_encoder(tokenizer: Any, chat_template: bool = True, loss_on: str = "completion") -> Encode:
+    """pair -> (token ids, loss mask), untruncated: prompt tokens exactly as generation will see them, then
+    completion + end-of-turn/EOS."""
+    suffix = end_of_turn(tokenizer) if chat_template else (tokenizer.eos_token or "")
+
+    def encode(pair: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+        prompt = chat_prompt(tokenizer, pair["prompt"]) if chat_template else pair["prompt"]
+        p = tokenizer(prompt, add_special_tokens=not chat_template)["input_ids"]
+        c = tokenizer(pair["completion"] + suffix, add_special_tokens=False)["input_ids"]
+        return np.asarray(p + c, np.int32), np.concatenate([np.full(len(p), loss_on == "all"), np.ones(len(c), bool)])
+
+    return encode
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenizedSet:
-    """Variable-length sequences: ids[i] and, per position, whether predicting that token counts in the loss."""
+    """Pairs whose every length is known but whose token ids are made only when a row is read.
 
-    ids: list[np.ndarray]
-    loss_mask: list[np.ndarray]
+    Batch order and padding need all lengths (and loss windows); the ids are needed only for the rows a
+    process feeds its devices, so on a pod each host tokenizes its share of every batch instead of the whole set.
+    """
+
+    pairs: Sequence[dict[str, str]]
+    encode: Encode
+    seq_len: int
+    lengths: np.ndarray  # per row: input positions (tokens - 1) after truncation to seq_len + 1 tokens
+    loss_starts: np.ndarray  # per row: the first input position whose next token counts in the loss
     truncated: int
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.pairs)
+
+    def __getitem__(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, loss mask) of one row; inputs are ids[:-1], targets ids[1:]."""
+        ids, mask = self.encode(self.pairs[row])
+        return ids[: self.seq_len + 1], mask[: self.seq_len + 1]
 
 
 def tokenize_pairs(
@@ -71,21 +102,26 @@ def tokenize_pairs(
     seq_len: int,
     chat_template: bool = True,
     loss_on: str = "completion",
+    process_index: int = 0,
+    process_count: int = 1,
+    gather: Callable[[np.ndarray], np.ndarray] = lambda x: x[None],
 ) -> TokenizedSet:
-    """Prompt tokens exactly as generation will see them, then completion + end-of-turn/EOS."""
-    suffix = end_of_turn(tokenizer) if chat_template else (tokenizer.eos_token or "")
-    ids, masks, truncated = [], [], 0
-    for pair in pairs:
-        prompt = chat_prompt(tokenizer, pair["prompt"]) if chat_template else pair["prompt"]
-        p = tokenizer(prompt, add_special_tokens=not chat_template)["input_ids"]
-        c = tokenizer(pair["completion"] + suffix, add_special_tokens=False)["input_ids"]
-        seq = np.asarray(p + c, np.int32)
-        mask = np.concatenate([np.full(len(p), loss_on == "all"), np.ones(len(c), bool)])
-        if len(seq) > seq_len + 1:  # inputs are seq[:-1], targets seq[1:]
-            seq, mask, truncated = seq[: seq_len + 1], mask[: seq_len + 1], truncated + 1
-        ids.append(seq)
-        masks.append(mask)
-    return TokenizedSet(ids, masks, truncated)
+    """Learn every pair's length and loss start with each process tokenizing every process_count-th pair only.
+
+    `gather` stacks one array from every process ([process_count, ...], e.g. multihost_utils.process_allgather);
+    strided shards make the stacked values, read column by column, come out in row order.
+    """
+    encode = pair_encoder(tokenizer, chat_template, loss_on)
+    shard = np.full((-(-len(pairs) // process_count), 2), -1, np.int32)
+    for i, pair in enumerate(pairs[process_index::process_count]):
+        ids, mask = encode(pair)
+        counted = np.flatnonzero(mask[1 : seq_len + 1])
+        shard[i] = len(ids), counted[0] if len(counted) else 0
+    stats = np.asarray(gather(shard)).transpose(1, 0, 2).reshape(-1, 2)[: len(pairs)]
+    tokens = stats[:, 0]
+    return TokenizedSet(
+        pairs, encode, seq_len, np.minimum(tokens, seq_len + 1) - 1, stats[:, 1], int(np.sum(tokens > seq_len + 1))
+    )
 
 
 def epoch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -102,15 +138,14 @@ def epoch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) 
 
 
 class BatchStream:
-    """The training batch for any step, deterministic in (seed, step)."""
+    """The rows of the training batch for any step, deterministic in (seed, step)."""
 
-    def __init__(self, data: TokenizedSet, batch_size: int, seq_len: int, seed: int, pad_id: int):
-        if len(data) < batch_size:
-            raise DataFileError(f"training data has {len(data)} sequences, fewer than train.batch_size={batch_size}")
-        self.data, self.batch_size, self.seq_len, self.seed, self.pad_id = data, batch_size, seq_len, seed, pad_id
-        self.lengths = [len(x) - 1 for x in data.ids]
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int):
+        if len(lengths) < batch_size:
+            raise DataFileError(f"training data has {len(lengths)} sequences, fewer than train.batch_size={batch_size}")
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
         self._epoch, self._order = -1, []
-        self.batches_per_epoch = len(epoch_order(self.lengths, batch_size, seed, 0))
+        self.batches_per_epoch = len(epoch_order(lengths, batch_size, seed, 0))
 
     def rows(self, step: int) -> np.ndarray:
         epoch = step // self.batches_per_epoch
@@ -118,21 +153,49 @@ class BatchStream:
             self._epoch, self._order = epoch, epoch_order(self.lengths, self.batch_size, self.seed, epoch)
         return self._order[step % self.batches_per_epoch]
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        return make_batch(self.data, self.rows(step), self.seq_len, self.pad_id)
+
+def batch_length(data: TokenizedSet, rows: Iterable[int]) -> int:
+    """T of a batch: the length bucket of its longest row (at most seq_len), from lengths alone, so every
+    process pads its part of a batch to the same T."""
+    return min(data.seq_len, length_bucket(int(max(data.lengths[r] for r in rows)), MIN_SEQ_BUCKET))
 
 
-def make_batch(data: TokenizedSet, rows: Iterable[int], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
-    """Right-padded arrays [B, T], T the power-of-two bucket of the longest row (at most seq_len)."""
+def loss_width(data: TokenizedSet, rows: Iterable[int], length: int) -> int:
+    """C of a batch: the bucketed widest loss window (loss start to row end) of its rows, at most T.
+
+    Only these positions need the vocabulary projection: with a completion-only loss that is a fraction of T.
+    """
     rows = list(rows)
-    length = min(seq_len, bucket(max(len(data.ids[r]) - 1 for r in rows), MIN_SEQ_BUCKET))
+    widest = int(max(data.lengths[r] - data.loss_starts[r] for r in rows))
+    return min(length, length_bucket(max(widest, 1), MIN_LOSS_WINDOW))
+
+
+def make_batch(
+    data: TokenizedSet, rows: Iterable[int], length: int, pad_id: int, width: int | None = None
+) -> dict[str, np.ndarray]:
+    """Right-padded inputs and mask [len(rows), T]; targets and loss weights [len(rows), C] for each row's loss
+    window, which starts at loss_start [len(rows)]; and each row's task. Only these rows are tokenized."""
+    rows = list(rows)
+    width = length if width is None else width
     inputs = np.full((len(rows), length), pad_id, np.int32)
-    targets = np.zeros((len(rows), length), np.int32)
-    weights = np.zeros((len(rows), length), np.float32)
     mask = np.zeros((len(rows), length), bool)
+    targets = np.zeros((len(rows), width), np.int32)
+    weights = np.zeros((len(rows), width), np.float32)
+    starts = np.zeros(len(rows), np.int32)
     for i, r in enumerate(rows):
-        seq, loss_mask = data.ids[r], data.loss_mask[r]
+        seq, loss_mask = data[r]
         n = len(seq) - 1
-        inputs[i, :n], targets[i, :n], mask[i, :n] = seq[:-1], seq[1:], True
-        weights[i, :n] = loss_mask[1:]
-    return {"inputs": inputs, "targets": targets, "weights": weights, "mask": mask}
+        inputs[i, :n], mask[i, :n] = seq[:-1], True
+        start = min(int(data.loss_starts[r]), length - width)  # the window stays inside the row's T positions
+        end = min(n, start + width)
+        starts[i] = start
+        targets[i, : end - start], weights[i, : end - start] = seq[start + 1 : end + 1], loss_mask[start + 1 : end + 1]
+    task = [ESTIMATION_TASK if data.pairs[r].get("task") == "estimation" else INTERVENTION_TASK for r in rows]
+    return {
+        "inputs": inputs,
+        "mask": mask,
+        "targets": targets,
+        "weights": weights,
+        "loss_start": starts,
+        "task": np.asarray(task, np.int32),
+    }

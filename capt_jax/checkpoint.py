@@ -24,11 +24,9 @@ def checkpoint_dir(workdir: str) -> epath.Path:
 
 
 def manager(workdir: str, keep: int = 3, async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
+    """read_only: open an existing folder for restoring (creates nothing, deletes nothing)."""
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None if read_only else keep,
-        read_only=read_only,
-        enable_async_checkpointing=async_save,
-        create=not read_only,
+        max_to_keep=None if read_only else keep, enable_async_checkpointing=async_save, create=not read_only
     )
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 

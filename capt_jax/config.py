@@ -51,6 +51,9 @@ def default_config() -> ConfigDict:
     c.data.holdout_fraction = 0.0  # last fraction of the JSONL kept out of training, for eval loss
     c.data.chat_template = True  # wrap prompt/completion as a user/assistant turn
     c.data.loss_on = "completion"  # completion | all (the paper's code trains on the whole conversation)
+    # w_est of the two-stage objective w_est * L(raw prompt -> abstraction) + L(intervened prompt -> reasoning);
+    # 0 reproduces the paper, > 0 trains the model to be its own estimator (eval.estimator = self).
+    c.data.estimation_weight = 0.0
 
     c.train = ConfigDict()
     c.train.max_steps = 3200
@@ -63,6 +66,21 @@ def default_config() -> ConfigDict:
     c.train.grad_clip = 1.0
     c.train.log_every = 1
     c.train.eval_every = 0  # 0: evaluate held-out loss only at the end
+
+    c.eval = ConfigDict()
+    c.eval.estimator = "oracle"  # oracle | lm | openai | self: who abstracts test questions (stage 1)
+    c.eval.estimator_model = ""  # lm: any model load_pretrained accepts; "" = the base model without adapter
+    c.eval.estimator_shots = 2  # worked examples in the lm / openai estimation prompt
+    c.eval.estimator_retries = 3  # re-samples of an invalid estimate before falling back to the raw prompt
+    c.eval.estimator_max_new_tokens = 512
+    c.eval.openai_base_url = "https://api.openai.com/v1"
+    c.eval.openai_model = "gpt-4o-mini"
+    c.eval.openai_api_key_env = "OPENAI_API_KEY"
+    c.eval.splits = ("id", "anti", "non")
+    c.eval.max_examples = 0  # per split; 0 = the whole test set
+    c.eval.max_new_tokens = 512
+    c.eval.batch_size = 32
+    c.eval.seed = 0
 
     c.checkpoint = ConfigDict()
     c.checkpoint.every_steps = 500
@@ -191,8 +209,7 @@ def mesh_shape(config: ConfigDict, device_count: int) -> dict[str, int]:
 
 def validate(config: ConfigDict, device_count: int) -> None:
     """Every check that needs no model: run before loading weights or compiling anything."""
-    _choice(config, "model.dtype", ("float32", "bfloat16", "float16"))
-    _choice(config, "model.compute_dtype", ("float32", "bfloat16", "float16"))
+    validate_eval(config)
     _choice(config, "model.remat", tuple(REMAT_POLICIES))
     _choice(config, "model.attention_impl", ("auto", "xla", "cudnn"))
     _choice(config, "data.kind", ("jsonl", "capt"))
@@ -211,7 +228,13 @@ def validate(config: ConfigDict, device_count: int) -> None:
         "checkpoint.keep",
     ):
         _positive(config, key)
-    for key in ("train.weight_decay", "train.grad_clip", "train.eval_every", "train.warmup_ratio"):
+    for key in (
+        "train.weight_decay",
+        "train.grad_clip",
+        "train.eval_every",
+        "train.warmup_ratio",
+        "data.estimation_weight",
+    ):
         _positive(config, key, allow_zero=True)
     if not 0 <= config.lora.dropout < 1:
         raise ConfigError(f"config key 'lora.dropout': {config.lora.dropout} must be in [0, 1)")
@@ -260,3 +283,14 @@ def paper_config(model: str, dataset: str, method: str) -> ConfigDict:
     c.train.seq_len = 1024
     c.checkpoint.every_steps = 400
     return c
+
+
+def validate_eval(config: ConfigDict) -> None:
+    """The checks evaluation needs (it trains nothing, so no data file or mesh is required)."""
+    _choice(config, "eval.estimator", ("oracle", "lm", "openai", "self"))
+    _choice(config, "model.dtype", ("float32", "bfloat16", "float16"))
+    _choice(config, "model.compute_dtype", ("float32", "bfloat16", "float16"))
+    for key in ("eval.max_new_tokens", "eval.batch_size", "eval.estimator_max_new_tokens"):
+        _positive(config, key)
+    for key in ("eval.max_examples", "eval.estimator_retries", "eval.estimator_shots"):
+        _positive(config, key, allow_zero=True)

@@ -94,11 +94,16 @@ def bucket(n: int, minimum: int = 1) -> int:
     return max(minimum, 1 << max(n - 1, 0).bit_length())
 
 
-def chat_prompt(tokenizer: Any, prompt: str) -> str:
-    """The prompt as a single user turn in the tokenizer's chat template, ready for the assistant's answer."""
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
+def length_bucket(n: int, minimum: int = 16) -> int:
+    """Round a sequence length up to 2^k or 1.5 * 2^k: at most a third of a row is padding, and shapes stay few."""
+    power = bucket(n, minimum)
+    return power * 3 // 4 if power * 3 // 4 >= max(n, minimum) and power >= 2 * minimum else power
+
+
+def chat_prompt(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
+    """A prompt (one user turn) or a whole conversation in the tokenizer's chat template, ready for the reply."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def eos_token_ids(model: Pretrained) -> tuple[int, ...]:
@@ -110,7 +115,7 @@ def eos_token_ids(model: Pretrained) -> tuple[int, ...]:
 
 def generate(
     model: Pretrained,
-    prompts: Sequence[str],
+    prompts: Sequence[str | list[dict[str, str]]],
     max_new_tokens: int = 256,
     sampling: Sampling = Sampling(),
     chat: bool = False,
@@ -132,7 +137,7 @@ def generate(
     rng = jax.random.key(seed)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for rows in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
-        length = bucket(max(len(encoded[i]) for i in rows), MIN_LENGTH_BUCKET)
+        length = length_bucket(max(len(encoded[i]) for i in rows), MIN_LENGTH_BUCKET)
         ids = np.full((bucket(len(rows)), length), pad_id, np.int32)
         mask = np.zeros(ids.shape, bool)
         for r, i in enumerate(rows):

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from capt_jax import checkpoint as ckpt
-from capt_jax.batches import BatchStream, TokenizedSet, make_batch, read_jsonl_pairs, tokenize_pairs
+from capt_jax.batches import (
+    BatchStream,
+    TokenizedSet,
+    batch_length,
+    loss_width,
+    make_batch,
+    read_jsonl_pairs,
+    tokenize_pairs,
+)
 from capt_jax.config import ConfigDict, ConfigError, load_config, mesh_shape, validate
-from capt_jax.data import DataError, training_data
+from capt_jax.data import DataError, abstract, training_data, training_examples
+from capt_jax.estimate import estimation_prompt, estimation_target
 from capt_jax.lora import init_lora, lora_scale, make_optimizer, warmup_cosine
 from capt_jax.metrics import MetricsWriter
 from capt_jax.model import ModelConfig, Params
-from capt_jax.objective import loss_sums
+from capt_jax.objective import loss_sums, position_nll, row_coefficients
 from capt_jax.pretrained import Pretrained, load_pretrained
 from capt_jax.sharding import batch_sharding, make_mesh, placer, replicated, tree_shardings
 
@@ -41,26 +53,65 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
-def maybe_initialize_distributed(config: ConfigDict) -> None:
-    """Join JAX's multi-host runtime when asked, or when a cluster environment (TPU pod, SLURM) is detected."""
-    d = config.distributed
-    cluster = (
-        len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
-        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-        or "JAX_COORDINATOR_ADDRESS" in os.environ
+def cluster_detected(env: Mapping[str, str]) -> bool:
+    """A multi-process launch that jax.distributed can configure itself (TPU pod worker list, SLURM, or a
+    coordinator in the environment)."""
+    return (
+        len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+        or int(env.get("SLURM_NTASKS", "1")) > 1
+        or "JAX_COORDINATOR_ADDRESS" in env
     )
-    if d.initialize == "never" or (d.initialize == "auto" and not (cluster or d.coordinator_address)):
+
+
+def maybe_initialize_distributed(config: ConfigDict) -> None:
+    """Join JAX's multi-host runtime: explicitly when distributed.coordinator_address is set (the launchers in
+    launch/ do), by jax's own cluster detection when asked (`always`) or when a cluster is detected (`auto`).
+
+    Explicit settings switch jax's detection off: under SLURM it would otherwise pin each process to the
+    single GPU numbered SLURM_LOCALID, which is wrong with one process per node.
+    """
+    d = config.distributed
+    if d.initialize not in ("auto", "always", "never"):
+        raise ConfigError(
+            f"config key 'distributed.initialize': {d.initialize!r} is not one of ['auto', 'always', 'never']"
+        )
+    explicit = bool(d.coordinator_address)
+    if d.initialize == "never" or (d.initialize == "auto" and not (explicit or cluster_detected(os.environ))):
         return
     kwargs = {}
-    if d.coordinator_address:
-        kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes, process_id=d.process_id)
-    jax.distributed.initialize(**kwargs)
+    if explicit:
+        if not 0 <= d.process_id < d.num_processes:
+            raise ConfigError(
+                f"config keys 'distributed.num_processes'={d.num_processes} and 'distributed.process_id'="
+                f"{d.process_id}: with 'distributed.coordinator_address' set, both are needed, "
+                "with 0 <= process_id < num_processes"
+            )
+        kwargs = dict(
+            coordinator_address=d.coordinator_address,
+            num_processes=d.num_processes,
+            process_id=d.process_id,
+            cluster_detection_method="deactivate",
+        )
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError) as e:  # no cluster detected, or JAX already initialized
+        source = f"coordinator {d.coordinator_address}" if explicit else "jax's cluster auto-detection"
+        raise ConfigError(
+            f"config key 'distributed': could not join the distributed runtime via {source}: {type(e).__name__}: {e}"
+        ) from e
 
 
 def training_pairs(config: ConfigDict) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """(train, held-out) prompt/completion pairs: a JSONL file, or CAPT-intervened CLadder / PrOntoQA copies."""
     if config.data.kind == "capt":
-        return training_data(config.data), []  # held-out evaluation is accuracy: python -m capt_jax.evaluate
+        pairs = training_data(config.data)
+        if config.data.estimation_weight > 0:  # two-stage objective: the model also learns to estimate
+            copies = max(1, len(pairs) // max(1, config.data.n_train))
+            pairs += [
+                {"prompt": estimation_prompt(e), "completion": estimation_target(abstract(e)), "task": "estimation"}
+                for e in training_examples(config.data)
+            ] * copies
+        return pairs, []  # held-out evaluation is accuracy: python -m capt_jax.evaluate
     pairs = read_jsonl_pairs(config.data.path)
     holdout = int(len(pairs) * config.data.holdout_fraction)
     return pairs[: len(pairs) - holdout], pairs[len(pairs) - holdout :]
@@ -74,30 +125,29 @@ def pad_token_id(model: Pretrained) -> int:
 def make_train_step(
     model_config: ModelConfig, config: ConfigDict, optimizer: optax.GradientTransformation, schedule: optax.Schedule
 ) -> Callable:
-    """step(state, base, batch) -> (state, metrics); batch leaves are [grad_accum, micro_batch, T].
+    """step(state, base, batch) -> (state, metrics); batch leaves are [grad_accum, micro_batch, ...].
 
-    Micro-batch gradients are of the *summed* NLL and are divided once by the global batch's loss weight, so
-    accumulation is exactly the same as one big batch.
+    Per-row loss coefficients come from the whole global batch before the micro-batch loop, so summing
+    micro-batch gradients gives exactly the gradient of one big batch.
     """
     scale, dropout = lora_scale(config.lora.rank, config.lora.alpha), config.lora.dropout
 
     def step(state: State, base: Params, batch: dict[str, jax.Array]) -> tuple[State, dict[str, jax.Array]]:
         rng, step_rng = jax.random.split(state["rng"])
+        coefficients = row_coefficients(batch, config.data.estimation_weight)  # [grad_accum, micro_batch]
 
-        def micro_loss(adapters, micro_batch, key):
-            nll, weight = loss_sums(adapters, base, micro_batch, model_config, scale, dropout, key)
-            return nll, weight
+        def micro_loss(adapters, micro_batch, row_coefficient, key):
+            nll = position_nll(adapters, base, micro_batch, model_config, scale, dropout, key)
+            return jnp.sum(nll * micro_batch["weights"] * row_coefficient[:, None])
 
         def accumulate(carry, xs):
-            grads, nll, weight = carry
-            (micro_nll, micro_weight), g = jax.value_and_grad(micro_loss, has_aux=True)(state["lora"], *xs)
-            return (jax.tree.map(jnp.add, grads, g), nll + micro_nll, weight + micro_weight), None
+            grads, loss = carry
+            micro_loss_value, g = jax.value_and_grad(micro_loss)(state["lora"], *xs)
+            return (jax.tree.map(jnp.add, grads, g), loss + micro_loss_value), None
 
         zeros = jax.tree.map(jnp.zeros_like, state["lora"])
         keys = jax.random.split(step_rng, config.train.grad_accum)
-        (grads, nll, weight), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), (batch, keys))
-        weight = jnp.maximum(weight, 1.0)
-        grads = jax.tree.map(lambda g: g / weight, grads)
+        (grads, loss), _ = jax.lax.scan(accumulate, (zeros, 0.0), (batch, coefficients, keys))
         updates, opt = optimizer.update(grads, state["opt"], state["lora"])
         new_state = {
             "step": state["step"] + 1,
@@ -106,7 +156,7 @@ def make_train_step(
             "rng": rng,
         }
         metrics = {
-            "loss": nll / weight,
+            "loss": loss,
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(state["step"]),
             "tokens": jnp.sum(batch["mask"]),
@@ -137,28 +187,67 @@ class Interrupts:
     def _handle(self, signum, _frame) -> None:
         self.requested = signal.Signals(signum).name
 
+    def agreed(self) -> str | None:
+        """The signal to stop for, decided together: on a pod, hosts see SIGTERM at different steps, and a save
+        is collective, so every host stops at the first step any host was signalled."""
+        if jax.process_count() == 1:
+            return self.requested
+        codes = (None, "SIGINT", "SIGTERM")  # a preemption (SIGTERM) anywhere outranks a Ctrl-C
+        return codes[int(multihost_utils.process_allgather(np.array(codes.index(self.requested))).max())]
+
     def __exit__(self, *_exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
-def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-    """Host arrays -> global arrays; each process transfers only the rows its devices hold."""
-    return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index]) for k, v in batch.items()}
+def host_rows(mesh: Mesh, size: int) -> np.ndarray:
+    """Which rows of a `size`-row batch this process's devices hold: all of them on one host, a share on a pod."""
+    indices = batch_sharding(mesh, 1).addressable_devices_indices_map((size,)).values()
+    return np.unique(np.concatenate([np.arange(size)[index[0]] for index in indices]))
 
 
-def micro_batches(batch: dict[str, np.ndarray], grad_accum: int) -> dict[str, np.ndarray]:
-    return {k: v.reshape(grad_accum, v.shape[0] // grad_accum, *v.shape[1:]) for k, v in batch.items()}
+def host_batch(data: TokenizedSet, rows: np.ndarray, mine: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
+    """This process's part of the batch with rows [grad_accum, micro_batch]: leaves [grad_accum, len(mine), ...],
+    padded to the length the whole batch needs, tokenizing only those rows."""
+    local = rows[:, mine]
+    length = batch_length(data, rows.reshape(-1))
+    batch = make_batch(data, local.reshape(-1), length, pad_id, loss_width(data, rows.reshape(-1), length))
+    return {k: v.reshape(*local.shape, *v.shape[1:]) for k, v in batch.items()}
 
 
-def heldout_loss(eval_step, adapters, base, data: TokenizedSet, config: ConfigDict, pad_id: int, sharding) -> float:
+def to_global(
+    batch: dict[str, np.ndarray], rows: np.ndarray, size: int, mesh: Mesh, batch_dim: int = 0
+) -> dict[str, jax.Array]:
+    """Host arrays holding rows `rows` (of `size`, along batch_dim) -> global arrays split over rows.
+
+    Each process passes only the rows its devices hold (host_rows), so no host builds the whole global batch.
+    """
+    position = np.zeros(size, np.int64)
+    position[rows] = np.arange(len(rows))
+
+    def part(v: np.ndarray, index: tuple[slice, ...]) -> np.ndarray:
+        return v[(*index[:batch_dim], position[index[batch_dim]], *index[batch_dim + 1 :])]
+
+    return {
+        k: jax.make_array_from_callback(
+            (*v.shape[:batch_dim], size, *v.shape[batch_dim + 1 :]),
+            batch_sharding(mesh, v.ndim, batch_dim),
+            functools.partial(part, v),
+        )
+        for k, v in batch.items()
+    }
+
+
+def heldout_loss(eval_step, adapters, base, data: TokenizedSet, config: ConfigDict, pad_id: int, mesh: Mesh) -> float:
     nll = weight = 0.0
     size = config.train.batch_size // config.train.grad_accum
+    mine = host_rows(mesh, size)
     for start in range(0, len(data), size):
-        rows = [min(r, len(data) - 1) for r in range(start, start + size)]  # repeat the last row to fill
-        batch = make_batch(data, rows, config.train.seq_len, pad_id)
-        batch["weights"][len(data) - start :] = 0.0
-        n, w = eval_step(adapters, base, to_global(batch, sharding))
+        rows = np.minimum(np.arange(start, start + size), len(data) - 1)  # repeat the last row to fill
+        length = batch_length(data, rows)
+        batch = make_batch(data, rows[mine], length, pad_id, loss_width(data, rows, length))
+        batch["weights"][start + mine >= len(data)] = 0.0
+        n, w = eval_step(adapters, base, to_global(batch, mine, size, mesh))
         nll, weight = nll + float(n), weight + float(w)
     return nll / max(weight, 1.0)
 
@@ -186,10 +275,14 @@ def train(config: ConfigDict) -> dict[str, float]:
         seq_len=config.train.seq_len,
         chat_template=config.data.chat_template,
         loss_on=config.data.loss_on,
+        process_index=jax.process_index(),  # each process tokenizes a share to learn lengths, then its rows
+        process_count=jax.process_count(),
+        gather=multihost_utils.process_allgather,
     )
     train_set = tokenize(train_pairs)
     heldout_set = tokenize(heldout_pairs) if heldout_pairs else None
-    stream = BatchStream(train_set, config.train.batch_size, config.train.seq_len, config.seed, pad_id)
+    stream = BatchStream(train_set.lengths, config.train.batch_size, config.seed)
+    mine = host_rows(mesh, config.train.batch_size // config.train.grad_accum)
     if train_set.truncated and lead:
         print(
             f"note: {train_set.truncated} training sequences were longer than train.seq_len="
@@ -207,10 +300,9 @@ def train(config: ConfigDict) -> dict[str, float]:
     state_shardings = tree_shardings(jax.eval_shape(init_state, jax.random.PRNGKey(0)), mesh)
     state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
     base_shardings = jax.tree.map(lambda x: x.sharding, model.params)
-    rows, eval_rows = batch_sharding(mesh, 3, batch_dim=1), batch_sharding(mesh, 2)
     train_step = jax.jit(
         make_train_step(model_config, config, optimizer, schedule),
-        in_shardings=(state_shardings, base_shardings, rows),
+        in_shardings=(state_shardings, base_shardings, None),  # batches arrive sharded by to_global
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=(0,),
     )
@@ -226,7 +318,7 @@ def train(config: ConfigDict) -> dict[str, float]:
             print(f"resuming from {ckpt.checkpoint_dir(config.workdir)}/{start}")
     writer = MetricsWriter(config.workdir, enabled=lead, resume_step=start)
     if lead:
-        (Path(config.workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+        (epath.Path(config.workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
     # A local base is recorded by absolute path, so export works from any directory; hub ids stay as given.
     base = Path(config.model.path).expanduser()
     meta = {
@@ -241,6 +333,7 @@ def train(config: ConfigDict) -> dict[str, float]:
 
     def save(step: int) -> None:
         ckpt.save(mgr, step, state, {**meta, "data_position": step})
+        writer.flush()  # metrics up to every checkpoint are durable, even in a gs:// workdir
 
     if start >= config.train.max_steps:
         if lead:
@@ -250,9 +343,7 @@ def train(config: ConfigDict) -> dict[str, float]:
         writer.write(
             {
                 "step": 0,
-                "eval_loss": heldout_loss(
-                    eval_step, state["lora"], model.params, heldout_set, config, pad_id, eval_rows
-                ),
+                "eval_loss": heldout_loss(eval_step, state["lora"], model.params, heldout_set, config, pad_id, mesh),
             }
         )
     last: dict[str, float] = {}
@@ -260,7 +351,8 @@ def train(config: ConfigDict) -> dict[str, float]:
     with Interrupts() as interrupts:
         for step in range(start, config.train.max_steps):
             began = time.perf_counter()
-            batch = to_global(micro_batches(stream.batch(step), config.train.grad_accum), rows)
+            rows = stream.rows(step).reshape(config.train.grad_accum, -1)
+            batch = to_global(host_batch(train_set, rows, mine, pad_id), mine, rows.shape[1], mesh, batch_dim=1)
             state, metrics = train_step(state, model.params, batch)
             metrics = {k: float(v) for k, v in metrics.items()}  # waits for the step: honest timing
             if not math.isfinite(metrics["loss"]):
@@ -278,7 +370,7 @@ def train(config: ConfigDict) -> dict[str, float]:
                     {
                         "step": step + 1,
                         "eval_loss": heldout_loss(
-                            eval_step, state["lora"], model.params, heldout_set, config, pad_id, eval_rows
+                            eval_step, state["lora"], model.params, heldout_set, config, pad_id, mesh
                         ),
                     }
                 )
@@ -286,15 +378,17 @@ def train(config: ConfigDict) -> dict[str, float]:
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_second']:.0f}")
             if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == config.train.max_steps:
                 save(step + 1)
-            if interrupts.requested:
+            signal_name = interrupts.agreed()
+            if signal_name:
                 save(step + 1)
                 mgr.wait_until_finished()
                 bar.close()
-                print(f"{interrupts.requested}: saved checkpoint at step {step + 1}; rerun the same command to resume")
-                sys.exit(143 if interrupts.requested == "SIGTERM" else 130)
+                if lead:
+                    print(f"{signal_name}: saved checkpoint at step {step + 1}; rerun the same command to resume")
+                sys.exit(143 if signal_name == "SIGTERM" else 130)
     bar.close()
     if heldout_set is not None:
-        last["eval_loss"] = heldout_loss(eval_step, state["lora"], model.params, heldout_set, config, pad_id, eval_rows)
+        last["eval_loss"] = heldout_loss(eval_step, state["lora"], model.params, heldout_set, config, pad_id, mesh)
         writer.write({"step": int(last.get("step", start)), "eval_loss": last["eval_loss"]})
     mgr.wait_until_finished()
     mgr.close()

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 import capt_jax
-from capt_jax.generate import Sampling, bucket, decode, sample_next
+from capt_jax.generate import Sampling, bucket, decode, length_bucket, sample_next
 from capt_jax.model import KVCache, forward
 
 
@@ -96,9 +96,11 @@ def test_sampling_rules():
     assert same[0] == same[1]
 
 
-def test_buckets_are_powers_of_two():
+def test_buckets_are_powers_of_two_and_length_buckets_add_half_steps():
     assert [bucket(n, 16) for n in (1, 16, 17, 33, 100)] == [16, 16, 32, 64, 128]
     assert [bucket(n) for n in (1, 2, 3, 5)] == [1, 2, 4, 8]
+    lengths = (1, 16, 17, 24, 25, 33, 48, 49, 100, 130, 160, 193, 700)
+    assert [length_bucket(n, 16) for n in lengths] == [16, 16, 24, 24, 32, 48, 48, 64, 128, 192, 192, 256, 768]
 
 
 def test_generate_compiles_once_per_bucket(smollm2_dir):

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from capt_jax.model.config import ModelConfig
 from capt_jax.model.rope import apply_rotary, rotary_tables
@@ -41,14 +42,14 @@ class KVCache(NamedTuple):
     while `valid` marks which slots hold real tokens.
     """
 
-    k: jax.Array  # [L, B, S, Hk, hd]
-    v: jax.Array  # [L, B, S, Hk, hd]
+    k: jax.Array  # [L, B, Hk, S, hd]: slots next to each other per head, as grouped attention reads them
+    v: jax.Array  # [L, B, Hk, S, hd]
     valid: jax.Array  # [B, S] bool
     index: jax.Array  # [] int32
 
     @classmethod
     def empty(cls, config: ModelConfig, batch: int, slots: int) -> KVCache:
-        shape = (config.num_layers, batch, slots, config.num_kv_heads, config.head_dim)
+        shape = (config.num_layers, batch, config.num_kv_heads, slots, config.head_dim)
         dtype = jnp.dtype(config.dtype)
         return cls(
             jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, slots), bool), jnp.array(0, jnp.int32)
@@ -110,6 +111,47 @@ def attention_implementation(config: ModelConfig) -> str:
     return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
 
 
+def grouped_attention(q: jax.Array, parts: list[tuple[jax.Array, jax.Array, jax.Array]], scale: float) -> jax.Array:
+    """Softmax attention for q [B, T, Hq, D] over one or more key/value parts: (k, v [B, Hk, S, D], mask
+    [B, 1, T, S]); each key head serves Hq / Hk query heads, and one softmax spans all parts.
+
+    The XLA path. Query heads are grouped onto their key head instead of repeating keys, and scores are float32.
+    Separate parts let a decode step attend to the cache as it is plus the new token, without copying the
+    cache to insert it first (on a CPU that copy, not the arithmetic, dominates a decode step).
+    """
+    batch, seq, num_heads, dim = q.shape
+    kv_heads = parts[0][0].shape[1]
+    q = q.reshape(batch, seq, kv_heads, num_heads // kv_heads, dim)
+    scores = [
+        jnp.where(
+            m[:, :, None],
+            jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * scale,
+            jnp.finfo(jnp.float32).min,
+        )
+        for k, _, m in parts
+    ]
+    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
+    bounds = np.cumsum([k.shape[2] for k, _, _ in parts])[:-1]
+    out = sum(
+        jnp.einsum("bkgts,bksd->btkgd", p.astype(v.dtype), v)
+        for p, (_, v, _) in zip(jnp.split(probs, bounds, axis=-1), parts)
+    )
+    return out.reshape(batch, seq, num_heads, dim)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: ModelConfig) -> jax.Array:
+    """q [B, T, Hq, D], k/v [B, Hk, S, D], boolean mask [B, 1, T, S] -> [B, T, Hq, D].
+
+    Prefill and training on GPU go through jax.nn.dot_product_attention's cuDNN flash kernel; other backends
+    use grouped_attention.
+    """
+    scale = config.head_dim**-0.5
+    if attention_implementation(config) == "cudnn" and q.shape[1] > 1:
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+    return grouped_attention(q, [(k, v, mask)], scale)
+
+
 def _block(
     h,
     layer: Params,
@@ -136,14 +178,20 @@ def _block(
     k = proj("k_proj", x).reshape(batch, seq, config.num_kv_heads, config.head_dim)
     v = proj("v_proj", x).reshape(batch, seq, config.num_kv_heads, config.head_dim)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    if kv is not None:
-        k_all = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), write_index, axis=1)
-        v_all = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), write_index, axis=1)
-        kv = (k_all, v_all)
-        k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
-    attn = jax.nn.dot_product_attention(
-        q, k, v, mask=mask, scale=config.head_dim**-0.5, implementation=attention_implementation(config)
-    )
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, Hk, T, hd]
+    if kv is None:
+        attn = attention(q, k, v, mask, config)
+    elif seq == 1:
+        # Decode step: the cached slots as they are (`mask` holds their validity), plus the new token itself.
+        cached_k, cached_v = kv[0].astype(q.dtype), kv[1].astype(q.dtype)
+        self_mask = jnp.ones((batch, 1, 1, 1), bool)
+        attn = grouped_attention(q, [(cached_k, cached_v, mask), (k, v, self_mask)], config.head_dim**-0.5)
+    else:
+        k_all = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), write_index, axis=2)
+        v_all = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), write_index, axis=2)
+        attn = attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask, config)
+    if kv is not None:  # only the new keys/values leave the layer; the caller writes them into the cache in place
+        kv = (k.astype(kv[0].dtype), v.astype(kv[1].dtype))
     h = h + proj("o_proj", attn.reshape(batch, seq, config.num_heads * config.head_dim))
 
     x = rms_norm(h, layer["post_attention_norm"], config.rms_norm_eps)
@@ -182,7 +230,10 @@ def hidden_states(
         past = jnp.sum(cache.valid, axis=1, dtype=jnp.int32)
     if positions is None:
         positions = past[:, None] + jnp.maximum(jnp.cumsum(token_mask, axis=1, dtype=jnp.int32) - 1, 0)
-    mask = attention_mask(query_slots, key_valid)
+    if cache is not None and seq == 1:  # a decode step sees every valid cached slot, then itself (see _block)
+        mask = cache.valid[:, None, None, :]
+    else:
+        mask = attention_mask(query_slots, key_valid)
     cos, sin = rotary_tables(positions, config, dtype)
 
     h = jnp.take(params["embed"], tokens, axis=0).astype(dtype)
@@ -202,7 +253,8 @@ def hidden_states(
     h, new_kv = jax.lax.scan(step, h, (params["layers"], adapters, kv, layer_rngs))
     h = rms_norm(h, params["final_norm"], config.rms_norm_eps)
     if cache is not None:
-        cache = KVCache(new_kv[0], new_kv[1], key_valid, write_index + seq)
+        write = lambda stacked, new: jax.lax.dynamic_update_slice_in_dim(stacked, new, write_index, axis=3)  # noqa: E731
+        cache = KVCache(write(cache.k, new_kv[0]), write(cache.v, new_kv[1]), key_valid, write_index + seq)
     return h, cache
 
 

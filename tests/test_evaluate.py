@@ -1,0 +1,111 @@
+"""Two-stage evaluation: exact bookkeeping on scripted outputs, estimator validation and retries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from capt_jax.data import Example, abstract, load_examples
+from capt_jax.estimate import (
+    estimation_target,
+    model_estimates,
+    oracle_estimates,
+    parse_estimation,
+)
+from capt_jax.evaluate import evaluate_sets, markdown_table, plot, score_split
+
+
+def cladder_like(i: int, answer: str, rung: int, query_type: str) -> Example:
+    return Example(
+        str(i), "cladder", "commonsense", f"question {i}", "", answer, {"rung": rung, "query_type": query_type}
+    )
+
+
+@pytest.fixture(scope="module")
+def prontoqa_examples() -> list[Example]:
+    return load_examples("prontoqa", source="generate", num_examples=12, hops=(1, 2), seed=4)
+
+
+def test_scripted_replies_give_exact_accuracies():
+    examples = [
+        cladder_like(0, "Yes", 1, "marginal"),
+        cladder_like(1, "No", 1, "marginal"),
+        cladder_like(2, "Yes", 2, "ate"),
+        cladder_like(3, "No", 2, "ate"),
+        cladder_like(4, "Yes", 3, "ett"),
+    ]
+    replies = [
+        "<think>...</think><answer>Yes</answer>",  # right
+        "<answer>Yes</answer>",  # wrong
+        "Yes, because ...",  # right: first label word without tags
+        "<answer>maybe</answer> no",  # unparseable: the tag decides, and it holds no label
+        "I cannot tell.",  # unparseable
+    ]
+    result = score_split(examples, replies)
+    assert (result["accuracy"], result["n"], result["correct"]) == (0.4, 5, 2)
+    assert result["parse_failures"] == 2 and result["unparseable_ids"] == ["3", "4"]
+    assert result["by_rung"] == {
+        "1": {"accuracy": 0.5, "n": 2},
+        "2": {"accuracy": 0.5, "n": 2},
+        "3": {"accuracy": 0.0, "n": 1},
+    }
+    assert result["by_query_type"]["ate"] == {"accuracy": 0.5, "n": 2}
+
+
+def test_evaluate_sets_runs_both_stages_on_every_split(prontoqa_examples, tmp_path):
+    seen_prompts: list[str] = []
+
+    def reasoner(prompts):
+        seen_prompts.extend(prompts)
+        return ["<answer>True</answer>"] * len(prompts)
+
+    sets = {"id": prontoqa_examples[:6], "non": prontoqa_examples[6:]}
+    results = evaluate_sets(sets, oracle_estimates, reasoner, "random", seed=0)
+    for name, examples in sets.items():
+        expected = sum(e.answer == "True" for e in examples) / len(examples)
+        assert results[name]["accuracy"] == pytest.approx(expected)
+        assert results[name]["estimator_valid_rate"] == 1.0 and results[name]["estimator_fallbacks"] == 0
+    # Intervened prompts: no original entity, concept or property survives.
+    for prompt, example in zip(seen_prompts, prontoqa_examples):
+        for name in abstract(example).symbols.values():
+            assert f" {name} " not in f" {prompt} "
+    table = markdown_table([{"method": "CAPT", "dataset": "prontoqa", "splits": results}])
+    assert table.splitlines()[0] == "| method | id | non |" and "| CAPT |" in table
+    assert plot([{"method": "CAPT", "dataset": "prontoqa", "splits": results}], tmp_path / "a.png").stat().st_size > 0
+
+
+def test_estimates_are_validated_and_invalid_ones_retried(prontoqa_examples):
+    examples = prontoqa_examples[:3]
+    good = [estimation_target(abstract(e)) for e in examples]
+    leaky = json.loads(good[1])
+    leaky["template"] = examples[1].prompt  # "abstracted" without replacing anything: names remain
+    scripts = {
+        0: ["no json here", json.dumps(leaky), good[2]],  # first attempt: one good of three
+        1: [good[0], json.dumps(leaky)],  # retry of the two invalid ones
+        2: ['{"template": "{symbol_1} is {symbol_2}.", "symbols": {"symbol_1": "x"}}'],  # missing a symbol
+    }
+    calls = []
+
+    def complete(conversations, attempt):
+        calls.append(len(conversations))
+        return scripts[attempt]
+
+    estimates = model_estimates(examples, complete, shots=prontoqa_examples[3:4], retries=2)
+    assert calls == [3, 2, 1]
+    assert estimates.attempts == [2, 3, 1]
+    assert estimates.abstractions[0] is not None and estimates.abstractions[2] is not None
+    assert estimates.abstractions[1] is None and estimates.valid_rate == pytest.approx(2 / 3)
+    # The failed example is answered from its raw prompt, and the fallback is reported.
+    results = evaluate_sets(
+        {"id": examples}, lambda exs: estimates, lambda prompts: ["<answer>True</answer>"] * len(prompts), "random"
+    )
+    assert results["id"]["estimator_fallbacks"] == 1
+    assert results["id"]["estimator_valid_rate"] == pytest.approx(2 / 3)
+
+
+def test_parse_estimation_accepts_the_oracle_and_rejects_leaks(prontoqa_examples):
+    example = prontoqa_examples[0]
+    assert parse_estimation("Sure! " + estimation_target(abstract(example)) + " Done.", example) is not None
+    assert parse_estimation('{"template": "no slots", "symbols": {}}', example) is None
+    assert parse_estimation("{not json", example) is None
