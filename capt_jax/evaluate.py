@@ -21,8 +21,7 @@ from typing import Any
 
 from capt_jax import checkpoint as ckpt
 from capt_jax.config import ConfigDict, ConfigError, load_config, validate_eval
-from capt_jax.data import Abstraction, DataError, Example, intervene, parse_answer, test_sets
-from capt_jax.data.config import load_options
+from capt_jax.data import Abstraction, DataError, Example, intervene, parse_answer, test_examples
 from capt_jax.estimate import Estimates, model_estimates, openai_completer, oracle_estimates
 from capt_jax.generate import Sampling, generate
 from capt_jax.lora import lora_scale, merge_lora
@@ -38,17 +37,7 @@ def method_name(config: ConfigDict, base_only: bool) -> str:
 
 def evaluation_sets(config: ConfigDict) -> dict[str, list[Example]]:
     """The configured splits of the test sets, each cut to eval.max_examples (0: all)."""
-    d = config.data
-    sets = test_sets(
-        d.dataset,
-        d.data_dir,
-        d.data_file,
-        n_train=d.n_train,
-        split_seed=d.split_seed,
-        test_fraction=d.test_fraction,
-        ood_seed=d.ood_seed,
-        **load_options(d),
-    )
+    sets = test_examples(config.data)
     unknown = sorted(set(config.eval.splits) - set(sets))
     if unknown:
         raise ConfigError(f"config key 'eval.splits': {unknown} not among the test sets {sorted(sets)}")

@@ -54,31 +54,8 @@ CONFIG=$1
 shift
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-quote() {  # one argument, shell-quoted only when it needs it, so printed commands stay readable
-  if [[ $1 =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-quoted() {
-  local arg sep=
-  for arg in "$@"; do
-    printf '%s' "$sep"
-    quote "$arg"
-    sep=' '
-  done
-}
-
-run() {  # the command, or (dry run) its printout
-  if ((DRY_RUN)); then
-    quoted "$@"
-    echo
-  else
-    "$@"
-  fi
-}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 ENV=(env)
 [[ -n $GPUS ]] && ENV+=("CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((GPUS - 1)))")

@@ -85,31 +85,8 @@ if [[ $BUCKET != "" && $BUCKET != gs://* ]]; then
   exit 2
 fi
 
-quote() {  # one argument, shell-quoted only when it needs it, so printed commands stay readable
-  if [[ $1 =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-quoted() {  # every argument quoted, space separated
-  local arg sep=
-  for arg in "$@"; do
-    printf '%s' "$sep"
-    quote "$arg"
-    sep=' '
-  done
-}
-
-run() {  # the command, or (dry run) its printout
-  if ((DRY_RUN)); then
-    quoted "$@"
-    echo
-  else
-    "$@"
-  fi
-}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 LOCATION=(--zone="$ZONE")
 [[ -n $PROJECT ]] && LOCATION+=(--project="$PROJECT")

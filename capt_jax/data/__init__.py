@@ -23,7 +23,7 @@ from .answers import AnswerReport, answer_instruction, format_target, parse_answ
 from .config import default_data_config, load_options, paper_data_config
 from .example import Abstraction, DataError, Example
 from .intervention import MODES, Intervened, intervene, render_examples, training_pairs
-from .pipeline import evaluation_data, training_data, training_examples
+from .pipeline import evaluation_data, test_examples, training_data, training_examples
 from .prontoqa_generator import generate_prontoqa
 from .render import Term, render
 from .sources import default_data_dir, load_examples, test_sets
@@ -58,6 +58,7 @@ __all__ = [
     "render_examples",
     "score",
     "split",
+    "test_examples",
     "test_sets",
     "training_data",
     "training_examples",

@@ -25,9 +25,9 @@ def training_data(config: ml_collections.ConfigDict) -> list[dict[str, str]]:
     )
 
 
-def evaluation_data(config: ml_collections.ConfigDict) -> dict[str, list[Intervened]]:
-    """Each test set ("id", "anti", "non") rendered in the training mode, one draw per example."""
-    sets = test_sets(
+def test_examples(config: ml_collections.ConfigDict) -> dict[str, list[Example]]:
+    """The configured dataset's test sets ("id", "anti", "non") as raw examples."""
+    return test_sets(
         config.dataset,
         config.data_dir,
         config.data_file,
@@ -37,7 +37,11 @@ def evaluation_data(config: ml_collections.ConfigDict) -> dict[str, list[Interve
         ood_seed=config.ood_seed,
         **load_options(config),
     )
+
+
+def evaluation_data(config: ml_collections.ConfigDict) -> dict[str, list[Intervened]]:
+    """Each test set ("id", "anti", "non") rendered in the training mode, one draw per example."""
     return {
         name: render_examples(examples, config.mode, config.intervention_seed, config.with_reasoning)
-        for name, examples in sets.items()
+        for name, examples in test_examples(config).items()
     }
