@@ -21,10 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	@echo "The end-to-end CAPT demo (train CAPT vs SFT, evaluate ID/OOD) is not built yet."
-	@echo "Meanwhile: SmolLM2-135M-Instruct, asked a question whose logic says Yes:"
-	$(PY) -m capt_jax.generate --model smollm2 --chat --max-new-tokens 32 \
-	  --prompt "A wumpus is a cat. Every cat is a mammal. Is the wumpus a mammal? Answer Yes or No."
+	$(PY) -m capt_jax.demo
 
 clean:
 	rm -rf $(VENV) .cache
