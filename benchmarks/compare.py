@@ -1,0 +1,204 @@
+"""capt_jax vs transformers + peft, side by side on one machine: runs `python -m capt_jax.bench` and
+`benchmarks/peft_peer.py` as separate processes (so peak memory is each one's own), interleaved over --rounds,
+and prints one markdown table from their last-line JSON.
+
+    python benchmarks/compare.py --preset cpu  --out cpu.jsonl            # SmolLM2-135M, float32 (docs/PERFORMANCE.md)
+    python benchmarks/compare.py --preset h100 --only train --out gpu.jsonl
+    python benchmarks/compare.py --table cpu.jsonl                        # the table again, from saved results
+
+Every run's JSON is appended to --out. With several rounds the table shows, per case, the run with the median
+tokens/s. On a CPU the MFU denominator is measured once here (a 2048^3 matmul) and passed to every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = [sys.executable, "-m", "capt_jax.bench"]
+PEER = [sys.executable, str(REPO / "benchmarks" / "peft_peer.py")]
+
+
+def cpu_cases() -> list[tuple[str, str, list[str]]]:
+    """(group, label, argv): SmolLM2-135M at batch 4 x 256 in float32, LoRA r=16 and r=64 on q/k/v/o."""
+    cases = []
+    for rank in (16, 64):
+        group = f"train smollm2-135m f32 4x256 r{rank}"
+        common = ["train", "--arch", "smollm2-135m", "--dtype", "float32", "--batch", "4", "--seq", "256"]
+        common += ["--lora-rank", str(rank)]
+        cases += [
+            (group, "capt_jax", BENCH + common),
+            (group, "peft", PEER + common),
+            (group, "peft +ckpt", PEER + common + ["--gradient-checkpointing"]),
+        ]
+    gen = ["generate", "--arch", "smollm2-135m", "--dtype", "float32", "--batch", "4"]
+    gen += ["--prompt-len", "64", "--new-tokens", "32"]
+    group = "generate smollm2-135m f32 b4 p64 n32"
+    cases += [(group, "capt_jax", BENCH + gen), (group, "transformers", PEER + gen)]
+    return cases
+
+
+def gpu_cases() -> list[tuple[str, str, list[str]]]:
+    """The issue's setup: Qwen2.5-3B architecture, bf16, LoRA r=64 alpha=128 on q/k/v/o, batch 8 x 1024."""
+    common = ["train", "--arch", "qwen2.5-3b", "--dtype", "bfloat16", "--batch", "8", "--seq", "1024"]
+    common += ["--lora-rank", "64", "--lora-alpha", "128"]
+    group = "train qwen2.5-3b bf16 8x1024 r64"
+    cases = [(group, f"capt_jax remat={r}", BENCH + common + ["--remat", r]) for r in ("none", "dots", "full")]
+    cases += [
+        (group, "peft", PEER + common),
+        (group, "peft +ckpt", PEER + common + ["--gradient-checkpointing"]),
+    ]
+    gen = ["generate", "--arch", "qwen2.5-3b", "--dtype", "bfloat16", "--batch", "32"]
+    gen += ["--prompt-len", "256", "--new-tokens", "256"]
+    group = "generate qwen2.5-3b bf16 b32 p256 n256"
+    # HF generate makes ~330 tokens/s here: 3 timed calls of 25 s each are enough for a median.
+    cases += [
+        (group, "capt_jax", BENCH + gen),
+        (group, "transformers", PEER + gen + ["--steps", "3", "--warmup", "1"]),
+    ]
+    return cases
+
+
+def parity_cases() -> list[tuple[str, str, list[str]]]:
+    """The same random Qwen2.5-3B weights on both sides (the peer saves them, capt_jax loads them): the two
+    first_loss values are the base model's bf16 loss on the same batch and must agree to bf16 noise."""
+    folder = os.environ.get("PARITY_DIR", "/tmp/capt_parity_qwen2.5-3b")
+    common = ["train", "--dtype", "bfloat16", "--batch", "8", "--seq", "1024", "--lora-rank", "64"]
+    group = "parity qwen2.5-3b bf16 8x1024 (same weights)"
+    return [
+        (group, "peft", PEER + common + ["--arch", "qwen2.5-3b", "--save-model", folder]),
+        (group, "capt_jax", BENCH + common + ["--model", folder]),
+    ]
+
+
+PRESETS = {"cpu": cpu_cases, "h100": gpu_cases, "parity": parity_cases}
+
+
+def measure_cpu_peak(pin: list[str]) -> float:
+    code = "from capt_jax.bench import measured_matmul_peak as m; print(max(m('float32') for _ in range(3)))"
+    out = subprocess.run(pin + [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run_case(argv: list[str], timeout: float) -> dict | None:
+    began = time.perf_counter()
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if proc.returncode or not lines or not lines[-1].startswith("{"):
+        print(f"FAILED ({proc.returncode}): {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        return None
+    result = json.loads(lines[-1])
+    result["process_wall_s"] = time.perf_counter() - began
+    return result
+
+
+def fmt_gib(r: dict) -> str:
+    if r.get("peak_memory_gib") is None:
+        return "n/a"
+    kind = "device" if "device" in r["peak_memory_kind"] or "cuda" in r["peak_memory_kind"] else "RSS"
+    return f"{r['peak_memory_gib']:.2f} ({kind})"
+
+
+def table(results: list[dict]) -> str:
+    """One row per (group, label): the run with the median tokens/s when a case ran several times."""
+    by_case: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        by_case.setdefault((r["group"], r["label"]), []).append(r)
+    rows = [
+        "| case | run | tokens/s | step or call ms (min-max) | CPU s/step | peak GiB | MFU | compile s | first loss "
+        "| vs peft |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    groups = list(dict.fromkeys(g for g, _ in by_case))
+    for group in groups:
+        cases = {label: runs for (g, label), runs in by_case.items() if g == group}
+        chosen = {}
+        for label, runs in cases.items():
+            runs = sorted(runs, key=lambda r: r["tokens_per_second"])
+            chosen[label] = runs[(len(runs) - 1) // 2]
+        peers = [r["tokens_per_second"] for label, r in chosen.items() if r["framework"] != "capt_jax"]
+        best_peer = max(peers) if peers else None
+        for label, r in chosen.items():
+            what = "step" if r["bench"] == "train" else "call"
+            ms = f"{1e3 * r[f'{what}_time_s']:.0f} ({1e3 * r[f'{what}_time_min_s']:.0f}-{1e3 * r[f'{what}_time_max_s']:.0f})"
+            cpu = r.get(f"cpu_time_per_{what}_s")
+            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+            comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
+            ratio = f"{r['tokens_per_second'] / best_peer:.2f}x" if best_peer else "-"
+            loss = f"{r['first_loss']:.4f}" if r.get("first_loss") is not None else "-"
+            n = len(cases[label])
+            rows.append(
+                f"| {group} | {label}{f' (median of {n} runs)' if n > 1 else ''} | {r['tokens_per_second']:,.0f} | "
+                f"{ms} | {f'{cpu:.2f}' if cpu is not None else '-'} | {fmt_gib(r)} | {mfu} | {comp} | {loss} | {ratio} |"
+            )
+    return "\n".join(rows)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=list(PRESETS), default="cpu")
+    parser.add_argument("--only", action="append", default=[], help="run cases whose 'group label' contains this")
+    parser.add_argument("--rounds", type=int, default=1, help="run every case this many times, interleaved")
+    parser.add_argument("--out", default=None, help="append each run's JSON here")
+    parser.add_argument("--table", nargs="*", default=None, help="print the table of these JSONL files and exit")
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--extra", default="", help="extra arguments for every run, e.g. '--steps 12'")
+    parser.add_argument("--taskset", default=None, help="pin every run to these CPUs (taskset -c), e.g. 1")
+    args = parser.parse_args(argv)
+
+    if args.table is not None:
+        results = [json.loads(line) for f in args.table for line in Path(f).read_text().splitlines() if line.strip()]
+        print(table(results))
+        return
+    cases = [c for c in PRESETS[args.preset]() if all(s in f"{c[0]} {c[1]}" for s in args.only)]
+    extra = args.extra.split()
+    if args.dry_run:
+        for group, label, cmd in cases:
+            print(f"[{group} | {label}] {' '.join(cmd + extra)}")
+        return
+    peak = []
+    pin = ["taskset", "-c", args.taskset] if args.taskset else []
+    if args.preset == "cpu":
+        peak = ["--peak-flops", f"{measure_cpu_peak(pin):.4g}"]
+        print(f"CPU MFU denominator (best 2048^3 float32 matmul): {float(peak[1]) / 1e9:.0f} GFLOP/s", flush=True)
+    results = []
+    for round_ in range(args.rounds):
+        for group, label, cmd in cases:
+            print(f"round {round_ + 1}/{args.rounds}: {group} | {label}", flush=True)
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            r = run_case(pin + cmd + peak + extra, args.timeout)
+            if r is None:
+                continue
+            command = " ".join(pin + ["python"] + cmd[1:] + peak + extra).replace(str(REPO) + "/", "")
+            r.update(group=group, label=label, command=command, round=round_, load_average=load)
+            results.append(r)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+            print(f"  {r['tokens_per_second']:,.0f} tokens/s", flush=True)
+    print(table(results))
+    ratios: dict[str, dict[str, float]] = {}  # median tokens/s of each capt_jax run over the best peer's median
+    for group in dict.fromkeys(r["group"] for r in results):
+        medians = {
+            (label, framework): statistics.median(
+                r["tokens_per_second"] for r in results if r["group"] == group and r["label"] == label
+            )
+            for label, framework in dict.fromkeys((r["label"], r["framework"]) for r in results if r["group"] == group)
+        }
+        best_peer = max((v for (_, fw), v in medians.items() if fw != "capt_jax"), default=None)
+        for (label, fw), v in medians.items():
+            if fw == "capt_jax" and best_peer:
+                ratios.setdefault(group, {})[label] = round(v / best_peer, 3)
+    print(json.dumps({"speedup_vs_best_peer": ratios}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Smoke tests of the benchmark command and its transformers + peft peer, on a tiny architecture on the CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from capt_jax.bench import ARCHS, generate_flops, main, matmul_params, train_flops_per_token
+from capt_jax.model import ModelConfig
+
+TRAIN_KEYS = {"tokens_per_second", "step_time_s", "mfu", "peak_memory_bytes", "compile_s", "first_loss"}
+
+
+def last_json(text: str) -> dict:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return json.loads(lines[-1])
+
+
+def test_flop_formula_by_hand():
+    cfg = ModelConfig.from_hf_dict(ARCHS["tiny"])
+    D, F, hd, L, V = 64, 128, 16, 2, 512
+    n = L * (D * 4 * hd + 2 * D * 2 * hd + 4 * hd * D + 3 * D * F) + V * D
+    assert matmul_params(cfg) == n
+    flops = train_flops_per_token(cfg, seq=255, rank=8)
+    assert flops["base"] == 4 * n
+    assert flops["lora"] == 6 * L * 8 * ((D + 4 * hd) + 2 * (D + 2 * hd) + (4 * hd + D))
+    assert flops["attention"] == 3 * 4 * L * 4 * hd * 128  # causal: (255 + 1) / 2 keys on average
+    assert generate_flops(cfg, 2, 4, 1) == 2 * (4 * (2 * (n - V * D) + 4 * L * 4 * hd * 2.5) + 2 * V * D)
+
+
+def test_bench_train_and_generate_print_json_last(capsys):
+    main(["train", "--arch", "tiny", "--batch", "2", "--seq", "32", "--lora-rank", "4", "--steps", "10"])
+    result = last_json(capsys.readouterr().out)
+    assert TRAIN_KEYS <= result.keys()
+    assert result["tokens_per_second"] > 0 and result["tokens_per_step"] == 64
+    assert result["framework"] == "capt_jax" and result["steps"] == 10
+    assert 0 < result["mfu"] < 1.5  # of a matmul peak measured in the same (possibly busy) process
+    assert abs(result["first_loss"] - 6.24) < 0.1  # ln(512): random weights, random tokens
+
+    main(["generate", "--arch", "tiny", "--batch", "2", "--prompt-len", "8", "--new-tokens", "4", "--steps", "10"])
+    result = last_json(capsys.readouterr().out)
+    assert result["new_tokens_per_call"] == 8 and result["tokens_per_second"] > 0
+    assert result["ms_per_new_token"] > 0 and "compile_s" in result
+
+
+def test_bench_rejects_bad_arguments(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--arch", "no-such-arch"])
+    with pytest.raises(SystemExit):
+        main(["train", "--arch", "tiny", "--batch", "3", "--grad-accum", "2"])
+
+
+def peer(*args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", str(REPO / "benchmarks" / "peft_peer.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return last_json(proc.stdout)
+
+
+def test_peer_and_bench_measure_the_same_loss_on_the_same_weights(tmp_path, capsys):
+    """The peer saves its random tiny model; capt_jax.bench loads it: the first-step losses (the base model's,
+    since a fresh adapter is zero) agree, so both sides time the same computation."""
+    folder = tmp_path / "tiny"
+    small = ["--batch", "2", "--seq", "32", "--lora-rank", "4", "--steps", "2", "--warmup", "1"]
+    theirs = peer("train", "--arch", "tiny", "--save-model", str(folder), "--gradient-checkpointing", *small)
+    assert theirs["framework"] == "peft +ckpt" and theirs["tokens_per_second"] > 0
+    assert TRAIN_KEYS - {"compile_s"} <= theirs.keys()
+    main(["train", "--model", str(folder), *small])
+    ours = last_json(capsys.readouterr().out)
+    assert ours["first_loss"] == pytest.approx(theirs["first_loss"], abs=1e-4)
+
+    gen = peer("generate", "--model", str(folder), "--batch", "2", "--prompt-len", "8", "--new-tokens", "4",
+               "--steps", "2", "--warmup", "1")  # fmt: skip
+    main(["generate", "--model", str(folder), "--batch", "2", "--prompt-len", "8", "--new-tokens", "4"])
+    ours = last_json(capsys.readouterr().out)
+    assert gen["new_tokens_per_call"] == ours["new_tokens_per_call"] == 8
+    assert gen["first_tokens"][:4] == ours["first_tokens"][:4]  # greedy on the same weights: the same tokens
+
+
+def test_compare_table_from_saved_results(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from compare import table
+
+    base = {"bench": "train", "group": "g", "step_time_min_s": 1.0, "step_time_max_s": 1.2, "mfu": 0.5}
+    rows = [
+        {**base, "label": "capt_jax", "framework": "capt_jax", "tokens_per_second": 300.0, "step_time_s": 1.0},
+        {**base, "label": "peft", "framework": "peft", "tokens_per_second": 200.0, "step_time_s": 1.5},
+    ]
+    text = table(rows)
+    assert "| g | capt_jax | 300 |" in text and "1.50x" in text
