@@ -127,7 +127,8 @@ def table(results: list[dict]) -> str:
         best_peer = max(peers) if peers else None
         for label, r in chosen.items():
             what = "step" if r["bench"] == "train" else "call"
-            ms = f"{1e3 * r[f'{what}_time_s']:.0f} ({1e3 * r[f'{what}_time_min_s']:.0f}-{1e3 * r[f'{what}_time_max_s']:.0f})"
+            low, high = 1e3 * r[f"{what}_time_min_s"], 1e3 * r[f"{what}_time_max_s"]
+            ms = f"{1e3 * r[f'{what}_time_s']:.0f} ({low:.0f}-{high:.0f})"
             cpu = r.get(f"cpu_time_per_{what}_s")
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
             comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
@@ -136,7 +137,8 @@ def table(results: list[dict]) -> str:
             n = len(cases[label])
             rows.append(
                 f"| {group} | {label}{f' (median of {n} runs)' if n > 1 else ''} | {r['tokens_per_second']:,.0f} | "
-                f"{ms} | {f'{cpu:.2f}' if cpu is not None else '-'} | {fmt_gib(r)} | {mfu} | {comp} | {loss} | {ratio} |"
+                f"{ms} | {f'{cpu:.2f}' if cpu is not None else '-'} | {fmt_gib(r)} | {mfu} | {comp} | {loss} "
+                f"| {ratio} |"
             )
     return "\n".join(rows)
 

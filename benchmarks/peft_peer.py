@@ -97,7 +97,8 @@ def peak_flops(args: argparse.Namespace, device: torch.device, kind: str) -> tup
     if peak is not None:
         return peak, f"datasheet dense {args.dtype} peak of {kind}"
     if device.type == "cpu":
-        return measured_matmul_peak(DTYPES[args.dtype], device), f"measured 2048^3 {args.dtype} torch.matmul on this CPU"
+        peak = measured_matmul_peak(DTYPES[args.dtype], device)
+        return peak, f"measured 2048^3 {args.dtype} torch.matmul on this CPU"
     return None, f"unknown peak for {kind} {args.dtype}: pass --peak-flops"
 
 

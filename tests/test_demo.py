@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from capt_jax.config import load_config
-from capt_jax.demo import DEMO_CONFIG, main, run_demo
+from capt_jax.demo import DEMO_CONFIG, main
 
 TINY = [
     "--config.data.prontoqa_num_examples=60",
