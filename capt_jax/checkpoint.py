@@ -8,6 +8,7 @@ saved: it is re-read from model.path. Saves are async; the manager keeps the las
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import jax
@@ -20,7 +21,8 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
-    return epath.Path(workdir) / "checkpoints"
+    """{workdir}/checkpoints, absolute (orbax refuses relative paths); URLs such as gs:// are kept as given."""
+    return epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir)) / "checkpoints"
 
 
 def manager(workdir: str, keep: int = 3, async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:

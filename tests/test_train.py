@@ -40,9 +40,9 @@ def train_args(model_dir: Path, data: Path, workdir: Path, *overrides: str) -> l
     ]
 
 
-def run(args: list[str], devices: int = 1, **kwargs) -> subprocess.CompletedProcess:
+def run(args: list[str], devices: int = 1, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,16 @@ def test_eight_devices_match_one_device(tmp_path, tiny_chat_dir, sft_file):
     a, b = losses(tmp_path / "one"), losses(tmp_path / "eight")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     assert b == pytest.approx(a, rel=1e-5)
+
+
+def test_relative_workdir_checkpoints_and_resumes(tmp_path, tiny_chat_dir, sft_file):
+    """Workdirs are usually given relative to where the command runs (the demo's is workdirs/demo)."""
+    common = ["--config.train.max_steps=2", "--config.checkpoint.every_steps=1"]
+    first = run(train_args(tiny_chat_dir, sft_file, Path("rel/w"), *common), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (tmp_path / "rel" / "w" / "checkpoints" / "2").is_dir()
+    again = run(train_args(tiny_chat_dir, sft_file, Path("rel/w"), *common), cwd=tmp_path)
+    assert again.returncode == 0 and "already trained" in again.stdout, again.stderr[-3000:]
 
 
 def test_sigkill_then_restart_reproduces_uninterrupted_losses(tmp_path, tiny_chat_dir, sft_file):
