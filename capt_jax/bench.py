@@ -230,6 +230,37 @@ def summarize(times: Sequence[float]) -> dict[str, float]:
     }
 
 
+def report_fields(
+    unit: str,
+    stats: dict[str, float],
+    cpu: Sequence[float],
+    work_key: str,
+    work: float,
+    achieved: float,
+    peak: float | None,
+    peak_source: str,
+    memory: int | None,
+    memory_kind: str,
+) -> dict[str, Any]:
+    """Timing, throughput, MFU and memory under the same names for capt_jax and the peer, so compare.py can
+    put them side by side; `unit` is "step" (train) or "call" (generate), `work` its tokens."""
+    return {
+        f"{unit}_time_s": stats["median_s"],
+        f"{unit}_time_min_s": stats["min_s"],
+        f"{unit}_time_max_s": stats["max_s"],
+        f"cpu_time_per_{unit}_s": statistics.median(cpu),
+        work_key: work,
+        "tokens_per_second": work / stats["median_s"],
+        "tflops_per_second": achieved / 1e12,
+        "peak_flops": peak,
+        "peak_flops_source": peak_source,
+        "mfu": achieved / peak if peak else None,
+        "peak_memory_bytes": memory,
+        "peak_memory_gib": memory / GIB if memory else None,
+        "peak_memory_kind": memory_kind,
+    }
+
+
 def host_peak_rss_bytes() -> int:
     """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -428,20 +459,10 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
         "attention": attention_implementation(cfg),
         "prng_impl": str(jax.config.jax_default_prng_impl),
         "steps": args.steps,
-        "step_time_s": stats["median_s"],
-        "step_time_min_s": stats["min_s"],
-        "step_time_max_s": stats["max_s"],
-        "cpu_time_per_step_s": statistics.median(cpu),
-        "tokens_per_step": tokens,
-        "tokens_per_second": tokens / stats["median_s"],
         "flops_per_token": flops,
-        "tflops_per_second": achieved / 1e12,
-        "peak_flops": peak,
-        "peak_flops_source": peak_source,
-        "mfu": achieved / peak if peak else None,
-        "peak_memory_bytes": memory,
-        "peak_memory_gib": memory / GIB if memory else None,
-        "peak_memory_kind": memory_kind,
+        **report_fields(
+            "step", stats, cpu, "tokens_per_step", tokens, achieved, peak, peak_source, memory, memory_kind
+        ),
         "xla_step_bytes": compiled_bytes(compiled),
         "lower_s": t1 - t0,
         "compile_s": t2 - t1,
@@ -498,21 +519,11 @@ def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
         "new_tokens": args.new_tokens,
         "attention": attention_implementation(cfg),
         "steps": args.steps,
-        "call_time_s": stats["median_s"],
-        "call_time_min_s": stats["min_s"],
-        "call_time_max_s": stats["max_s"],
-        "cpu_time_per_call_s": statistics.median(cpu),
-        "new_tokens_per_call": new,
-        "tokens_per_second": new / stats["median_s"],
-        "ms_per_new_token": 1e3 * stats["median_s"] / args.new_tokens,
         "flops_per_call": flops,
-        "tflops_per_second": achieved / 1e12,
-        "peak_flops": peak,
-        "peak_flops_source": peak_source,
-        "mfu": achieved / peak if peak else None,
-        "peak_memory_bytes": memory,
-        "peak_memory_gib": memory / GIB if memory else None,
-        "peak_memory_kind": memory_kind,
+        "ms_per_new_token": 1e3 * stats["median_s"] / args.new_tokens,
+        **report_fields(
+            "call", stats, cpu, "new_tokens_per_call", new, achieved, peak, peak_source, memory, memory_kind
+        ),
         "xla_step_bytes": compiled_bytes(compiled),
         "lower_s": t1 - t0,
         "compile_s": t2 - t1,
