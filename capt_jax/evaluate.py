@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 from capt_jax import checkpoint as ckpt
 from capt_jax.config import ConfigDict, ConfigError, load_config, validate_eval
 from capt_jax.data import Abstraction, DataError, Example, intervene, parse_answer, test_examples
+from capt_jax.data.intervention import example_rng
 from capt_jax.estimate import Estimates, model_estimates, openai_completer, oracle_estimates
 from capt_jax.generate import Sampling, generate
 from capt_jax.lora import lora_scale, merge_lora
@@ -57,8 +57,7 @@ def reasoner_prompts(
             mode_used = "null"
         else:
             mode_used = mode
-        rng = random.Random(f"{seed}/{example.dataset}/{example.variant}/{example.id}")
-        prompts.append(intervene(abstraction, mode_used, rng, with_reasoning).prompt)
+        prompts.append(intervene(abstraction, mode_used, example_rng(seed, example), with_reasoning).prompt)
     return prompts, fallbacks
 
 

@@ -108,7 +108,7 @@ def render_examples(
     examples: Sequence[Example], mode: str, seed: int = 0, with_reasoning: bool = True
 ) -> list[Intervened]:
     """One rendering per example (e.g. a test set): the first copy `training_pairs` makes."""
-    return [intervene(abstract(e), mode, _example_rng(seed, e), with_reasoning) for e in examples]
+    return [intervene(abstract(e), mode, example_rng(seed, e), with_reasoning) for e in examples]
 
 
 def training_pairs(
@@ -139,7 +139,7 @@ def _renderings(example: Example, mode: str, copies: int, seed: int, with_reason
     abstraction = abstract(example)
     if mode != "random":
         return [intervene(abstraction, mode, with_reasoning=with_reasoning)] * copies
-    rng = _example_rng(seed, example)
+    rng = example_rng(seed, example)
     possible = math.perm(len(symbol_pool(abstraction)), len(abstraction.terms))
     used: set[tuple[str, ...]] = set()
     renderings = []
@@ -152,6 +152,6 @@ def _renderings(example: Example, mode: str, copies: int, seed: int, with_reason
     return renderings
 
 
-def _example_rng(seed: int, example: Example) -> random.Random:
+def example_rng(seed: int, example: Example) -> random.Random:
     """A stream per example, independent of where the example sits in its list."""
     return random.Random(f"{seed}/{example.dataset}/{example.variant}/{example.id}")
