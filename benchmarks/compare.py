@@ -79,6 +79,17 @@ def parity_cases() -> list[tuple[str, str, list[str]]]:
 
 PRESETS = {"cpu": cpu_cases, "h100": gpu_cases, "parity": parity_cases}
 
+# "retain": one arena, no mmap, no trimming, so freed pages are reused instead of returned to the kernel and
+# faulted in again. XLA:CPU allocates each step's temporaries afresh (one block of GiBs) and pays ~0.5 million
+# page faults per step without it; torch gains too. GLIBC_TUNABLES is read at process start, so it is set on the
+# child processes.
+MALLOC_SETTINGS = {
+    "default": {},
+    "retain": {
+        "GLIBC_TUNABLES": "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+    },
+}
+
 
 def measure_cpu_peak(pin: list[str]) -> float:
     code = "from capt_jax.bench import measured_matmul_peak as m; print(max(m('float32') for _ in range(3)))"
@@ -86,9 +97,9 @@ def measure_cpu_peak(pin: list[str]) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def run_case(argv: list[str], timeout: float) -> dict | None:
+def run_case(argv: list[str], timeout: float, env: dict[str, str]) -> dict | None:
     began = time.perf_counter()
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env})
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode or not lines or not lines[-1].startswith("{"):
         print(f"FAILED ({proc.returncode}): {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -153,6 +164,10 @@ def main(argv=None) -> None:
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--extra", default="", help="extra arguments for every run, e.g. '--steps 12'")
     parser.add_argument("--taskset", default=None, help="pin every run to these CPUs (taskset -c), e.g. 1")
+    parser.add_argument(
+        "--malloc", choices=list(MALLOC_SETTINGS), default="default",
+        help="glibc malloc settings for both sides' processes (see MALLOC_SETTINGS)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     if args.table is not None:
@@ -175,11 +190,15 @@ def main(argv=None) -> None:
         for group, label, cmd in cases:
             print(f"round {round_ + 1}/{args.rounds}: {group} | {label}", flush=True)
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-            r = run_case(pin + cmd + peak + extra, args.timeout)
+            env = MALLOC_SETTINGS[args.malloc]
+            r = run_case(pin + cmd + peak + extra, args.timeout, env)
             if r is None:
                 continue
-            command = " ".join(pin + ["python"] + cmd[1:] + peak + extra).replace(str(REPO) + "/", "")
-            r.update(group=group, label=label, command=command, round=round_, load_average=load)
+            command = " ".join([f"{k}={v}" for k, v in env.items()] + pin + ["python"] + cmd[1:] + peak + extra)
+            command = command.replace(str(REPO) + "/", "")
+            if args.malloc != "default":
+                group = f"{group} malloc={args.malloc}"
+            r.update(group=group, label=label, command=command, round=round_, load_average=load, malloc=args.malloc)
             results.append(r)
             if args.out:
                 with open(args.out, "a") as f:

@@ -3,8 +3,8 @@
 With the two-stage option, rows are either event intervention (intervened prompt -> reasoning) or event
 estimation (raw prompt -> abstraction), and the loss is w_est * L(estimation) + L(intervention).
 
-The vocabulary projection runs over chunks of tokens under `jax.checkpoint`, so at most `chunk` x vocab logits
-exist at once, forward or backward (151,936-entry vocabularies make the full tensor gigabytes).
+The vocabulary projection runs over chunks of tokens, so at most `chunk` x vocab logits exist at once (151,936-entry
+vocabularies make the full tensor gigabytes), and its gradient is computed in the same pass (see `token_nll`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,14 @@ from capt_jax.model.decoder import lm_head
 INTERVENTION_TASK, ESTIMATION_TASK = 0, 1  # batch["task"] per row
 
 
-def token_nll(h: jax.Array, head: jax.Array, targets: jax.Array, chunk: int = 2048) -> jax.Array:
-    """-log p(target) per position [B, T], in float32, computing logits `chunk` tokens at a time."""
+def token_nll(h: jax.Array, head: jax.Array, targets: jax.Array, chunk: int = 512) -> jax.Array:
+    """-log p(target) per position [B, T], in float32, `chunk` tokens of logits at a time.
+
+    Fused: the forward pass of each chunk also computes d nll / d h = (softmax - onehot) @ head while its
+    logits are at hand, so the backward pass is one multiply and no logits are ever recomputed or stored.
+    The head is frozen (LoRA never trains it), so it is closed over: differentiating with respect to it is an
+    error rather than a silent zero.
+    """
     batch, seq, dim = h.shape
     n = batch * seq
     chunk = min(chunk, n)
@@ -27,14 +33,36 @@ def token_nll(h: jax.Array, head: jax.Array, targets: jax.Array, chunk: int = 20
     flat_h = jnp.pad(h.reshape(n, dim), ((0, pad), (0, 0))).reshape(-1, chunk, dim)
     flat_t = jnp.pad(targets.reshape(n), (0, pad)).reshape(-1, chunk)
 
-    @jax.checkpoint
-    def one_chunk(args):
-        x, t = args
-        logits = jnp.einsum("cd,vd->cv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
-        picked = jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]
-        return jax.nn.logsumexp(logits, axis=-1) - picked
+    def chunk_logits(x: jax.Array) -> jax.Array:
+        return jnp.einsum("cd,vd->cv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
 
-    return jax.lax.map(one_chunk, (flat_h, flat_t)).reshape(-1)[:n].reshape(batch, seq)
+    def nll_and_grad(args: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        x, t = args
+        logits = chunk_logits(x)
+        top = jnp.max(logits, axis=-1, keepdims=True)
+        unnormalised = jnp.exp(logits - top)
+        total = jnp.sum(unnormalised, axis=-1, keepdims=True)
+        picked = jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]
+        dlogits = (unnormalised / total).at[jnp.arange(chunk), t].add(-1.0)
+        dx = jnp.einsum("cv,vd->cd", dlogits.astype(x.dtype), head.astype(x.dtype))
+        return (top + jnp.log(total))[:, 0] - picked, dx
+
+    @jax.custom_vjp
+    def nll(xs: jax.Array) -> jax.Array:
+        def one(args):
+            logits = chunk_logits(args[0])
+            return jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, args[1][:, None], axis=-1)[:, 0]
+
+        return jax.lax.map(one, (xs, flat_t))
+
+    def nll_fwd(xs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return jax.lax.map(nll_and_grad, (xs, flat_t))
+
+    def nll_bwd(dx: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+        return (dx * g[..., None].astype(dx.dtype),)
+
+    nll.defvjp(nll_fwd, nll_bwd)
+    return nll(flat_h).reshape(-1)[:n].reshape(batch, seq)
 
 
 def position_nll(
@@ -45,7 +73,7 @@ def position_nll(
     scale: float,
     dropout: float = 0.0,
     rng: jax.Array | None = None,
-    chunk: int = 2048,
+    chunk: int = 512,
 ) -> jax.Array:
     """-log p(target) [B, C] over each row's loss window: C positions from batch["loss_start"] (whole rows,
     C = T, without it). The vocabulary projection runs on those positions only."""

@@ -1,0 +1,70 @@
+"""The hand-written pieces of the training step: fused cross-entropy, recomputing attention, 16-bit dropout.
+
+Each is checked against the plain JAX expression it replaces, values and gradients.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from capt_jax.model.decoder import attention_mask, dropout, grouped_attention, recomputing_attention
+from capt_jax.objective import token_nll
+
+
+def reference_nll(h: jax.Array, head: jax.Array, targets: jax.Array) -> jax.Array:
+    log_probs = jax.nn.log_softmax(h @ head.T, axis=-1)
+    return -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+
+
+@pytest.mark.parametrize("chunk", [4, 7, 21, 512])  # divides 3 x 7 tokens or not, one chunk or several
+def test_fused_cross_entropy_matches_log_softmax(chunk):
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    h = jax.random.normal(keys[0], (3, 7, 16))
+    head = jax.random.normal(keys[1], (50, 16))
+    targets = jax.random.randint(keys[2], (3, 7), 0, 50)
+    weights = jax.random.uniform(keys[3], (3, 7))
+
+    np.testing.assert_allclose(token_nll(h, head, targets, chunk), reference_nll(h, head, targets), atol=1e-5)
+    grad = jax.jit(jax.grad(lambda h: jnp.sum(token_nll(h, head, targets, chunk) * weights)))(h)
+    expected = jax.grad(lambda h: jnp.sum(reference_nll(h, head, targets) * weights))(h)
+    np.testing.assert_allclose(grad, expected, atol=1e-5)
+
+
+def test_fused_cross_entropy_refuses_gradients_for_the_frozen_head():
+    h, head, targets = jnp.ones((1, 2, 4)), jnp.ones((8, 4)), jnp.zeros((1, 2), jnp.int32)
+    with pytest.raises(jax.errors.UnexpectedTracerError):
+        jax.grad(lambda head: jnp.sum(token_nll(h, head, targets)))(head)
+
+
+def test_recomputing_attention_matches_grouped_attention_with_left_padding():
+    batch, seq, q_heads, kv_heads, dim = 2, 5, 6, 2, 4
+    keys = jax.random.split(jax.random.PRNGKey(1), 4)
+    q = jax.random.normal(keys[0], (batch, seq, q_heads, dim))
+    k = jax.random.normal(keys[1], (batch, kv_heads, seq, dim))
+    v = jax.random.normal(keys[2], (batch, kv_heads, seq, dim))
+    cotangent = jax.random.normal(keys[3], (batch, seq, q_heads, dim))
+    valid = jnp.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], bool)
+    mask = attention_mask(jnp.broadcast_to(jnp.arange(seq), (batch, seq)), valid)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent)
+
+    ours = loss(lambda q, k, v: recomputing_attention(q, k, v, mask, 0.5))
+    plain = loss(lambda q, k, v: grouped_attention(q, [(k, v, mask)], 0.5))
+    np.testing.assert_allclose(ours(q, k, v), plain(q, k, v), rtol=1e-5)
+    for got, want in zip(jax.grad(ours, (0, 1, 2))(q, k, v), jax.grad(plain, (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_dropout_keeps_the_expectation_and_the_rate():
+    x = jnp.ones((64, 257))  # an odd width: the last 32-bit word is only half used
+    out = dropout(x, 0.1, jax.random.PRNGKey(2))
+    dropped = float(jnp.mean(out == 0))
+    assert abs(dropped - 0.1) < 0.01
+    assert abs(float(jnp.mean(out)) - 1.0) < 0.02
+    np.testing.assert_allclose(out[out != 0], 1 / (1 - round(0.1 * 2**16) / 2**16), rtol=1e-6)
+    np.testing.assert_array_equal(out, dropout(x, 0.1, jax.random.PRNGKey(2)))
+    assert not np.array_equal(out, dropout(x, 0.1, jax.random.PRNGKey(3)))
