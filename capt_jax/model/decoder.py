@@ -100,6 +100,30 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
     return jnp.where(draws >= dropped, x * (2**16 / (2**16 - dropped)), 0).astype(x.dtype)
 
 
+@jax.custom_vjp
+def swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """silu(gate) * up, whose backward pass recomputes the activation from the two inputs.
+
+    Autodiff would keep silu(gate), its sigmoid and the product as well: per layer, three more [tokens, MLP]
+    buffers in the scan's stacked residuals.
+    """
+    return jax.nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate: jax.Array, up: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return swiglu(gate, up), (gate, up)
+
+
+def _swiglu_bwd(residuals: tuple[jax.Array, jax.Array], d_out: jax.Array) -> tuple[jax.Array, jax.Array]:
+    gate, up = residuals
+    sigmoid = jax.nn.sigmoid(gate)
+    d_gate = d_out * up * sigmoid * (1 + gate * (1 - sigmoid))
+    return d_gate.astype(gate.dtype), (d_out * gate * sigmoid).astype(up.dtype)
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 def attention_mask(query_slots: jax.Array, key_valid: jax.Array) -> jax.Array:
     """Boolean [B, 1, T, S]: causal over slots and blind to padding.
 
@@ -271,7 +295,7 @@ def _block(
     h = h + proj("o_proj", attn.reshape(batch, seq, config.num_heads * config.head_dim))
 
     x = rms_norm(h, layer["post_attention_norm"], config.rms_norm_eps)
-    h = h + proj("down_proj", jax.nn.silu(proj("gate_proj", x)) * proj("up_proj", x))
+    h = h + proj("down_proj", swiglu(proj("gate_proj", x), proj("up_proj", x)))
     return h, kv
 
 
