@@ -1,4 +1,5 @@
-"""The hand-written pieces of the training step: fused cross-entropy, recomputing attention, SwiGLU, 16-bit dropout.
+"""The hand-written pieces of the training step: fused cross-entropy, recomputing attention, SwiGLU, RoPE and
+16-bit dropout.
 
 Each is checked against the plain JAX expression it replaces, values and gradients.
 """
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from capt_jax.model.decoder import attention_mask, dropout, grouped_attention, recomputing_attention, swiglu
+from capt_jax.model.rope import apply_rotary
 from capt_jax.objective import token_nll
 
 
@@ -82,3 +84,19 @@ def test_swiglu_gradient_matches_autodiff():
     for got, want in zip(jax.grad(lambda g, u: jnp.sum(swiglu(g, u) * cotangent), (0, 1))(gate, up),
                          jax.grad(plain, (0, 1))(gate, up)):  # fmt: skip
         np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_rotary_gradient_is_the_inverse_rotation():
+    keys = jax.random.split(jax.random.PRNGKey(5), 3)
+    x = jax.random.normal(keys[0], (2, 5, 3, 8))
+    angles = 6 * jax.random.uniform(keys[1], (2, 5, 4))
+    cos, sin = jnp.cos(jnp.concatenate([angles, angles], -1)), jnp.sin(jnp.concatenate([angles, angles], -1))
+    cotangent = jax.random.normal(keys[2], x.shape)
+
+    def plain(x):
+        rotated = jnp.concatenate([-x[..., 4:], x[..., :4]], axis=-1)
+        return jnp.sum((x * cos[:, :, None] + rotated * sin[:, :, None]) * cotangent)
+
+    np.testing.assert_allclose(
+        jax.grad(lambda x: jnp.sum(apply_rotary(x, cos, sin) * cotangent))(x), jax.grad(plain)(x), atol=1e-6
+    )

@@ -43,8 +43,25 @@ def rotary_tables(positions: jax.Array, config: ModelConfig, dtype: jnp.dtype) -
     return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
 
 
+@jax.custom_vjp
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate x [batch, seq, heads, head_dim]; tables broadcast over heads."""
+    """Rotate x [batch, seq, heads, head_dim]; tables broadcast over heads.
+
+    The rotation is orthogonal, so its backward pass is the inverse rotation (sin negated): one elementwise
+    pass, where autodiff of the half-swap would pad, slice and negate.
+    """
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+def _apply_rotary_fwd(x: jax.Array, cos: jax.Array, sin: jax.Array):
+    return apply_rotary(x, cos, sin), (cos, sin)
+
+
+def _apply_rotary_bwd(tables: tuple[jax.Array, jax.Array], d_out: jax.Array):
+    cos, sin = tables
+    return apply_rotary(d_out, cos, -sin), None, None
+
+
+apply_rotary.defvjp(_apply_rotary_fwd, _apply_rotary_bwd)
