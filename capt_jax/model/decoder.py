@@ -150,7 +150,8 @@ def grouped_attention(q: jax.Array, parts: list[tuple[jax.Array, jax.Array, jax.
     """Softmax attention for q [B, T, Hq, D] over one or more key/value parts: (k, v [B, Hk, S, D], mask
     [B, 1, T, S]); each key head serves Hq / Hk query heads, and one softmax spans all parts.
 
-    The XLA path. Query heads are grouped onto their key head instead of repeating keys, and scores are float32.
+    The decode-step path. Query heads are grouped onto their key head instead of repeating keys, and scores are
+    float32.
     Separate parts let a decode step attend to the cache as it is plus the new token, without copying the
     cache to insert it first (on a CPU that copy, not the arithmetic, dominates a decode step).
     """
@@ -243,7 +244,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config:
     """q [B, T, Hq, D], k/v [B, Hk, S, D], boolean mask [B, 1, T, S] -> [B, T, Hq, D].
 
     Prefill and training on GPU go through jax.nn.dot_product_attention's cuDNN flash kernel; other backends
-    use grouped_attention.
+    use recomputing_attention (decode steps call grouped_attention directly, in `_block`).
     """
     scale = config.head_dim**-0.5
     if attention_implementation(config) == "cudnn" and q.shape[1] > 1:
