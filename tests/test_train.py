@@ -114,7 +114,12 @@ def test_relative_workdir_checkpoints_and_resumes(tmp_path, tiny_chat_dir, sft_f
 
 
 def test_sigkill_then_restart_reproduces_uninterrupted_losses(tmp_path, tiny_chat_dir, sft_file):
-    common = ["--config.train.max_steps=10", "--config.checkpoint.every_steps=3"]
+    """Kill hard once step 6 is committed and step 7 has run: the restart replays 7.. bit for bit.
+
+    Saves are async, so a step's metrics can land before its checkpoint is committed; the test waits
+    for both, and max_steps leaves ample steps after that for the kill to interrupt training.
+    """
+    common = ["--config.train.max_steps=30", "--config.checkpoint.every_steps=3"]
     reference = run(train_args(tiny_chat_dir, sft_file, tmp_path / "ref", *common))
     assert reference.returncode == 0, reference.stderr[-3000:]
 
@@ -127,12 +132,14 @@ def test_sigkill_then_restart_reproduces_uninterrupted_losses(tmp_path, tiny_cha
     )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if (workdir / "metrics.jsonl").exists() and max(losses(workdir), default=0) >= 7:
+        committed = (workdir / "checkpoints" / "6").is_dir()
+        if committed and (workdir / "metrics.jsonl").exists() and max(losses(workdir), default=0) >= 7:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before the kill; it should be interrupted mid-run"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (workdir / "checkpoints" / "6").is_dir(), "the kill should land after the step-6 checkpoint"
+    assert not (workdir / "checkpoints" / "30").is_dir()
     resumed = run(train_args(tiny_chat_dir, sft_file, workdir, *common))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
