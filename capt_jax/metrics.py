@@ -39,6 +39,22 @@ def tensorboard_writer(folder: epath.Path) -> Any:
     return SummaryWriter(str(folder))
 
 
+def lines_up_to(text: str, resume_step: int) -> list[str]:
+    """The log lines a resumed run keeps: those up to its checkpoint's step, since it replays the rest.
+
+    A line that does not parse is a write torn by a hard kill (or a full disk); it is dropped, not fatal.
+    """
+    kept = []
+    for line in text.splitlines():
+        try:
+            metrics = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(metrics, dict) and metrics.get("step", 0) <= resume_step:
+            kept.append(line)
+    return kept
+
+
 class MetricsWriter:
     def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
         self.enabled = enabled
@@ -48,14 +64,9 @@ class MetricsWriter:
         path.mkdir(parents=True, exist_ok=True)
         self.file = path / "metrics.jsonl"
         self.remote = is_remote(workdir)
-        # A resumed run replays the steps after its checkpoint: drop their old lines so the log has each step once.
         self.lines = []
         if self.file.exists():
-            self.lines = [
-                line
-                for line in self.file.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
+            self.lines = lines_up_to(self.file.read_text(), resume_step)
             self.file.write_text("".join(line + "\n" for line in self.lines))
         self.jsonl = None if self.remote else self.file.open("a")
         self.flushed = time.monotonic()

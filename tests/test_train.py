@@ -17,7 +17,9 @@ SFT_CONFIG = str(REPO / "configs" / "smollm2_sft.py")
 
 
 def losses(workdir: Path) -> dict[int, float]:
-    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """Step -> loss from the complete lines of metrics.jsonl (a running job may be mid-write)."""
+    text = (workdir / "metrics.jsonl").read_text()
+    lines = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
     return {m["step"]: m["loss"] for m in lines if "loss" in m}
 
 
@@ -144,6 +146,18 @@ def test_sigkill_then_restart_reproduces_uninterrupted_losses(tmp_path, tiny_cha
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
     assert losses(workdir) == losses(tmp_path / "ref")  # every step, bit for bit
+
+
+def test_resumed_metrics_log_drops_replayed_steps_and_a_torn_last_line(tmp_path):
+    """A hard kill can tear the last line of metrics.jsonl; the resumed run must still start and log cleanly."""
+    from capt_jax.metrics import MetricsWriter
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n{"step": 3, "loss": 0.4}\n{"step": 4, "lo')
+    writer = MetricsWriter(str(tmp_path), resume_step=2)
+    writer.write({"step": 3, "loss": 0.25})
+    writer.close()
+    assert losses(tmp_path) == {1: 1.0, 2: 0.5, 3: 0.25}
 
 
 def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path, tiny_chat_dir, sft_file):
