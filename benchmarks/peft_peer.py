@@ -21,6 +21,7 @@ peak memory is torch.cuda.max_memory_allocated on a GPU and the process's peak R
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -37,17 +38,18 @@ from capt_jax.bench import (  # noqa: E402
     ARCHS,
     DEFAULT_TARGETS,
     GIB,
+    Memory,
+    Peak,
     cpu_name,
     datasheet_peak,
     emit,
-    generate_flops,
+    generate_report,
     hf_config_dict,
     host_peak_rss_bytes,
     human_lines,
-    report_fields,
-    summarize,
+    measure,
     token_batch,
-    train_flops_per_token,
+    train_report,
 )
 from capt_jax.model import ModelConfig  # noqa: E402  (pure Python: the FLOP formulas read its fields)
 
@@ -90,7 +92,7 @@ def measured_matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048
     return 2.0 * n**3 / best
 
 
-def peak_flops(args: argparse.Namespace, device: torch.device, kind: str) -> tuple[float | None, str]:
+def peak_flops(args: argparse.Namespace, device: torch.device, kind: str) -> Peak:
     if args.peak_flops:
         return args.peak_flops, "--peak-flops"
     peak = datasheet_peak(kind, args.dtype)
@@ -102,7 +104,7 @@ def peak_flops(args: argparse.Namespace, device: torch.device, kind: str) -> tup
     return None, f"unknown peak for {kind} {args.dtype}: pass --peak-flops"
 
 
-def memory(device: torch.device) -> tuple[int, str]:
+def memory(device: torch.device) -> Memory:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
     return host_peak_rss_bytes(), "host peak RSS of the whole process"
@@ -132,7 +134,7 @@ def build_model(args: argparse.Namespace, device: torch.device):
     return model, ModelConfig.from_hf_dict(hf, source=name), name
 
 
-def time_calls(call, steps: int, device: torch.device, cpu: list[float] | None = None) -> list[float]:
+def time_calls(device: torch.device, call, steps: int, cpu: list[float] | None = None) -> list[float]:
     times = []
     for _ in range(steps):
         sync(device)
@@ -185,39 +187,24 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> dict[str, Any
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    first = time_calls(one_step, 1, device)[0]
-    time_calls(one_step, max(args.warmup - 1, 0), device)
-    cpu: list[float] = []
-    times = time_calls(one_step, args.steps, device, cpu)
-
+    timing = measure(functools.partial(time_calls, device), one_step, args.warmup, args.steps)
     info = device_info(device)
-    peak, peak_source = peak_flops(args, device, info["device"])
-    mem, mem_kind = memory(device)
-    stats = summarize(times)
-    tokens = args.batch * args.seq
-    flops = train_flops_per_token(cfg, args.seq, args.lora_rank, args.targets)
-    achieved = flops["total"] * tokens / stats["median_s"]
     return {
-        "bench": "train",
-        "framework": "peft" + (" +ckpt" if args.gradient_checkpointing else ""),
-        "model": name,
-        **info,
-        "dtype": args.dtype,
-        "batch": args.batch,
-        "seq": args.seq,
-        "lora_rank": args.lora_rank,
-        "lora_alpha": alpha,
-        "lora_dropout": args.lora_dropout,
-        "targets": list(args.targets),
+        **train_report(
+            args,
+            cfg,
+            timing,
+            losses,
+            framework="peft" + (" +ckpt" if args.gradient_checkpointing else ""),
+            model=name,
+            info=info,
+            attention=model.config.get_text_config()._attn_implementation,
+            lora_alpha=alpha,
+            peak=peak_flops(args, device, info["device"]),
+            memory=memory(device),
+        ),
         "gradient_checkpointing": args.gradient_checkpointing,
-        "attention": model.config.get_text_config()._attn_implementation,
-        "steps": args.steps,
-        "flops_per_token": flops,
-        **report_fields("step", stats, cpu, "tokens_per_step", tokens, achieved, peak, peak_source, mem, mem_kind),
         "torch_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB if device.type == "cuda" else None,
-        "first_step_s": first,
-        "first_loss": losses[0],
-        "last_loss": losses[-1],
     }
 
 
@@ -243,36 +230,21 @@ def bench_generate(args: argparse.Namespace, device: torch.device) -> dict[str, 
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    first = time_calls(one_call, 1, device)[0]
-    time_calls(one_call, max(args.warmup - 1, 0), device)
-    cpu: list[float] = []
-    times = time_calls(one_call, args.steps, device, cpu)
+    timing = measure(functools.partial(time_calls, device), one_call, args.warmup, args.steps)
     assert outputs[-1].shape == (args.batch, args.new_tokens), outputs[-1].shape
-
     info = device_info(device)
-    peak, peak_source = peak_flops(args, device, info["device"])
-    mem, mem_kind = memory(device)
-    stats = summarize(times)
-    new = args.batch * args.new_tokens
-    flops = generate_flops(cfg, args.batch, args.prompt_len, args.new_tokens)
-    achieved = flops / stats["median_s"]
-    return {
-        "bench": "generate",
-        "framework": "transformers",
-        "model": name,
-        **info,
-        "dtype": args.dtype,
-        "batch": args.batch,
-        "prompt_len": args.prompt_len,
-        "new_tokens": args.new_tokens,
-        "attention": model.config._attn_implementation,
-        "steps": args.steps,
-        "flops_per_call": flops,
-        "ms_per_new_token": 1e3 * stats["median_s"] / args.new_tokens,
-        **report_fields("call", stats, cpu, "new_tokens_per_call", new, achieved, peak, peak_source, mem, mem_kind),
-        "first_call_s": first,
-        "first_tokens": outputs[0][0, :8].tolist(),
-    }
+    return generate_report(
+        args,
+        cfg,
+        timing,
+        outputs[0][0, :8].tolist(),
+        framework="transformers",
+        model=name,
+        info=info,
+        attention=model.config._attn_implementation,
+        peak=peak_flops(args, device, info["device"]),
+        memory=memory(device),
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:

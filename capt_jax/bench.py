@@ -31,6 +31,7 @@ overrides both.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -122,6 +123,8 @@ ARCHS: dict[str, dict[str, Any]] = {
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 GIB = 1024**3
+Peak = tuple[float | None, str]  # (FLOP/s, where that number comes from)
+Memory = tuple[int | None, str]  # (peak bytes, what was measured)
 
 # Dense (no sparsity) peak FLOP/s per device from the vendors' datasheets: (substring of device_kind, dtype).
 # float32 on NVIDIA is the TF32 tensor-core rate (XLA's default precision for f32 dots on Ampere and later).
@@ -221,43 +224,122 @@ def token_batch(seed: int, batch: int, seq: int, vocab: int) -> tuple[np.ndarray
     return tokens[:, :-1], tokens[:, 1:]
 
 
-def summarize(times: Sequence[float]) -> dict[str, float]:
-    return {
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
-        "spread": (max(times) - min(times)) / statistics.median(times),
-    }
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Seconds of the first call (compile or cache warm-up), then of each timed call: wall clock and process CPU."""
+
+    first_s: float
+    times: list[float]
+    cpu: list[float]
+
+
+def measure(time_calls: Callable[..., list[float]], call: Callable[[], Any], warmup: int, steps: int) -> Timing:
+    """The protocol both sides follow: one first call, `warmup - 1` more untimed, then `steps` timed.
+
+    `time_calls(call, steps, cpu=None)` is the side's own timer (the peer synchronises its device around a call)."""
+    first = time_calls(call, 1)[0]
+    time_calls(call, max(warmup - 1, 0))
+    cpu: list[float] = []
+    times = time_calls(call, steps, cpu)
+    return Timing(first, times, cpu)
 
 
 def report_fields(
-    unit: str,
-    stats: dict[str, float],
-    cpu: Sequence[float],
-    work_key: str,
-    work: float,
-    achieved: float,
-    peak: float | None,
-    peak_source: str,
-    memory: int | None,
-    memory_kind: str,
+    unit: str, timing: Timing, work_key: str, work: float, flops: float, peak: Peak, memory: Memory
 ) -> dict[str, Any]:
     """Timing, throughput, MFU and memory under the same names for capt_jax and the peer, so compare.py can
-    put them side by side; `unit` is "step" (train) or "call" (generate), `work` its tokens."""
+    put them side by side. `unit` is "step" (train) or "call" (generate); `work` is its tokens, `flops` its FLOPs."""
+    median = statistics.median(timing.times)
+    achieved = flops / median
+    peak_flops_per_s, peak_source = peak
+    memory_bytes, memory_kind = memory
     return {
-        f"{unit}_time_s": stats["median_s"],
-        f"{unit}_time_min_s": stats["min_s"],
-        f"{unit}_time_max_s": stats["max_s"],
-        f"cpu_time_per_{unit}_s": statistics.median(cpu),
+        f"{unit}_time_s": median,
+        f"{unit}_time_min_s": min(timing.times),
+        f"{unit}_time_max_s": max(timing.times),
+        f"cpu_time_per_{unit}_s": statistics.median(timing.cpu),
+        f"first_{unit}_s": timing.first_s,
         work_key: work,
-        "tokens_per_second": work / stats["median_s"],
+        "tokens_per_second": work / median,
         "tflops_per_second": achieved / 1e12,
-        "peak_flops": peak,
+        "peak_flops": peak_flops_per_s,
         "peak_flops_source": peak_source,
-        "mfu": achieved / peak if peak else None,
-        "peak_memory_bytes": memory,
-        "peak_memory_gib": memory / GIB if memory else None,
+        "mfu": achieved / peak_flops_per_s if peak_flops_per_s else None,
+        "peak_memory_bytes": memory_bytes,
+        "peak_memory_gib": memory_bytes / GIB if memory_bytes else None,
         "peak_memory_kind": memory_kind,
+    }
+
+
+def train_report(
+    args: argparse.Namespace,
+    cfg: Any,
+    timing: Timing,
+    losses: Sequence[float],
+    *,
+    framework: str,
+    model: str,
+    info: dict[str, Any],
+    attention: str,
+    lora_alpha: float,
+    peak: Peak,
+    memory: Memory,
+) -> dict[str, Any]:
+    """The fields of a train result that capt_jax and the peer share; each adds its own."""
+    tokens = args.batch * args.seq
+    flops = train_flops_per_token(cfg, args.seq, args.lora_rank, args.targets)
+    return {
+        "bench": "train",
+        "framework": framework,
+        "model": model,
+        **info,
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "seq": args.seq,
+        "lora_rank": args.lora_rank,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": args.lora_dropout,
+        "targets": list(args.targets),
+        "attention": attention,
+        "steps": args.steps,
+        "flops_per_token": flops,
+        **report_fields("step", timing, "tokens_per_step", tokens, flops["total"] * tokens, peak, memory),
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
+
+
+def generate_report(
+    args: argparse.Namespace,
+    cfg: Any,
+    timing: Timing,
+    first_tokens: Sequence[int],
+    *,
+    framework: str,
+    model: str,
+    info: dict[str, Any],
+    attention: str,
+    peak: Peak,
+    memory: Memory,
+) -> dict[str, Any]:
+    """The fields of a generate result that capt_jax and the peer share; each adds its own."""
+    flops = generate_flops(cfg, args.batch, args.prompt_len, args.new_tokens)
+    fields = report_fields("call", timing, "new_tokens_per_call", args.batch * args.new_tokens, flops, peak, memory)
+    return {
+        "bench": "generate",
+        "framework": framework,
+        "model": model,
+        **info,
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "attention": attention,
+        "steps": args.steps,
+        "flops_per_call": flops,
+        "ms_per_new_token": 1e3 * fields["call_time_s"] / args.new_tokens,
+        **fields,
+        "first_tokens": list(first_tokens),
     }
 
 
@@ -317,7 +399,7 @@ def measured_matmul_peak(dtype: str, n: int = 2048, reps: int = 5) -> float:
     return 2.0 * n**3 / best
 
 
-def peak_flops(args: argparse.Namespace, backend: str, device_kind: str) -> tuple[float | None, str]:
+def peak_flops(args: argparse.Namespace, backend: str, device_kind: str) -> Peak:
     if args.peak_flops:
         return args.peak_flops, "--peak-flops"
     peak = datasheet_peak(device_kind, args.dtype)
@@ -328,7 +410,7 @@ def peak_flops(args: argparse.Namespace, backend: str, device_kind: str) -> tupl
     return None, f"unknown peak for {device_kind} {args.dtype}: pass --peak-flops"
 
 
-def device_memory() -> tuple[int | None, str]:
+def device_memory() -> Memory:
     """(peak bytes, what was measured): the allocator's peak on an accelerator, the process's peak RSS on a CPU."""
     stats = _jax().local_devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
@@ -429,48 +511,30 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
         state, metrics = compiled(state, base, batch)
         losses.append(float(metrics["loss"]))  # waits for the step, as train.py does
 
-    first = time_calls(one_step, 1)[0]
-    time_calls(one_step, max(args.warmup - 1, 0))
-    cpu: list[float] = []
-    times = time_calls(one_step, args.steps, cpu)
+    timing = measure(time_calls, one_step, args.warmup, args.steps)
     jax.block_until_ready(state)
-
     info = device_info()
-    peak, peak_source = peak_flops(args, info["backend"], info["device"])
-    memory, memory_kind = device_memory()
-    stats = summarize(times)
-    tokens = args.batch * args.seq
-    flops = train_flops_per_token(cfg, args.seq, args.lora_rank, args.targets)
-    achieved = flops["total"] * tokens / stats["median_s"]
-    result = {
-        "bench": "train",
-        "framework": "capt_jax",
-        "model": name,
-        **info,
-        "dtype": args.dtype,
-        "batch": args.batch,
-        "seq": args.seq,
-        "grad_accum": args.grad_accum,
-        "lora_rank": args.lora_rank,
-        "lora_alpha": config.lora.alpha,
-        "lora_dropout": args.lora_dropout,
-        "targets": list(args.targets),
-        "remat": cfg.remat_policy,
-        "attention": attention_implementation(cfg),
-        "prng_impl": str(jax.config.jax_default_prng_impl),
-        "steps": args.steps,
-        "flops_per_token": flops,
-        **report_fields(
-            "step", stats, cpu, "tokens_per_step", tokens, achieved, peak, peak_source, memory, memory_kind
+    return {
+        **train_report(
+            args,
+            cfg,
+            timing,
+            losses,
+            framework="capt_jax",
+            model=name,
+            info=info,
+            attention=attention_implementation(cfg),
+            lora_alpha=config.lora.alpha,
+            peak=peak_flops(args, info["backend"], info["device"]),
+            memory=device_memory(),
         ),
+        "grad_accum": args.grad_accum,
+        "remat": cfg.remat_policy,
+        "prng_impl": str(jax.config.jax_default_prng_impl),
         "xla_step_bytes": compiled_bytes(compiled),
         "lower_s": t1 - t0,
         "compile_s": t2 - t1,
-        "first_step_s": first,
-        "first_loss": losses[0],
-        "last_loss": losses[-1],
     }
-    return result
 
 
 def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
@@ -496,39 +560,24 @@ def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     def one_call():
         outputs.append(np.asarray(compiled(params, prompt, mask, rng)))
 
-    first = time_calls(one_call, 1)[0]
-    time_calls(one_call, max(args.warmup - 1, 0))
-    cpu: list[float] = []
-    times = time_calls(one_call, args.steps, cpu)
-
+    timing = measure(time_calls, one_call, args.warmup, args.steps)
     info = device_info()
-    peak, peak_source = peak_flops(args, info["backend"], info["device"])
-    memory, memory_kind = device_memory()
-    stats = summarize(times)
-    new = args.batch * args.new_tokens
-    flops = generate_flops(cfg, args.batch, args.prompt_len, args.new_tokens)
-    achieved = flops / stats["median_s"]
     return {
-        "bench": "generate",
-        "framework": "capt_jax",
-        "model": name,
-        **info,
-        "dtype": args.dtype,
-        "batch": args.batch,
-        "prompt_len": args.prompt_len,
-        "new_tokens": args.new_tokens,
-        "attention": attention_implementation(cfg),
-        "steps": args.steps,
-        "flops_per_call": flops,
-        "ms_per_new_token": 1e3 * stats["median_s"] / args.new_tokens,
-        **report_fields(
-            "call", stats, cpu, "new_tokens_per_call", new, achieved, peak, peak_source, memory, memory_kind
+        **generate_report(
+            args,
+            cfg,
+            timing,
+            outputs[0][0, :8].tolist(),
+            framework="capt_jax",
+            model=name,
+            info=info,
+            attention=attention_implementation(cfg),
+            peak=peak_flops(args, info["backend"], info["device"]),
+            memory=device_memory(),
         ),
         "xla_step_bytes": compiled_bytes(compiled),
         "lower_s": t1 - t0,
         "compile_s": t2 - t1,
-        "first_call_s": first,
-        "first_tokens": outputs[0][0, :8].tolist(),
     }
 
 
