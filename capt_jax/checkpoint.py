@@ -26,9 +26,14 @@ def checkpoint_dir(workdir: str) -> epath.Path:
 
 
 def manager(workdir: str, keep: int = 3, async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
-    """read_only: open an existing folder for restoring (creates nothing, deletes nothing)."""
+    """read_only: open an existing folder for restoring (creates nothing, deletes nothing).
+
+    A writing manager first removes the half-written temporary folders a hard kill leaves mid-save."""
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None if read_only else keep, enable_async_checkpointing=async_save, create=not read_only
+        max_to_keep=None if read_only else keep,
+        enable_async_checkpointing=async_save,
+        create=not read_only,
+        cleanup_tmp_directories=not read_only,
     )
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 

@@ -116,7 +116,7 @@ def test_relative_workdir_checkpoints_and_resumes(tmp_path, tiny_chat_dir, sft_f
 
 
 def test_sigkill_then_restart_reproduces_uninterrupted_losses(tmp_path, tiny_chat_dir, sft_file):
-    """Kill hard once step 6 is committed and step 7 has run: the restart replays 7.. bit for bit.
+    """Kill hard once step 6 is committed and step 7 has run: the restart replays the rest bit for bit.
 
     Saves are async, so a step's metrics can land before its checkpoint is committed; the test waits
     for both, and max_steps leaves ample steps after that for the kill to interrupt training.
@@ -141,11 +141,19 @@ def test_sigkill_then_restart_reproduces_uninterrupted_losses(tmp_path, tiny_cha
     assert proc.poll() is None, "training ended before the kill; it should be interrupted mid-run"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (workdir / "checkpoints" / "30").is_dir()
+    checkpoints = workdir / "checkpoints"
+    assert not (checkpoints / "30").is_dir()
+    # What a kill in the middle of the next async save leaves behind (made here, so it is always there).
+    committed = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    (checkpoints / f"{committed + 3}.orbax-checkpoint-tmp-0" / "state").mkdir(parents=True, exist_ok=True)
     resumed = run(train_args(tiny_chat_dir, sft_file, workdir, *common))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stdout
+    assert f"resuming from {checkpoints}/{committed}\n" in resumed.stdout
     assert losses(workdir) == losses(tmp_path / "ref")  # every step, bit for bit
+    # The half-written save is cleaned up, and checkpoint.keep holds as if the run had never stopped.
+    assert sorted(p.name for p in checkpoints.iterdir()) == sorted(
+        p.name for p in (tmp_path / "ref" / "checkpoints").iterdir()
+    )
 
 
 def test_resumed_metrics_log_drops_replayed_steps_and_a_torn_last_line(tmp_path):
