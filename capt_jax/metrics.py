@@ -47,10 +47,10 @@ def lines_up_to(text: str, resume_step: int) -> list[str]:
     kept = []
     for line in text.splitlines():
         try:
-            metrics = json.loads(line)
+            step = json.loads(line).get("step", 0)
         except json.JSONDecodeError:
             continue
-        if isinstance(metrics, dict) and metrics.get("step", 0) <= resume_step:
+        if step <= resume_step:
             kept.append(line)
     return kept
 
