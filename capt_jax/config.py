@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 
 from capt_jax.data.config import default_data_config
+from capt_jax.data.estimates import FORMS
 from capt_jax.model.decoder import PROJECTIONS, REMAT_POLICIES
 
 ConfigDict = ml_collections.ConfigDict
@@ -54,6 +55,9 @@ def default_config() -> ConfigDict:
     # w_est of the two-stage objective w_est * L(raw prompt -> abstraction) + L(intervened prompt -> reasoning);
     # 0 reproduces the paper, > 0 trains the model to be its own estimator (eval.estimator = self).
     c.data.estimation_weight = 0.0
+    # How an estimator replies (capt_jax.data.estimates): `map`, the slot -> phrase map, whose template is
+    # computed by substitution, or `template`, the map plus the rewritten prompt (many more decoded tokens).
+    c.data.estimation_form = "map"
 
     c.train = ConfigDict()
     c.train.max_steps = 3200
@@ -79,6 +83,11 @@ def default_config() -> ConfigDict:
     c.eval.splits = ("id", "anti", "non")
     c.eval.max_examples = 0  # per split; 0 = the whole test set
     c.eval.max_new_tokens = 512
+    # Decoding of the answers: temperature 0 is greedy (deterministic); the paper sampled at temperature 0.1,
+    # top-p 0.95, repetition penalty 1.1 (transformers' definition), up to 1024 new tokens.
+    c.eval.temperature = 0.0
+    c.eval.top_p = 1.0
+    c.eval.repetition_penalty = 1.0
     c.eval.batch_size = 32
     c.eval.seed = 0
 
@@ -282,12 +291,19 @@ def paper_config(model: str, dataset: str, method: str) -> ConfigDict:
     c.train.learning_rate = 1.5e-4 if dataset == "prontoqa" else 3e-4
     c.train.seq_len = 1024
     c.checkpoint.every_steps = 400
+    c.eval.temperature, c.eval.top_p, c.eval.repetition_penalty = 0.1, 0.95, 1.1  # the paper's decoding
+    c.eval.max_new_tokens = 1024
     return c
 
 
 def validate_eval(config: ConfigDict) -> None:
     """The checks evaluation needs (it trains nothing, so no data file or mesh is required)."""
     _choice(config, "eval.estimator", ("oracle", "lm", "openai", "self"))
+    _choice(config, "data.estimation_form", FORMS)
+    _positive(config, "eval.temperature", allow_zero=True)
+    _positive(config, "eval.repetition_penalty")
+    if not 0 < config.eval.top_p <= 1:
+        raise ConfigError(f"config key 'eval.top_p': {config.eval.top_p} must be in (0, 1]")
     _choice(config, "model.dtype", ("float32", "bfloat16", "float16"))
     _choice(config, "model.compute_dtype", ("float32", "bfloat16", "float16"))
     for key in ("eval.max_new_tokens", "eval.batch_size", "eval.estimator_max_new_tokens"):

@@ -6,8 +6,8 @@
 2. PrOntoQA from capt_jax's own generator (ID), and its anti / non refills (OOD);
 3. the base model evaluated on raw prompts;
 4. CAPT (LoRA on randomly lettered abstractions) and SFT (LoRA on raw prompts) trained with the same budget,
-   then evaluated (CAPT through the oracle estimator);
-5. one table, results.json and a bar chart.
+   then evaluated (CAPT through the oracle estimator: an upper bound, since it reads the data's structure);
+5. one table with n and 95% Wilson intervals, results.json and a bar chart.
 Training resumes and finished evaluations are reused, so an interrupted demo picks up where it stopped.
 """
 
@@ -48,8 +48,8 @@ def cached_or_evaluate(config: ConfigDict, workdir: Path | None, out: Path, base
         if base_only or cached.get("step") == config.train.max_steps:
             print(f"reusing {file}")
             return cached
-    results = evaluate(config, None if base_only else str(workdir), base_only)
-    write_results(results, out)
+    results, predictions = evaluate(config, None if base_only else str(workdir), base_only)
+    write_results(results, predictions, out)
     return results
 
 

@@ -1,11 +1,13 @@
 """Event estimation at test time: the first stage of CAPT's two-stage inference.
 
 Every estimator turns a raw example into an `Abstraction` (a `{symbol_i}` template plus slot -> name), which
-event intervention then letters at random. Besides the exact `oracle`, a language model can estimate: a
-frozen local LM prompted few-shot (`lm`), an OpenAI-compatible endpoint (`openai`, the paper used
-GPT-4o-mini), or the fine-tuned model itself (`self`, trained with the estimation term of the objective). All
-of them answer with the same JSON, are held to the paper's validity check (no original name may remain), and
-are re-sampled up to `retries` times when invalid.
+event intervention then letters at random. Besides the exact `oracle` (an upper bound: it reads the data's
+own structure), a language model can estimate: a frozen local LM prompted few-shot (`lm`), an
+OpenAI-compatible endpoint (`openai`, the paper used GPT-4o-mini), or the fine-tuned model itself (`self`,
+trained with the estimation term of the objective). A model replies in one of the forms of
+`capt_jax.data.estimates` (the slot map alone, or the map plus the rewritten prompt); a reply is usable only
+if it passes `estimate_problems`, which sees the reply and the raw prompt and nothing of the gold answer, and
+is re-sampled up to `retries` times when it does not.
 """
 
 from __future__ import annotations
@@ -18,64 +20,75 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from capt_jax.config import ConfigError
-from capt_jax.data import Abstraction, Example, abstract, is_valid
-from capt_jax.data.render import Term, slots_in
+from capt_jax.data import Abstraction, Example, abstract
+from capt_jax.data.estimates import FORMS, estimate_problems, estimated_abstraction, read_symbols, symbol_map
 
-ESTIMATION_INSTRUCTION = (
-    "Event estimation: rewrite the text below with every event or entity replaced by a slot {symbol_1}, "
-    "{symbol_2}, ... (the same slot each time it recurs; write {symbol_i}=1 or {symbol_i}=0 where an event "
-    "happens or does not happen). Reply with JSON only: "
-    '{"template": "<the text with slots>", "symbols": {"symbol_1": "<original name>", ...}}'
+_SLOTS = (
+    "every event or entity of the text is a slot symbol_1, symbol_2, ... in order of first appearance, named by "
+    "its phrase in the text (a noun in its singular); an event that does or does not happen also lists the "
+    'exact phrases for each case under "symbol_i=1" and "symbol_i=0"'
 )
+INSTRUCTIONS = {
+    "map": f'Event estimation: {_SLOTS}. Reply with JSON only: {{"symbol_1": "<phrase>", "symbol_2": "<phrase>", ...}}',
+    "template": f"Event estimation: {_SLOTS}. Rewrite the text with each phrase replaced by its slot "
+    "({symbol_1}, or {symbol_1}=1 / {symbol_1}=0 for an event happening or not). Reply with JSON only: "
+    '{"template": "<the text with slots>", "symbols": {"symbol_1": "<phrase>", ...}}',
+}
 
 Messages = list[dict[str, str]]
 # complete(conversations, attempt) -> one reply per conversation; attempt 0 is greedy, later ones sample.
 Completer = Callable[[Sequence[Messages], int], list[str]]
 
 
-def estimation_prompt(example: Example) -> str:
-    return f"{ESTIMATION_INSTRUCTION}\n\nText:\n{example.prompt}"
+def check_form(form: str) -> str:
+    if form not in FORMS:
+        raise ConfigError(f"config key 'data.estimation_form': {form!r} is not one of {list(FORMS)}")
+    return form
 
 
-def estimation_target(abstraction: Abstraction) -> str:
-    """What a perfect estimator replies: the oracle abstraction as JSON."""
-    return json.dumps({"template": abstraction.prompt, "symbols": abstraction.symbols}, ensure_ascii=False)
+def estimation_prompt(example: Example, form: str) -> str:
+    return f"{INSTRUCTIONS[check_form(form)]}\n\nText:\n{example.prompt}"
 
 
-def parse_estimation(reply: str, example: Example) -> Abstraction | None:
-    """The abstraction in a reply, or None when it is not valid JSON of the right shape or fails the check."""
+def estimation_target(abstraction: Abstraction, form: str) -> str:
+    """What a perfect estimator replies: the oracle abstraction in `form`."""
+    symbols = symbol_map(abstraction)
+    reply = symbols if check_form(form) == "map" else {"template": abstraction.prompt, "symbols": symbols}
+    return json.dumps(reply, ensure_ascii=False)
+
+
+def parse_estimation(reply: str, example: Example, form: str) -> tuple[Abstraction | None, list[str]]:
+    """(the abstraction in a reply, or None; why it is not usable) for a reply in `form`."""
     start = reply.find("{")
-    if start < 0:
-        return None
     try:
-        data, _ = json.JSONDecoder().raw_decode(reply[start:])
+        data, _ = json.JSONDecoder().raw_decode(reply[start:]) if start >= 0 else (None, 0)
     except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("template"), str):
-        return None
-    symbols = data.get("symbols")
-    if not isinstance(symbols, dict) or not all(isinstance(v, str) and v.strip() for v in symbols.values()):
-        return None
-    template = data["template"]
-    slots = slots_in(template)
-    if not slots or any(slot not in symbols for slot in slots):
-        return None
-    abstraction = Abstraction(
-        example=example,
-        prompt=template,
-        reasoning="",
-        terms={slot: Term(symbols[slot].strip()) for slot in slots},
-        kinds=dict.fromkeys(slots, "event"),
-    )
-    return abstraction if is_valid(abstraction, example) else None
+        data = None
+    template = None
+    if check_form(form) == "template":
+        template = data.get("template") if isinstance(data, dict) else None
+        data = data.get("symbols") if isinstance(template, str) else None
+    symbols = read_symbols(data)
+    if symbols is None:
+        return None, [f"not a JSON reply of the {form} form"]
+    abstraction = estimated_abstraction(example, *symbols, template=template)
+    problems = estimate_problems(abstraction, example.prompt)
+    return (None if problems else abstraction), problems
 
 
 @dataclasses.dataclass
 class Estimates:
-    """Per example: the abstraction (None when every attempt was invalid) and how many attempts it took."""
+    """Per example: the usable abstraction (None when every attempt failed), the attempts it took, and why the
+    last attempt failed (empty when it did not)."""
 
     abstractions: list[Abstraction | None]
     attempts: list[int]
+    problems: list[list[str]]
+
+    @classmethod
+    def none(cls, count: int) -> Estimates:
+        """No estimation at all (raw-prompt methods)."""
+        return cls([None] * count, [0] * count, [[] for _ in range(count)])
 
     @property
     def valid(self) -> int:
@@ -87,28 +100,30 @@ class Estimates:
 
 
 def oracle_estimates(examples: Sequence[Example]) -> Estimates:
+    """The exact abstractions, held to the same gold-free check as every model's estimate."""
     abstractions = [abstract(e) for e in examples]
-    return Estimates([a if is_valid(a, e) else None for a, e in zip(abstractions, examples)], [1] * len(examples))
+    problems = [estimate_problems(a, e.prompt) for a, e in zip(abstractions, examples)]
+    usable = [None if p else a for a, p in zip(abstractions, problems)]
+    return Estimates(usable, [1] * len(examples), problems)
 
 
-def few_shot_conversation(example: Example, shots: Sequence[Example]) -> Messages:
+def few_shot_conversation(example: Example, shots: Sequence[Example], form: str) -> Messages:
     """Worked examples (oracle abstractions) as earlier chat turns, then the example to estimate."""
     messages: Messages = []
     for shot in shots:
         messages += [
-            {"role": "user", "content": estimation_prompt(shot)},
-            {"role": "assistant", "content": estimation_target(abstract(shot))},
+            {"role": "user", "content": estimation_prompt(shot, form)},
+            {"role": "assistant", "content": estimation_target(abstract(shot), form)},
         ]
-    return messages + [{"role": "user", "content": estimation_prompt(example)}]
+    return messages + [{"role": "user", "content": estimation_prompt(example, form)}]
 
 
 def model_estimates(
-    examples: Sequence[Example], complete: Completer, shots: Sequence[Example] = (), retries: int = 3
+    examples: Sequence[Example], complete: Completer, form: str, shots: Sequence[Example] = (), retries: int = 3
 ) -> Estimates:
-    """Ask `complete` for every example; re-ask only the invalid ones, up to `retries` more times."""
-    conversations = [few_shot_conversation(e, shots) for e in examples]
-    abstractions: list[Abstraction | None] = [None] * len(examples)
-    attempts = [0] * len(examples)
+    """Ask `complete` for every example; re-ask only the unusable ones, up to `retries` more times."""
+    conversations = [few_shot_conversation(e, shots, form) for e in examples]
+    estimates = Estimates.none(len(examples))
     pending = list(range(len(examples)))
     for attempt in range(retries + 1):
         if not pending:
@@ -116,12 +131,12 @@ def model_estimates(
         replies = complete([conversations[i] for i in pending], attempt)
         still = []
         for i, reply in zip(pending, replies):
-            attempts[i] = attempt + 1
-            abstractions[i] = parse_estimation(reply, examples[i])
-            if abstractions[i] is None:
+            estimates.attempts[i] = attempt + 1
+            estimates.abstractions[i], estimates.problems[i] = parse_estimation(reply, examples[i], form)
+            if estimates.abstractions[i] is None:
                 still.append(i)
         pending = still
-    return Estimates(abstractions, attempts)
+    return estimates
 
 
 def openai_completer(

@@ -2,9 +2,11 @@
 
     python -m capt_jax.evaluate --config configs/NAME.py [--workdir W | --base-only] [--out DIR] [--config.k=v ...]
 
-Per split: estimate each question's abstraction (eval.estimator), intervene with random letters (the training
-config's data.mode; raw prompts for `null` and for the base model), answer with the reasoner in large
-jit-compiled KV-cache batches, parse, and score. Writes results.json, a PNG chart, and prints a markdown table.
+Per split: estimate each question's abstraction (eval.estimator), intervene with the training config's
+data.mode (raw prompts for `null` and for the base model, and for questions without a usable estimate), answer
+with the reasoner in large jit-compiled KV-cache batches, parse, and score. Writes results.json (accuracy with
+its n and 95% Wilson interval, estimator metrics, and how many test questions the contamination guard
+removed), predictions.jsonl (one line per question), a PNG chart, and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -13,21 +15,32 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from capt_jax import checkpoint as ckpt
 from capt_jax.config import ConfigDict, ConfigError, load_config, validate_eval
-from capt_jax.data import Abstraction, DataError, Example, intervene, parse_answer, test_examples
+from capt_jax.data import (
+    Abstraction,
+    DataError,
+    Example,
+    TestSplit,
+    intervene,
+    leftover_names,
+    parse_answer,
+    test_examples,
+)
 from capt_jax.data.intervention import example_rng
 from capt_jax.estimate import Estimates, model_estimates, openai_completer, oracle_estimates
 from capt_jax.generate import Sampling, generate
 from capt_jax.lora import lora_scale, merge_lora
 from capt_jax.pretrained import Pretrained, load_pretrained
+from capt_jax.stats import wilson_interval
 
 Reasoner = Callable[[list[str]], list[str]]  # prompts -> replies
+Estimator = Callable[[list[Example]], Estimates]
 METHOD_NAMES = {"null": "SFT", "random": "CAPT"}
 
 
@@ -35,20 +48,17 @@ def method_name(config: ConfigDict, base_only: bool) -> str:
     return "base" if base_only else METHOD_NAMES.get(config.data.mode, f"ablation:{config.data.mode}")
 
 
-def evaluation_sets(config: ConfigDict) -> dict[str, list[Example]]:
-    """The configured splits of the test sets, each cut to eval.max_examples (0: all)."""
-    sets = test_examples(config.data)
-    unknown = sorted(set(config.eval.splits) - set(sets))
-    if unknown:
-        raise ConfigError(f"config key 'eval.splits': {unknown} not among the test sets {sorted(sets)}")
+def evaluation_sets(config: ConfigDict) -> dict[str, TestSplit]:
+    """The configured splits (only those are built), each cut to eval.max_examples (0: all)."""
+    sets = test_examples(config.data, tuple(config.eval.splits))
     cap = config.eval.max_examples or None
-    return {name: sets[name][:cap] for name in config.eval.splits}
+    return {name: dataclasses.replace(split, examples=split.examples[:cap]) for name, split in sets.items()}
 
 
 def reasoner_prompts(
     examples: Sequence[Example], abstractions: Sequence[Abstraction | None], mode: str, seed: int, with_reasoning: bool
 ) -> tuple[list[str], int]:
-    """The prompt each example is answered from, and how many fell back to the raw prompt (no valid estimate)."""
+    """The prompt each example is answered from, and how many fell back to the raw prompt (no usable estimate)."""
     prompts, fallbacks = [], 0
     for example, abstraction in zip(examples, abstractions):
         if mode == "null" or abstraction is None:
@@ -61,48 +71,77 @@ def reasoner_prompts(
     return prompts, fallbacks
 
 
-def score_split(examples: Sequence[Example], replies: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, n and parse failures, plus per-rung and per-query-type breakdowns where the data has them."""
+def score_split(examples: Sequence[Example], replies: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(accuracy with n, 95% Wilson interval and parse failures, plus per-rung and per-query-type breakdowns
+    where the data has them; one record per question: id, reply, parsed answer, correct)."""
     groups: dict[str, dict[str, list[bool]]] = {"rung": defaultdict(list), "query_type": defaultdict(list)}
-    correct, unparseable = [], []
+    records = []
     for example, reply in zip(examples, replies, strict=True):
         parsed = parse_answer(reply, example.dataset)
-        if parsed is None:
-            unparseable.append(example.id)
-        correct.append(parsed == example.answer)
+        records.append({"id": example.id, "reply": reply, "parsed": parsed, "correct": parsed == example.answer})
         for key, group in groups.items():
             if example.meta.get(key) is not None:
-                group[str(example.meta[key])].append(correct[-1])
+                group[str(example.meta[key])].append(records[-1]["correct"])
+    correct = sum(r["correct"] for r in records)
+    unparseable = [r["id"] for r in records if r["parsed"] is None]
+    low, high = wilson_interval(correct, len(records))
     result: dict[str, Any] = {
-        "accuracy": sum(correct) / len(correct) if correct else 0.0,
-        "n": len(correct),
-        "correct": sum(correct),
+        "accuracy": correct / len(records) if records else 0.0,
+        "n": len(records),
+        "correct": correct,
+        "ci95": [low, high],
         "parse_failures": len(unparseable),
         "unparseable_ids": unparseable,
     }
     for key, group in groups.items():
         if group:
             result[f"by_{key}"] = {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(group.items())}
-    return result
+    return result, records
+
+
+def estimator_metrics(examples: Sequence[Example], estimates: Estimates, fallbacks: int) -> dict[str, Any]:
+    """How the first stage did: usable rate, fallbacks to the raw prompt, why estimates were unusable, and, as a
+    metric only, how many usable estimates still hold a gold name (never used to select or reject)."""
+    reasons = Counter(p[0].split(":")[0] for p in estimates.problems if p)
+    gold_leftovers = sum(bool(leftover_names(a, e)) for a, e in zip(estimates.abstractions, examples) if a is not None)
+    return {
+        "estimator_valid_rate": estimates.valid_rate,
+        "estimator_fallbacks": fallbacks,
+        "estimator_attempts": sum(estimates.attempts),
+        "estimator_problems": dict(reasons.most_common()),
+        "estimator_gold_leftovers": gold_leftovers,
+    }
 
 
 def evaluate_sets(
-    sets: dict[str, list[Example]],
-    estimate: Callable[[list[Example]], Estimates],
+    sets: dict[str, TestSplit],
+    estimate: Estimator,
     reasoner: Reasoner,
     mode: str,
     seed: int = 0,
     with_reasoning: bool = True,
-) -> dict[str, dict[str, Any]]:
-    """Estimation -> intervention -> reasoning -> scores, for every split."""
-    results = {}
-    for name, examples in sets.items():
-        estimates = estimate(examples) if mode != "null" else Estimates([None] * len(examples), [0] * len(examples))
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Estimation -> intervention -> reasoning -> scores, for every split: (scores per split, one record per
+    answered question with its split and prompt)."""
+    results, predictions = {}, []
+    for name, split in sets.items():
+        if split.skipped:
+            results[name] = {"skipped": split.skipped, "n": 0}
+            continue
+        examples = split.examples
+        estimates = estimate(examples) if mode != "null" else Estimates.none(len(examples))
         prompts, fallbacks = reasoner_prompts(examples, estimates.abstractions, mode, seed, with_reasoning)
-        results[name] = score_split(examples, reasoner(prompts))
+        results[name], records = score_split(examples, reasoner(prompts))
+        results[name]["excluded_overlap"] = len(split.excluded_overlap)
         if mode != "null":
-            results[name].update(estimator_valid_rate=estimates.valid_rate, estimator_fallbacks=fallbacks)
-    return results
+            results[name].update(estimator_metrics(examples, estimates, fallbacks))
+        predictions += [{"split": name, "prompt": p, **r} for p, r in zip(prompts, records)]
+    return results, predictions
+
+
+def sampling(config: ConfigDict) -> Sampling:
+    e = config.eval
+    return Sampling(e.temperature, e.top_p, e.repetition_penalty)
 
 
 def model_completer(model: Pretrained, max_new_tokens: int, batch_size: int):
@@ -117,9 +156,9 @@ def model_completer(model: Pretrained, max_new_tokens: int, batch_size: int):
     return complete
 
 
-def make_estimator(config: ConfigDict, base: Pretrained, tuned: Pretrained) -> Callable[[list[Example]], Estimates]:
+def make_estimator(config: ConfigDict, base: Pretrained, tuned: Pretrained) -> Estimator:
     """eval.estimator -> a function from examples to their estimated abstractions."""
-    e = config.eval
+    e, form = config.eval, config.data.estimation_form
     if e.estimator == "oracle":
         return oracle_estimates
     shots: list[Example] = []
@@ -132,7 +171,7 @@ def make_estimator(config: ConfigDict, base: Pretrained, tuned: Pretrained) -> C
     else:
         model = tuned if e.estimator == "self" else (load_pretrained(e.estimator_model) if e.estimator_model else base)
         complete = model_completer(model, e.estimator_max_new_tokens, e.batch_size)
-    return lambda examples: model_estimates(examples, complete, shots, e.estimator_retries)
+    return lambda examples: model_estimates(examples, complete, form, shots, e.estimator_retries)
 
 
 def load_reasoner_model(config: ConfigDict, workdir: str | None) -> tuple[Pretrained, Pretrained, dict[str, Any]]:
@@ -147,51 +186,99 @@ def load_reasoner_model(config: ConfigDict, workdir: str | None) -> tuple[Pretra
     return base, tuned, {"workdir": str(workdir), "step": step}
 
 
-def evaluate(config: ConfigDict, workdir: str | None, base_only: bool = False) -> dict[str, Any]:
-    """Everything `python -m capt_jax.evaluate` computes, as a JSON-ready dict."""
+def check_estimator(config: ConfigDict, base_only: bool) -> None:
     validate_eval(config)
     if config.eval.estimator == "self" and not base_only and config.data.estimation_weight <= 0:
         raise ConfigError(
             "config key 'eval.estimator': 'self' needs a model trained with data.estimation_weight > 0 "
             "(the two-stage objective); use oracle, lm or openai otherwise"
         )
-    sets = evaluation_sets(config)
-    base, reasoner_model, info = load_reasoner_model(config, None if base_only else workdir)
-    mode = "null" if base_only else config.data.mode
+
+
+def cached_reasoner(model: Pretrained, config: ConfigDict, cache: dict[str, str] | None = None) -> Reasoner:
+    """Answers prompts with `model`. With greedy decoding a reply is a function of its prompt, so `cache`
+    (prompt -> reply) lets evaluations of one model through several estimators answer a repeated prompt once;
+    with sampling every call decodes."""
     e = config.eval
+    cache = cache if cache is not None and e.temperature == 0 else {}
 
     def reasoner(prompts: list[str]) -> list[str]:
-        return generate(reasoner_model, prompts, e.max_new_tokens, chat=True, batch_size=e.batch_size)
+        todo = list(dict.fromkeys(p for p in prompts if p not in cache))
+        if todo:
+            replies = generate(
+                model, todo, e.max_new_tokens, sampling(config), chat=True, batch_size=e.batch_size, seed=e.seed
+            )
+            cache.update(zip(todo, replies))
+        return [cache[p] for p in prompts]
 
-    splits = evaluate_sets(
-        sets, make_estimator(config, base, reasoner_model), reasoner, mode, e.seed, config.data.with_reasoning
+    return reasoner
+
+
+def evaluate_loaded(
+    config: ConfigDict,
+    sets: dict[str, TestSplit],
+    base: Pretrained,
+    reasoner_model: Pretrained,
+    info: dict[str, Any],
+    base_only: bool = False,
+    cache: dict[str, str] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`evaluate` on test sets and models already in memory: (results, predictions)."""
+    check_estimator(config, base_only)
+    mode = "null" if base_only else config.data.mode
+    splits, predictions = evaluate_sets(
+        sets,
+        make_estimator(config, base, reasoner_model),
+        cached_reasoner(reasoner_model, config, cache),
+        mode,
+        config.eval.seed,
+        config.data.with_reasoning,
     )
-    return {
-        "method": method_name(config, base_only),
+    estimator = config.eval.estimator if mode != "null" else None
+    method = method_name(config, base_only)
+    results = {
+        "method": method,
+        "label": f"{method} ({estimator})" if estimator else method,
         "model": str(config.model.path),
         "dataset": config.data.dataset,
         "mode": mode,
-        "estimator": e.estimator if mode != "null" else None,
+        "estimator": estimator,
+        "decoding": {k: config.eval[k] for k in ("temperature", "top_p", "repetition_penalty", "max_new_tokens")},
         **info,
         "splits": splits,
     }
+    return results, predictions
+
+
+def evaluate(config: ConfigDict, workdir: str | None, base_only: bool = False) -> tuple[dict[str, Any], list[dict]]:
+    """Everything `python -m capt_jax.evaluate` computes: (JSON-ready results, one record per question)."""
+    check_estimator(config, base_only)
+    sets = evaluation_sets(config)  # data errors surface before any model loads
+    base, reasoner_model, info = load_reasoner_model(config, None if base_only else workdir)
+    return evaluate_loaded(config, sets, base, reasoner_model, info, base_only)
+
+
+def cell(split: dict[str, Any] | None) -> str:
+    """One table cell: accuracy with its 95% Wilson interval and n."""
+    if split is None:
+        return "-"
+    if split.get("skipped"):
+        return "skipped"
+    low, high = split["ci95"]
+    return f"{100 * split['accuracy']:.1f}% [{100 * low:.0f}, {100 * high:.0f}] (n={split['n']})"
 
 
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
-    """Methods as rows, splits as columns: accuracy in percent with n."""
+    """Methods as rows (named with their estimator), splits as columns."""
     splits = list(dict.fromkeys(s for r in results for s in r["splits"]))
     lines = ["| method | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
     for r in results:
-        cells = []
-        for s in splits:
-            split = r["splits"].get(s)
-            cells.append(f"{100 * split['accuracy']:.1f}% (n={split['n']})" if split else "-")
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['label']} | " + " | ".join(cell(r["splits"].get(s)) for s in splits) + " |")
     return "\n".join(lines)
 
 
 def plot(results: Sequence[dict[str, Any]], file: Path) -> Path:
-    """Grouped bars: accuracy per split, one bar per method."""
+    """Grouped bars with 95% Wilson intervals: accuracy per split, one bar per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,11 +289,16 @@ def plot(results: Sequence[dict[str, Any]], file: Path) -> Path:
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(splits), 3.6))
     for i, r in enumerate(results):
         xs = [j + (i - (len(results) - 1) / 2) * width for j in range(len(splits))]
-        ys = [100 * r["splits"][s]["accuracy"] if s in r["splits"] else 0 for s in splits]
-        bars = ax.bar(xs, ys, width, label=r["method"])
-        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        shown = [r["splits"].get(s, {}) for s in splits]
+        ys = [100 * s["accuracy"] if "accuracy" in s else 0 for s in shown]
+        errors = [  # clipped at 0: an interval that touches its estimate leaves a rounding-sized negative bar
+            [max(0.0, y - 100 * s["ci95"][0]) if "ci95" in s else 0 for s, y in zip(shown, ys)],
+            [max(0.0, 100 * s["ci95"][1] - y) if "ci95" in s else 0 for s, y in zip(shown, ys)],
+        ]
+        bars = ax.bar(xs, ys, width, yerr=errors, capsize=2, label=r["label"])
+        ax.bar_label(bars, fmt="%.0f", fontsize=8, label_type="center")
     ax.set_xticks(range(len(splits)), splits)
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("accuracy (%), 95% interval")
     ax.set_ylim(0, 105)
     ax.axhline(50, color="grey", linewidth=0.6, linestyle=":")
     ax.legend(fontsize=8, loc="lower right")
@@ -218,10 +310,13 @@ def plot(results: Sequence[dict[str, Any]], file: Path) -> Path:
     return file
 
 
-def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+def write_results(results: dict[str, Any], predictions: Sequence[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
+    """results.json, predictions.jsonl and accuracy.png in out_dir; returns the JSON and PNG paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_file = out_dir / "results.json"
-    json_file.write_text(json.dumps(results, indent=2))
+    with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
+    json_file.write_text(json.dumps(results, indent=2))  # last: its presence marks a finished evaluation
     return json_file, plot([results], out_dir / "accuracy.png")
 
 
@@ -236,9 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = load_config(args.config, overrides)
         workdir = None if args.base_only else (args.workdir or config.workdir)
-        results = evaluate(config, workdir, args.base_only)
+        results, predictions = evaluate(config, workdir, args.base_only)
         out = Path(args.out or Path(args.workdir or config.workdir) / ("eval_base" if args.base_only else "eval"))
-        json_file, png = write_results(results, out)
+        json_file, png = write_results(results, predictions, out)
     except (ConfigError, DataError, ckpt.CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from capt_jax.model import KVCache, ModelConfig, Params, hidden_states, logits_from_hidden
+from capt_jax.model.decoder import lm_head
 from capt_jax.pretrained import Pretrained, load_pretrained
 
 MIN_LENGTH_BUCKET = 16
@@ -28,14 +29,25 @@ MIN_LENGTH_BUCKET = 16
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """temperature 0 is greedy decoding; top_p < 1 keeps the smallest set of tokens holding that much mass."""
+    """temperature 0 is greedy decoding; top_p < 1 keeps the smallest set of tokens holding that much mass;
+    repetition_penalty > 1 makes every token already in the prompt or the reply less likely, as transformers
+    does (a positive logit divided by it, a negative one multiplied), before temperature and top-p."""
 
     temperature: float = 0.0
     top_p: float = 1.0
+    repetition_penalty: float = 1.0
 
 
-def sample_next(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Array:
-    """Next token ids [B] from logits [B, V]."""
+def penalise_repeats(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
+    """logits [B, V] with the tokens marked in `seen` [B, V] penalised."""
+    penalised = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    return jnp.where(seen, penalised, logits)
+
+
+def sample_next(logits: jax.Array, rng: jax.Array, sampling: Sampling, seen: jax.Array | None = None) -> jax.Array:
+    """Next token ids [B] from logits [B, V]; `seen` [B, V] marks the tokens a repetition penalty applies to."""
+    if sampling.repetition_penalty != 1.0 and seen is not None:
+        logits = penalise_repeats(logits.astype(jnp.float32), seen, sampling.repetition_penalty)
     if sampling.temperature <= 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits.astype(jnp.float32) / sampling.temperature
@@ -67,25 +79,33 @@ def decode(
     eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
     cache = KVCache.empty(config, batch, length + max_new_tokens)
     h, cache = hidden_states(params, prompt, config, token_mask=prompt_mask, cache=cache)
+    rows = jnp.arange(batch)
+    # Which tokens the repetition penalty applies to; a [B, 1] stand-in when there is no penalty.
+    vocab = lm_head(params).shape[0] if sampling.repetition_penalty != 1.0 else 1
+    seen = jnp.zeros((batch, vocab), bool)
+    if vocab > 1:
+        seen = seen.at[rows[:, None], prompt].max(prompt_mask.astype(bool))
     rng, step_rng = jax.random.split(rng)
-    token = sample_next(logits_from_hidden(params, h[:, -1]), step_rng, sampling)
+    token = sample_next(logits_from_hidden(params, h[:, -1]), step_rng, sampling, seen)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
     done = jnp.isin(token, eos)
 
     def keep_going(state):
-        step, _, done, _, _, _ = state
+        step, _, done, _, _, _, _ = state
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def next_token(state):
-        step, out, done, cache, token, rng = state
+        step, out, done, cache, token, seen, rng = state
+        if vocab > 1:
+            seen = seen.at[rows, token].set(True)
         h, cache = hidden_states(params, token[:, None], config, cache=cache)
         rng, step_rng = jax.random.split(rng)
-        token = sample_next(logits_from_hidden(params, h[:, 0]), step_rng, sampling)
+        token = sample_next(logits_from_hidden(params, h[:, 0]), step_rng, sampling, seen)
         token = jnp.where(done, pad_id, token)
         out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], step, axis=1)
-        return step + 1, out, done | jnp.isin(token, eos), cache, token, rng
+        return step + 1, out, done | jnp.isin(token, eos), cache, token, seen, rng
 
-    state = (jnp.array(1, jnp.int32), out, done, cache, token, rng)
+    state = (jnp.array(1, jnp.int32), out, done, cache, token, seen, rng)
     return jax.lax.while_loop(keep_going, next_token, state)[1]
 
 
@@ -179,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = none; the paper used 1.1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--batch-size", type=int, default=32)
@@ -188,12 +209,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--max-new-tokens must be at least 1")
     if not 0 < args.top_p <= 1:
         parser.error("--top-p must be in (0, 1]")
+    if args.repetition_penalty <= 0:
+        parser.error("--repetition-penalty must be positive")
     model = load_pretrained(args.model, dtype=args.dtype)
     completions = generate(
         model,
         args.prompt,
         args.max_new_tokens,
-        Sampling(args.temperature, args.top_p),
+        Sampling(args.temperature, args.top_p, args.repetition_penalty),
         chat=args.chat,
         batch_size=args.batch_size,
         seed=args.seed,

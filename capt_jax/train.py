@@ -108,7 +108,11 @@ def training_pairs(config: ConfigDict) -> tuple[list[dict[str, str]], list[dict[
         if config.data.estimation_weight > 0:  # two-stage objective: the model also learns to estimate
             copies = max(1, len(pairs) // max(1, config.data.n_train))
             pairs += [
-                {"prompt": estimation_prompt(e), "completion": estimation_target(abstract(e)), "task": "estimation"}
+                {
+                    "prompt": estimation_prompt(e, config.data.estimation_form),
+                    "completion": estimation_target(abstract(e), config.data.estimation_form),
+                    "task": "estimation",
+                }
                 for e in training_examples(config.data)
             ] * copies
         return pairs, []  # held-out evaluation is accuracy: python -m capt_jax.evaluate

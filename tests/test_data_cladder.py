@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from capt_jax.data import DataError, abstract, intervene, is_valid, load_examples, names_present, test_sets
+from capt_jax.data import DataError, abstract, intervene, is_valid, load_examples, names_present, split, test_sets
 from capt_jax.data.abstraction import original_names, validity_report
 from capt_jax.data.cladder import load_cladder_file, load_stories
 
@@ -247,10 +247,11 @@ def test_unseen_v1_records_abstract_validly(tmp_path):
     assert validity_report(examples, "v1 sample").invalid_rate == 0
 
 
-def test_test_sets_are_id_split_and_ood_files(shared_cladder):
-    sets = test_sets("cladder", data_dir=SHARED)
-    assert [len(sets[k]) for k in ("id", "anti", "non")] == [85, 844, 1120]
-    assert [e.id for e in sets["id"]] == [e.id for e in shared_cladder["commonsense"][-85:]]
+def test_test_sets_are_shuffled_tenths_of_the_id_and_ood_files(shared_cladder):
+    sets = test_sets("cladder", data_dir=SHARED, keep_overlap=True)
+    assert [len(sets[k].examples) for k in ("id", "anti", "non")] == [85, 85, 112]
+    assert [e.id for e in sets["id"].examples] == [e.id for e in split(shared_cladder["commonsense"], 100)[1]]
+    assert [e.id for e in sets["non"].examples] == [e.id for e in split(shared_cladder["nonsense"], 0)[1]]
 
 
 def _template_text(abstraction) -> str:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from capt_jax.data import __main__ as cli
-from capt_jax.data import default_data_config, evaluation_data, paper_data_config, training_data
+from capt_jax.data import default_data_config, paper_data_config, test_examples, training_data
 
 
 @pytest.fixture
@@ -18,8 +18,8 @@ def test_show_json_lines(no_shared_data, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 3
     for line in lines:
-        assert set(line) == {"id", "variant", "prompt", "target", "answer", "symbols"}
-        assert line["variant"] == "id" and line["answer"] in ("True", "False")
+        assert set(line) == {"id", "split", "variant", "prompt", "target", "answer", "symbols"}
+        assert line["split"] == "train" and line["variant"] == "id" and line["answer"] in ("True", "False")
         assert line["target"].endswith(f"<answer>{line['answer']}</answer>")
         assert all(len(letter) == 1 and letter.isupper() for letter in line["symbols"])
 
@@ -31,7 +31,7 @@ def test_show_ood_variant_as_text(no_shared_data, capsys):
                 "show",
                 "--dataset",
                 "prontoqa",
-                "--variant",
+                "--split",
                 "non",
                 "--mode",
                 "original",
@@ -47,7 +47,7 @@ def test_show_ood_variant_as_text(no_shared_data, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "(non) ===" in out and "--- prompt ---\nGiven facts:" in out and "--- target ---\n<think>" in out
+    assert "(non, non) ===" in out and "--- prompt ---\nGiven facts:" in out and "--- target ---\n<think>" in out
 
 
 def test_show_reports_missing_files(capsys, tmp_path):
@@ -79,9 +79,9 @@ def test_pipeline_from_config(no_shared_data):
     config.source, config.prontoqa_num_examples, config.n_train, config.copies = "generate", 200, 10, 3
     pairs = training_data(config)
     assert len(pairs) == 30 and all(p["completion"].startswith("<think>") for p in pairs)
-    tests = evaluation_data(config)
-    assert {name: len(items) for name, items in tests.items()} == {"id": 20, "anti": 20, "non": 20}
-    assert all(item.symbols for items in tests.values() for item in items)
+    tests = test_examples(config)
+    assert {name: len(found.examples) for name, found in tests.items()} == {"id": 20, "anti": 20, "non": 20}
+    assert all(found.excluded_overlap == () and found.skipped is None for found in tests.values())
 
 
 def test_export_writes_training_jsonl(no_shared_data, tmp_path, capsys):
@@ -107,3 +107,13 @@ def test_export_writes_training_jsonl(no_shared_data, tmp_path, capsys):
     pairs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(pairs) == 80 and all(set(p) == {"prompt", "completion"} for p in pairs)
     assert "wrote 80 pairs (20 examples)" in capsys.readouterr().out
+
+
+def test_show_prints_every_test_question_with_its_split(no_shared_data, capsys):
+    args = ["show", "--dataset", "prontoqa", "--mode", "null", "--n", "0", "--json", "--split"]
+    assert cli.main([*args, "id"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 400 and {line["split"] for line in lines} == {"id"}
+    assert cli.main([*args, "train"]) == 0
+    trained = {json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()}
+    assert len(trained) == 100 and not trained & {line["id"] for line in lines}

@@ -22,6 +22,7 @@ from capt_jax.data import (
     names_present,
     original_names,
     render,
+    split,
     test_sets,
 )
 from capt_jax.data.answers import answer_instruction
@@ -278,10 +279,10 @@ def test_shared_files_abstract_exactly(shared_prontoqa, name):
 
 def test_shared_ood_test_sets(shared_prontoqa):
     sets = test_sets("prontoqa", data_dir=SHARED)
-    assert [len(sets[k]) for k in ("id", "anti", "non")] == [400, 400, 400]
-    assert [e.id for e in sets["id"]] == [str(i) for i in range(3600, 4000)]
+    assert [len(sets[k].examples) for k in ("id", "anti", "non")] == [400, 400, 400]
+    assert [e.id for e in sets["id"].examples] == [e.id for e in split(shared_prontoqa["prontoqa.json"], 100)[1]]
     for variant in ("anti", "non"):
-        for source, refilled in zip(sets["id"], sets[variant]):
+        for source, refilled in zip(sets["id"].examples, sets[variant].examples):
             assert refilled.answer == source.answer
             assert abstract(refilled).prompt == abstract(source).prompt
     assert test_sets("prontoqa", data_dir=SHARED)["anti"] == sets["anti"]

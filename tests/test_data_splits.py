@@ -1,27 +1,152 @@
-"""The paper's split: last 10% test, first n of the rest train, deterministic."""
+"""The paper's split (shuffled once, last 10% test, first n of the rest train) and the contamination guard."""
+
+import collections
+import random
 
 import pytest
 
-from capt_jax.data import split
+from capt_jax.data import (
+    Example,
+    load_examples,
+    normalised_template,
+    split,
+    test_sets,
+    training_examples,
+    without_overlap,
+)
+from capt_jax.data.config import default_data_config
+from capt_jax.data.prontoqa import load_prontoqa_file, make_example
+from capt_jax.data.sources import default_data_dir
+
+SHARED = default_data_dir()
 
 
 @pytest.mark.parametrize("size, n_test", [(4000, 400), (844, 85), (1120, 112), (10, 1)])
-def test_split_sizes(size, n_test):
+def test_split_is_shuffled_deterministic_and_disjoint(size, n_test):
     items = list(range(size))
     train, test = split(items, n_train=5)
-    assert test == items[size - n_test :]
-    assert train == items[:5]
+    assert len(test) == n_test and len(train) == 5
     assert split(items, n_train=5) == (train, test)
+    assert not set(train) & set(test)
+    shuffled = items[:]
+    random.Random(19).shuffle(shuffled)
+    assert test == shuffled[size - n_test :] and train == shuffled[:5]
+    if size > 10:
+        assert test != items[size - n_test :]  # not file order
 
 
-def test_shuffled_split_depends_only_on_seed():
+def test_split_seed_changes_the_permutation_and_equal_lengths_share_it():
     items = list(range(100))
-    assert split(items, 10, seed=19, shuffle=True) == split(items, 10, seed=19, shuffle=True)
-    assert split(items, 10, seed=19, shuffle=True) != split(items, 10, seed=20, shuffle=True)
-    train, test = split(items, 90, seed=19, shuffle=True)
+    assert split(items, 10, seed=19) != split(items, 10, seed=20)
+    letters = [f"q{i}" for i in items]
+    assert [f"q{i}" for i in split(items, 10)[1]] == split(letters, 10)[1]  # parallel files stay paired
+    train, test = split(items, 90)
     assert sorted(train + test) == items
 
 
 def test_split_rejects_too_many_training_examples():
     with pytest.raises(ValueError, match="n_train"):
         split(list(range(10)), n_train=10)
+
+
+def _prontoqa(i: int, rule: str, entity: str = "Max") -> Example:
+    claims = [f"{entity} is a cat.", f"{entity} is a feline."]
+    return make_example(str(i), "id", [rule], claims[0], claims[1], claims, [rule], "True")
+
+
+def test_guard_removes_same_question_and_same_template_only():
+    train = [_prontoqa(0, "Every cat is a feline.")]
+    same_template = _prontoqa(1, "Every cat is a feline.", entity="Sam")  # only the entity's name differs
+    other = _prontoqa(2, "Each cat is a feline.")  # another sentence form: another template
+    kept, removed = without_overlap([train[0], same_template, other], train)
+    assert removed == ["0", "1"] and [e.id for e in kept] == ["2"]
+
+
+# --- every shared file ---------------------------------------------------------------------------
+
+CLADDER = ("commonsense", "anticommonsense", "nonsense")
+PRONTOQA = ("prontoqa.json", "3hop_random.json", "3hop_random_trueontology_nodistractor.json")
+
+
+def _needs_shared(*parts: str):
+    if SHARED is None or not SHARED.joinpath(*parts).exists():
+        pytest.skip(f"shared data {'/'.join(parts)} not found beside the checkout (set CAPT_DATA_DIR)")
+
+
+def _assert_no_overlap(train, sets):
+    questions = {e.prompt for e in train}
+    templates = {normalised_template(e) for e in train}
+    for name, found in sets.items():
+        assert found.skipped is None, (name, found.skipped)
+        assert found.examples, name
+        for example in found.examples:
+            assert example.prompt not in questions, (name, example.id)
+            assert normalised_template(example) not in templates, (name, example.id)
+
+
+def test_cladder_shared_files_split_shuffled_and_clean():
+    _needs_shared("cladder")
+    config = default_data_config()
+    train = training_examples(config)
+    sets = test_sets("cladder", data_dir=SHARED)
+    _assert_no_overlap(train, sets)
+    for name, found in sets.items():
+        print(name, len(found.examples), "removed", len(found.excluded_overlap))
+    # Shuffled: "in-distribution" shares the training graphs, and both sides see most graph types.
+    train_graphs = collections.Counter(e.meta["graph_id"] for e in train)
+    test_graphs = collections.Counter(e.meta["graph_id"] for e in sets["id"].examples)
+    assert len(set(train_graphs) & set(test_graphs)) >= 7, (train_graphs, test_graphs)
+    # The OOD sets are a tenth of their files, not the whole files.
+    sizes = {variant: len(load_examples("cladder", variant, data_dir=SHARED)) for variant in CLADDER}
+    assert len(sets["anti"].examples) + len(sets["anti"].excluded_overlap) == -(-sizes["anticommonsense"] // 10)
+    assert len(sets["non"].examples) + len(sets["non"].excluded_overlap) == -(-sizes["nonsense"] // 10)
+    # The parallel anticommonsense file is split with the same permutation: its test set is the ID test set's twin.
+    assert {e.id for e in sets["anti"].examples} <= {e.id for e in sets["id"].examples} | set(
+        sets["id"].excluded_overlap
+    )
+
+
+def test_keep_overlap_reproduces_the_unguarded_protocol():
+    _needs_shared("cladder")
+    guarded = test_sets("cladder", data_dir=SHARED, splits=("non",))["non"]
+    unguarded = test_sets("cladder", data_dir=SHARED, splits=("non",), keep_overlap=True)["non"]
+    assert len(unguarded.examples) == len(guarded.examples) + len(guarded.excluded_overlap)
+    assert unguarded.excluded_overlap == ()
+
+
+@pytest.mark.parametrize("name", PRONTOQA)
+def test_prontoqa_shared_files_split_clean(name):
+    _needs_shared("prontoqa", name)
+    path = SHARED / "prontoqa" / name
+    train, _ = split(load_prontoqa_file(path), 100)
+    sets = test_sets("prontoqa", data_file=path)
+    _assert_no_overlap(train, sets)
+    totals = [len(s.examples) + len(s.excluded_overlap) for s in sets.values()]
+    assert totals == [-(-len(load_prontoqa_file(path)) // 10)] * 3  # anti and non refill the ID test set
+
+
+def test_only_requested_splits_are_built(monkeypatch):
+    import capt_jax.data.sources as sources
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the anti set was built although not requested")
+
+    monkeypatch.setattr(sources, "anti_commonsense", fail)
+    sets = test_sets("prontoqa", source="generate", num_examples=60, n_train=10, splits=("id", "non"))
+    assert list(sets) == ["id", "non"]
+
+
+def test_a_split_the_data_cannot_make_is_skipped_with_its_reason(tmp_path):
+    import json
+
+    record = {
+        "Facts": "Every cat is a feline.",
+        "Query": "True or false: Max is a feline.",
+        "claims": ["Max is a cat.", "Max is a feline."],
+        "next_steps": ["Every cat is a feline.", "Finish."],
+    }
+    path = tmp_path / "one_entity.json"
+    path.write_text(json.dumps({"next_steps": [record] * 20}))
+    sets = test_sets("prontoqa", data_file=path, n_train=2, keep_overlap=True)
+    assert sets["anti"].examples == [] and "too few distinct entity terms" in sets["anti"].skipped
+    assert len(sets["id"].examples) == len(sets["non"].examples) == 2  # the other splits still run

@@ -25,9 +25,11 @@ def test_shortened_demo_runs_end_to_end(tiny_chat_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     table = out[out.index("| method |") :].splitlines()
     assert table[0] == "| method | id | anti | non |"
-    assert [row.split("|")[1].strip() for row in table[2:5]] == ["base", "CAPT", "SFT"]
+    assert [row.split("|")[1].strip() for row in table[2:5]] == ["base", "CAPT (oracle)", "SFT"]
+    assert all("(n=3)" in c and "[" in c for row in table[2:5] for c in row.split("|")[2:5])
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert [r["method"] for r in results] == ["base", "CAPT", "SFT"]
+    assert [r["label"] for r in results] == ["base", "CAPT (oracle)", "SFT"]
     assert all(r["splits"][s]["n"] == 3 for r in results for s in ("id", "anti", "non"))
     assert results[1]["splits"]["non"]["estimator_valid_rate"] == 1.0  # the oracle abstracts every OOD question
     assert (tmp_path / "demo" / "accuracy.png").stat().st_size > 0
@@ -54,7 +56,8 @@ def test_two_stage_training_then_self_estimation(tiny_chat_dir, tmp_path):
     )
     last = train(config)
     assert last["step"] == 2 and last["loss"] > 0
-    results = evaluate(config, config.workdir)
+    results, predictions = evaluate(config, config.workdir)
+    assert len(predictions) == 9 and {p["split"] for p in predictions} == {"id", "anti", "non"}
     for split in results["splits"].values():
         # A two-step tiny model cannot abstract yet: every estimate is invalid, retried, then answered raw.
         assert split["estimator_valid_rate"] == 0.0 and split["estimator_fallbacks"] == split["n"] == 3

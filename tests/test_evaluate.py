@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from capt_jax.data import Example, abstract, load_examples
+from capt_jax.data import Example, TestSplit, abstract, load_examples
 from capt_jax.estimate import (
     estimation_target,
     model_estimates,
@@ -42,8 +42,10 @@ def test_scripted_replies_give_exact_accuracies():
         "<answer>maybe</answer> no",  # unparseable: the tag decides, and it holds no label
         "I cannot tell.",  # unparseable
     ]
-    result = score_split(examples, replies)
+    result, records = score_split(examples, replies)
     assert (result["accuracy"], result["n"], result["correct"]) == (0.4, 5, 2)
+    assert [r["correct"] for r in records] == [True, False, True, False, False]
+    assert [r["parsed"] for r in records] == ["Yes", "Yes", "Yes", None, None]
     assert result["parse_failures"] == 2 and result["unparseable_ids"] == ["3", "4"]
     assert result["by_rung"] == {
         "1": {"accuracy": 0.5, "n": 2},
@@ -60,9 +62,12 @@ def test_evaluate_sets_runs_both_stages_on_every_split(prontoqa_examples, tmp_pa
         seen_prompts.extend(prompts)
         return ["<answer>True</answer>"] * len(prompts)
 
-    sets = {"id": prontoqa_examples[:6], "non": prontoqa_examples[6:]}
-    results = evaluate_sets(sets, oracle_estimates, reasoner, "random", seed=0)
-    for name, examples in sets.items():
+    sets = {"id": TestSplit(prontoqa_examples[:6], ("x",)), "non": TestSplit(prontoqa_examples[6:])}
+    results, predictions = evaluate_sets(sets, oracle_estimates, reasoner, "random", seed=0)
+    assert [p["split"] for p in predictions] == ["id"] * 6 + ["non"] * 6
+    assert [p["prompt"] for p in predictions] == seen_prompts
+    assert results["id"]["excluded_overlap"] == 1 and results["non"]["excluded_overlap"] == 0
+    for name, examples in (("id", prontoqa_examples[:6]), ("non", prontoqa_examples[6:])):
         expected = sum(e.answer == "True" for e in examples) / len(examples)
         assert results[name]["accuracy"] == pytest.approx(expected)
         assert results[name]["estimator_valid_rate"] == 1.0 and results[name]["estimator_fallbacks"] == 0
@@ -70,20 +75,25 @@ def test_evaluate_sets_runs_both_stages_on_every_split(prontoqa_examples, tmp_pa
     for prompt, example in zip(seen_prompts, prontoqa_examples):
         for name in abstract(example).symbols.values():
             assert f" {name} " not in f" {prompt} "
-    table = markdown_table([{"method": "CAPT", "dataset": "prontoqa", "splits": results}])
-    assert table.splitlines()[0] == "| method | id | non |" and "| CAPT |" in table
-    assert plot([{"method": "CAPT", "dataset": "prontoqa", "splits": results}], tmp_path / "a.png").stat().st_size > 0
+    row = {"method": "CAPT", "label": "CAPT (oracle)", "dataset": "prontoqa", "splits": results}
+    table = markdown_table([row])
+    assert table.splitlines()[0] == "| method | id | non |" and "| CAPT (oracle) |" in table
+    assert plot([row], tmp_path / "a.png").stat().st_size > 0
 
 
-def test_estimates_are_validated_and_invalid_ones_retried(prontoqa_examples):
+@pytest.mark.parametrize("form", ["map", "template"])
+def test_estimates_are_validated_and_invalid_ones_retried(prontoqa_examples, form):
     examples = prontoqa_examples[:3]
-    good = [estimation_target(abstract(e)) for e in examples]
+    good = [estimation_target(abstract(e), form) for e in examples]
     leaky = json.loads(good[1])
-    leaky["template"] = examples[1].prompt  # "abstracted" without replacing anything: names remain
+    if form == "template":
+        leaky["template"] = examples[1].prompt  # "abstracted" without replacing anything: names remain
+    else:
+        leaky["symbol_1"] = ""  # a slot without a name
     scripts = {
         0: ["no json here", json.dumps(leaky), good[2]],  # first attempt: one good of three
         1: [good[0], json.dumps(leaky)],  # retry of the two invalid ones
-        2: ['{"template": "{symbol_1} is {symbol_2}.", "symbols": {"symbol_1": "x"}}'],  # missing a symbol
+        2: ['{"template": "{symbol_1} is {symbol_2}.", "symbols": {"symbol_1": "x"}}'],  # wrong in either form
     }
     calls = []
 
@@ -91,21 +101,41 @@ def test_estimates_are_validated_and_invalid_ones_retried(prontoqa_examples):
         calls.append(len(conversations))
         return scripts[attempt]
 
-    estimates = model_estimates(examples, complete, shots=prontoqa_examples[3:4], retries=2)
+    estimates = model_estimates(examples, complete, form, shots=prontoqa_examples[3:4], retries=2)
     assert calls == [3, 2, 1]
     assert estimates.attempts == [2, 3, 1]
     assert estimates.abstractions[0] is not None and estimates.abstractions[2] is not None
     assert estimates.abstractions[1] is None and estimates.valid_rate == pytest.approx(2 / 3)
+    assert estimates.problems[1] and not estimates.problems[0]
     # The failed example is answered from its raw prompt, and the fallback is reported.
-    results = evaluate_sets(
-        {"id": examples}, lambda exs: estimates, lambda prompts: ["<answer>True</answer>"] * len(prompts), "random"
+    results, _ = evaluate_sets(
+        {"id": TestSplit(examples)},
+        lambda exs: estimates,
+        lambda prompts: ["<answer>True</answer>"] * len(prompts),
+        "random",
     )
     assert results["id"]["estimator_fallbacks"] == 1
     assert results["id"]["estimator_valid_rate"] == pytest.approx(2 / 3)
+    assert results["id"]["estimator_gold_leftovers"] == 0
 
 
-def test_parse_estimation_accepts_the_oracle_and_rejects_leaks(prontoqa_examples):
+@pytest.mark.parametrize("form", ["map", "template"])
+def test_parse_estimation_accepts_the_oracle_and_rejects_malformed_replies(prontoqa_examples, form):
     example = prontoqa_examples[0]
-    assert parse_estimation("Sure! " + estimation_target(abstract(example)) + " Done.", example) is not None
-    assert parse_estimation('{"template": "no slots", "symbols": {}}', example) is None
-    assert parse_estimation("{not json", example) is None
+    abstraction, problems = parse_estimation(
+        "Sure! " + estimation_target(abstract(example), form) + " Done.", example, form
+    )
+    assert abstraction is not None and problems == []
+    assert abstraction.prompt == abstract(example).prompt
+    for reply in ('{"template": "no slots", "symbols": {}}', "{not json", "[1, 2]", '{"x": "y"}'):
+        assert parse_estimation(reply, example, form)[0] is None
+
+
+def test_split_that_cannot_be_made_is_reported_not_scored(prontoqa_examples):
+    sets = {"id": TestSplit(prontoqa_examples[:2]), "anti": TestSplit([], skipped="anti: too few terms")}
+    results, predictions = evaluate_sets(
+        sets, oracle_estimates, lambda ps: ["<answer>True</answer>"] * len(ps), "random"
+    )
+    assert results["anti"] == {"skipped": "anti: too few terms", "n": 0} and len(predictions) == 2
+    table = markdown_table([{"label": "CAPT (oracle)", "splits": results}])
+    assert table.splitlines()[2].endswith("| skipped |")

@@ -120,3 +120,32 @@ def test_generate_compiles_once_per_bucket(smollm2_dir):
         progress=False,
     )
     assert decode._cache_size() == compiled + 1  # one new batch bucket (2); lengths share one bucket
+
+
+def test_repetition_penalty_matches_transformers(tiny_qwen2_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = capt_jax.load_pretrained(tiny_qwen2_dir, progress=False)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32).eval()
+    prompts = [[5, 17, 99, 3], [7, 8, 9, 10, 11, 12, 13, 14, 15]]
+    ids = np.zeros((2, 16), np.int32)
+    mask = np.zeros((2, 16), bool)
+    for row, p in enumerate(prompts):
+        ids[row, 16 - len(p) :], mask[row, 16 - len(p) :] = p, True
+    kwargs = dict(config=model.config, max_new_tokens=24, eos_ids=(), pad_id=0)
+    penalised = np.asarray(
+        decode(model.params, ids, mask, jax.random.key(0), sampling=Sampling(repetition_penalty=1.8), **kwargs)
+    )
+    plain = np.asarray(decode(model.params, ids, mask, jax.random.key(0), sampling=Sampling(), **kwargs))
+    assert (penalised != plain).any()  # the penalty changes what this model repeats
+    for row, p in enumerate(prompts):
+        with torch.no_grad():
+            expected = reference.generate(
+                torch.tensor([p]),
+                max_new_tokens=24,
+                do_sample=False,
+                repetition_penalty=1.8,
+                eos_token_id=None,
+                pad_token_id=0,
+            )[0, len(p) :].tolist()
+        assert penalised[row].tolist() == expected

@@ -2,10 +2,10 @@
 
 Typical use (training):
 
-    from capt_jax.data import paper_data_config, training_data, evaluation_data
+    from capt_jax.data import paper_data_config, training_data, test_examples
     config = paper_data_config("cladder", "capt")
     pairs = training_data(config)        # [{"prompt", "completion"}], 10000 // n copies
-    tests = evaluation_data(config)      # {"id" | "anti" | "non": [Intervened]}
+    tests = test_examples(config)        # {"id" | "anti" | "non": TestSplit}, free of training questions
 
 Prompts and targets are plain strings; the chat template is applied when tokenizing.
 """
@@ -23,26 +23,27 @@ from .answers import AnswerReport, answer_instruction, format_target, parse_answ
 from .config import default_data_config, load_options, paper_data_config
 from .example import Abstraction, DataError, Example
 from .intervention import MODES, Intervened, intervene, render_examples, training_pairs
-from .pipeline import evaluation_data, test_examples, training_data, training_examples
+from .pipeline import test_examples, training_data, training_examples
 from .prontoqa_generator import generate_prontoqa
 from .render import Term, render
-from .sources import default_data_dir, load_examples, test_sets
-from .splits import split
+from .sources import SPLITS, TestSplit, default_data_dir, load_examples, test_sets
+from .splits import normalised_template, split, without_overlap
 
 __all__ = [
     "MODES",
+    "SPLITS",
     "Abstraction",
     "AnswerReport",
     "DataError",
     "Example",
     "Intervened",
     "Term",
+    "TestSplit",
     "ValidityReport",
     "abstract",
     "answer_instruction",
     "default_data_config",
     "default_data_dir",
-    "evaluation_data",
     "format_target",
     "generate_prontoqa",
     "intervene",
@@ -51,6 +52,7 @@ __all__ = [
     "load_examples",
     "load_options",
     "names_present",
+    "normalised_template",
     "original_names",
     "paper_data_config",
     "parse_answer",
@@ -64,4 +66,5 @@ __all__ = [
     "training_examples",
     "training_pairs",
     "validity_report",
+    "without_overlap",
 ]

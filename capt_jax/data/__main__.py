@@ -1,7 +1,7 @@
 """Inspect the data as the model sees it, and report abstraction validity.
 
-python -m capt_jax.data show --dataset cladder|prontoqa [--variant V]
-    [--data-dir DIR | --data-file FILE] --mode M --n N [--seed S] [--json]
+python -m capt_jax.data show --dataset cladder|prontoqa --split train|id|anti|non
+    [--data-dir DIR | --data-file FILE] --mode M --n N [--seed S] [--json] [--keep-overlap]
 python -m capt_jax.data export --dataset D --mode M --out FILE [--copies C] [...]
 python -m capt_jax.data report [--data-dir DIR]
 """
@@ -19,7 +19,7 @@ from .abstraction import validity_report
 from .example import DataError
 from .intervention import MODES, render_examples, training_pairs
 from .prontoqa_generator import ONTOLOGIES, generate_prontoqa
-from .sources import SOURCES, default_data_dir, load_examples, test_sets
+from .sources import SOURCES, SPLITS, default_data_dir, load_examples, test_sets
 from .splits import split
 
 # Generator settings the report checks besides the files.
@@ -42,20 +42,19 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m capt_jax.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(required=True)
-    show = commands.add_parser("show", help="print prompts and targets as the model will see them")
+    show = commands.add_parser("show", help="print prompts and targets exactly as trained on or tested")
     _add_source_arguments(show)
     show.add_argument(
-        "--variant",
-        help="cladder: commonsense|anticommonsense|nonsense; prontoqa: id|anti|non (default: the ID variant)",
-    )
-    show.add_argument("--n", type=int, required=True, help="how many examples")
-    show.add_argument("--seed", type=int, default=0, help="seed of the random letters")
-    show.add_argument("--json", action="store_true", help="one JSON object per line")
-    show.add_argument(
         "--split",
-        choices=("train", "test"),
+        choices=("train",) + SPLITS,
         default="train",
-        help="for the ID variant: the training examples or the ID test set",
+        help="the training examples, or a test split after the contamination guard",
+    )
+    show.add_argument("--n", type=int, required=True, help="how many examples (0: all)")
+    show.add_argument("--seed", type=int, default=0, help="seed of the random letters")
+    show.add_argument("--json", action="store_true", help="one JSON object per line, with its id and split")
+    show.add_argument(
+        "--keep-overlap", action="store_true", help="keep test questions whose question or template is trained on"
     )
     show.set_defaults(run=_show)
     export = commands.add_parser("export", help="write the replicated training pairs as JSONL")
@@ -104,34 +103,32 @@ def _export(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     options = _load_options(args)
-    ood = {"anticommonsense": "anti", "anti": "anti", "nonsense": "non", "non": "non", "noncommonsense": "non"}
-    variant = (args.variant or "").lower()
-    if variant in ood:
-        examples = test_sets(args.dataset, args.data_dir, args.data_file, **options)[ood[variant]]
+    if args.split == "train":
+        loaded = load_examples(args.dataset, None, args.data_dir, args.data_file, **options)
+        examples, _ = split(loaded, args.n_train)
     else:
-        loaded = load_examples(args.dataset, args.variant, args.data_dir, args.data_file, **options)
-        train, test = split(loaded, args.n_train)
-        examples = train if args.split == "train" else test
-    shown = examples[: args.n]
+        found = test_sets(
+            args.dataset,
+            args.data_dir,
+            args.data_file,
+            splits=(args.split,),
+            n_train=args.n_train,
+            keep_overlap=args.keep_overlap,
+            **options,
+        )[args.split]
+        if found.skipped:
+            raise DataError(args.data_file or args.data_dir or "<default data>", None, None, found.skipped)
+        examples = found.examples
+    shown = examples[: args.n or None]
     for example, item in zip(shown, render_examples(shown, args.mode, args.seed, not args.answer_only)):
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "id": item.example_id,
-                        "variant": example.variant,
-                        "prompt": item.prompt,
-                        "target": item.target,
-                        "answer": item.answer,
-                        "symbols": item.symbols,
-                    },
-                    ensure_ascii=False,
-                )
-            )
+            line = {"id": item.example_id, "split": args.split, "variant": example.variant}
+            line.update(prompt=item.prompt, target=item.target, answer=item.answer, symbols=item.symbols)
+            print(json.dumps(line, ensure_ascii=False))
         else:
             symbols = ", ".join(f"{k} = {v}" for k, v in item.symbols.items()) or "(none)"
             print(
-                f"=== {item.example_id} ({example.variant}) ===\n--- prompt ---\n{item.prompt}\n"
+                f"=== {item.example_id} ({args.split}, {example.variant}) ===\n--- prompt ---\n{item.prompt}\n"
                 f"--- target ---\n{item.target}\n--- symbols ---\n{symbols}\n"
             )
     return 0

@@ -29,7 +29,8 @@ _FILLED = re.compile(r"(\{symbol_\d+\}(?:=[01])?)")
 def abstract_cladder(example: Example) -> Abstraction:
     """The oracle abstraction of one CLadder question."""
     variables = example.meta["variables"]
-    names, values = (_Replacer(table) for table in _wordings(variables))
+    replaced: dict[str, set[str]] = {}  # slot token written -> the raw phrases it stands for
+    names, values = (_Replacer(table, replaced) for table in _wordings(variables))
     query_type = example.meta["query_type"]
     segments = example.meta["segments"]
     name_first = {
@@ -39,6 +40,7 @@ def abstract_cladder(example: Example) -> Abstraction:
     }
     template_segments = {key: _substitute(text, names, values, name_first[key]) for key, text in segments.items()}
     prompt = segments_text(template_segments)
+    prompt_wordings = {token: tuple(sorted(texts)) for token, texts in replaced.items()}
     reasoning = ""
     steps = example.meta["steps"]
     if steps:
@@ -61,6 +63,7 @@ def abstract_cladder(example: Example) -> Abstraction:
         reasoning=final(reasoning),
         terms={renumber[old]: Term(by_temp[old]) for old in order},
         kinds={renumber[old]: "variable" for old in order},
+        wordings={final(token).replace("{", "").replace("}", ""): texts for token, texts in prompt_wordings.items()},
     )
 
 
@@ -87,10 +90,11 @@ def _wordings(variables: Sequence[Mapping]) -> tuple[dict[str, str], dict[str, s
 
 
 class _Replacer:
-    """Replaces wordings (case-insensitive, whole words, longest first) outside existing slots."""
+    """Replaces wordings (case-insensitive, whole words, longest first) outside existing slots, and records in
+    `replaced` which raw phrases each written slot token took the place of."""
 
-    def __init__(self, table: Mapping[str, str]):
-        self.table = table
+    def __init__(self, table: Mapping[str, str], replaced: dict[str, set[str]]):
+        self.table, self.replaced = table, replaced
         alternatives = "|".join(re.escape(w) for w in sorted(table, key=len, reverse=True))
         self.pattern = (
             re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])", re.IGNORECASE) if table else None
@@ -101,9 +105,13 @@ class _Replacer:
             return text
         pieces = _FILLED.split(text)
         return "".join(
-            piece if index % 2 else self.pattern.sub(lambda m: self.table[m.group(0).lower()], piece)
-            for index, piece in enumerate(pieces)
+            piece if index % 2 else self.pattern.sub(self._replace, piece) for index, piece in enumerate(pieces)
         )
+
+    def _replace(self, match: re.Match[str]) -> str:
+        token = self.table[match.group(0).lower()]
+        self.replaced.setdefault(token, set()).add(match.group(0))
+        return token
 
 
 def _substitute(text: str, names: _Replacer, values: _Replacer, name_first: bool) -> str:

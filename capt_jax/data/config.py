@@ -13,7 +13,10 @@ def default_data_config() -> ml_collections.ConfigDict:
 
     dataset / variant / source / data_dir / data_file: what `load_examples`
     loads (None directories mean `default_data_dir()`, then hub or generator);
-    n_train, split_seed, test_fraction: the split (first n of the first 90%);
+    n_train, split_seed, test_fraction: the split (the file shuffled by split_seed,
+    test the last 10%, training the first n of the rest);
+    keep_overlap: keep test examples whose question or template is a training
+    example's (the paper's protocol; the default removes them);
     mode, copies, intervention_seed, with_reasoning: what `training_pairs`
     builds (copies None means 10000 // n_train);
     prontoqa_*: the own generator's settings when source is `generate`;
@@ -29,6 +32,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "n_train": 100,
             "split_seed": 19,
             "test_fraction": 0.1,
+            "keep_overlap": False,
             "mode": "random",
             "copies": config_dict.placeholder(int),
             "intervention_seed": 0,

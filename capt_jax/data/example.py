@@ -57,7 +57,11 @@ class Abstraction:
     wording that fills it back (`original` mode); `kinds` says what a slot
     stands for (CLadder: variable; PrOntoQA: entity, concept or property);
     `parts` keeps dataset-specific template pieces (the PrOntoQA sentences)
-    that rebuild a new example from new fillers.
+    that rebuild a new example from new fillers. `wordings` lists, per slot
+    token (`symbol_i`, or `symbol_i=1` / `symbol_i=0` for a value), the
+    exact phrases of the raw prompt it replaced beyond its term's own forms
+    (CLadder words one value many ways), so that filling the template back
+    can be checked against the prompt without gold metadata.
     """
 
     example: Example
@@ -66,6 +70,7 @@ class Abstraction:
     terms: Mapping[str, Term]
     kinds: Mapping[str, str]
     parts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    wordings: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def answer(self) -> str:

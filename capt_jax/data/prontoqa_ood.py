@@ -4,7 +4,8 @@ Each example is abstracted and its slots are refilled: `anti` with real
 terms of the same kind (entity, concept, property) drawn from the pool of all
 terms in the dataset, `non` with random 3-5 letter pseudo-words. The proof's
 structure is untouched, so the answer stays. Fillers are distinct within an
-example and differ from every original term of the example.
+example and differ from every original term of the example where the pool
+allows; a slot never gets its own original term back.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def term_pool(examples: Iterable[Example]) -> dict[str, list[Term]]:
 def anti_commonsense(examples: Sequence[Example], pool: dict[str, list[Term]], seed: int) -> list[Example]:
     """Refill every slot with a random real term of its kind."""
     return [
-        _refill(example, seed, "anti", lambda kind, rng, taken: _pick_real(pool[kind], rng, taken))
+        _refill(example, seed, "anti", lambda kind, rng, taken: _pick_real(kind, pool[kind], rng, taken))
         for example in examples
     ]
 
@@ -75,24 +76,37 @@ def non_commonsense(examples: Sequence[Example], seed: int, real_words: Iterable
 def _refill(example: Example, seed: int, variant: str, pick: Callable[[str, random.Random, set[str]], Term]) -> Example:
     abstraction = abstract(example)
     rng = random.Random(f"{seed}/{variant}/{example.id}")
-    taken = {form.lower() for term in abstraction.terms.values() for form in (term.text, term.plural_form())}
+    own = {form.lower() for term in abstraction.terms.values() for form in _forms(term)}
+    chosen: set[str] = set()
     fillers: dict[str, Term] = {}
     for kind in KIND_ORDER:
         for slot in _slots_of(abstraction, kind):
-            term = pick(kind, rng, taken)
-            taken |= {term.text.lower(), term.plural_form().lower()}
+            try:
+                term = pick(kind, rng, own | chosen)
+            except ValueError:
+                # A small ontology (a fictional one, deep proofs) may hold too few terms of a kind to avoid all
+                # of the example's own: then a slot may take another slot's original term, never its own.
+                try:
+                    term = pick(kind, rng, {form.lower() for form in _forms(abstraction.terms[slot])} | chosen)
+                except ValueError as err:
+                    raise ValueError(f"example {example.id!r}: {err}") from err
+            chosen |= {form.lower() for form in _forms(term)}
             fillers[slot] = term
     return refill(abstraction, fillers, variant)
+
+
+def _forms(term: Term) -> tuple[str, str]:
+    return term.text, term.plural_form()
 
 
 def _slots_of(abstraction: Abstraction, kind: str) -> list[str]:
     return [slot for slot in abstraction.terms if abstraction.kinds[slot] == kind]
 
 
-def _pick_real(candidates: Sequence[Term], rng: random.Random, taken: set[str]) -> Term:
+def _pick_real(kind: str, candidates: Sequence[Term], rng: random.Random, taken: set[str]) -> Term:
     free = [t for t in candidates if t.text.lower() not in taken and t.plural_form().lower() not in taken]
     if not free:
-        raise ValueError("the term pool is too small to refill this example with distinct terms")
+        raise ValueError(f"the pool holds too few distinct {kind} terms to refill every slot with another one")
     return rng.choice(free)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ from . import cladder, prontoqa
 from .example import DATASETS, Example
 from .prontoqa_generator import generate_prontoqa
 from .prontoqa_ood import anti_commonsense, non_commonsense, term_pool
-from .splits import split
+from .splits import split, without_overlap
 
 SOURCES = ("auto", "files", "hub", "generate")
 
@@ -94,42 +95,108 @@ def _has_files(dataset: str, variant: str | None, data_dir: Path) -> bool:
     return True
 
 
+SPLITS = ("id", "anti", "non")
+_CLADDER_OOD = {"anti": "anticommonsense", "non": "nonsense"}
+
+
+class OodUnavailable(Exception):
+    """An OOD split that this data cannot make; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSplit:
+    """One test set as evaluated: its examples, the ids the contamination guard removed, and, when the split
+    could not be made from the data at all, why (then `examples` is empty)."""
+
+    examples: list[Example]
+    excluded_overlap: tuple[str, ...] = ()
+    skipped: str | None = None
+
+    __test__ = False  # a data type, not a pytest class
+
+
 def test_sets(
     dataset: str,
     data_dir: str | Path | None = None,
     data_file: str | Path | None = None,
     *,
+    splits: Sequence[str] = SPLITS,
     n_train: int = 100,
     split_seed: int = 19,
     test_fraction: float = 0.1,
     ood_seed: int = 0,
+    keep_overlap: bool = False,
     **load_options: Any,
-) -> dict[str, list[Example]]:
-    """The ID test split and the OOD test sets: {"id", "anti", "non"}.
+) -> dict[str, TestSplit]:
+    """The requested test splits ("id", "anti", "non"), each cleaned of training questions.
 
-    CLadder's OOD sets are the anticommonsense and nonsense files (whole);
-    with only `data_file` given they are looked up next to it and left out
-    when absent. PrOntoQA's are refills of the ID test split (`ood_seed`).
+    Every file is split as `split` does: the ID test set is the last 10% of the shuffled ID file. CLadder's
+    OOD sets are the last 10% of the shuffled anticommonsense / nonsense files (with only `data_file` given,
+    looked up next to it); PrOntoQA's are refills of the ID test set (`ood_seed`). Then every split loses the
+    examples whose question or normalised template is a training example's (`without_overlap`), unless
+    `keep_overlap` (the paper's protocol, which did not check). A split the data cannot make, such as an
+    anti refill from too few distinct terms, comes back `skipped` with the reason; the others still run.
     `load_options` go to `load_examples` (source, generator settings).
     """
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown test splits {unknown}; expected a subset of {list(SPLITS)}")
     examples = load_examples(dataset, None, data_dir, data_file, **load_options)
-    _, test = split(examples, n_train, split_seed, test_fraction)
-    sets = {"id": test}
-    if dataset == "prontoqa":
-        pool = term_pool(examples)
-        sets["anti"] = anti_commonsense(test, pool, ood_seed)
-        sets["non"] = non_commonsense(test, ood_seed, [t.text for terms in pool.values() for t in terms])
-        return sets
-    for name, variant in (("anti", "anticommonsense"), ("non", "nonsense")):
-        if data_file is not None:
-            folder = Path(data_file).parent
-            try:
-                sets[name] = cladder.load_cladder_file(cladder.question_file(folder, variant), variant)
-            except FileNotFoundError:
-                continue
+    train, id_test = split(examples, n_train, split_seed, test_fraction)
+    raw: dict[str, list[Example] | str] = {}
+    for name in splits:
+        try:
+            if name == "id":
+                raw[name] = id_test
+            elif dataset == "prontoqa":
+                raw[name] = _prontoqa_refill(name, id_test, examples, ood_seed)
+            else:
+                raw[name] = _cladder_ood(name, data_dir, data_file, split_seed, test_fraction, load_options)
+        except OodUnavailable as reason:
+            raw[name] = str(reason)
+    sets = {}
+    for name, found in raw.items():
+        if isinstance(found, str):
+            sets[name] = TestSplit([], skipped=found)
+        elif keep_overlap:
+            sets[name] = TestSplit(found)
         else:
-            sets[name] = load_examples(dataset, variant, data_dir, **load_options)
+            kept, removed = without_overlap(found, train)
+            sets[name] = TestSplit(kept, tuple(removed))
     return sets
+
+
+def _prontoqa_refill(name: str, id_test: list[Example], examples: list[Example], seed: int) -> list[Example]:
+    pool = term_pool(examples)
+    if name == "non":
+        return non_commonsense(id_test, seed, [t.text for terms in pool.values() for t in terms])
+    try:
+        return anti_commonsense(id_test, pool, seed)
+    except ValueError as err:
+        raise OodUnavailable(f"anti: {err}") from err
+
+
+def _cladder_ood(
+    name: str,
+    data_dir: str | Path | None,
+    data_file: str | Path | None,
+    split_seed: int,
+    test_fraction: float,
+    load_options: dict[str, Any],
+) -> list[Example]:
+    variant = _CLADDER_OOD[name]
+    if data_file is not None:
+        try:
+            path = cladder.question_file(Path(data_file).parent, variant)
+        except FileNotFoundError as err:
+            raise OodUnavailable(f"{name}: no {variant} file next to {data_file}") from err
+        ood = cladder.load_cladder_file(path, variant)
+    else:
+        try:
+            ood = load_examples("cladder", variant, data_dir, **load_options)
+        except FileNotFoundError as err:
+            raise OodUnavailable(f"{name}: {err}") from err
+    return split(ood, 0, split_seed, test_fraction)[1]
 
 
 test_sets.__test__ = False  # a library function, not a pytest test, wherever it is imported

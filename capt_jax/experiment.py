@@ -1,0 +1,318 @@
+"""CAPT vs SFT with seeds and intervals: train every (method, seed), evaluate each on every split, summarise.
+
+    python -m capt_jax.experiment --config C --methods base,sft,capt[,order,original,symbol] --seeds 0,1,2
+        [--estimators oracle,self,lm] [--workdir W] [--config.key=value ...]
+
+Every trained method runs the config as it is but for `data.mode` (so they share model, budget and objective;
+with the two-stage objective every method also learns estimation). A seed sets the LoRA init, batch order and
+dropout (`seed`), the training letters (`data.intervention_seed`) and the test letters (`eval.seed`). The
+intervention methods are evaluated once per estimator; `base` and `sft` answer raw prompts. Each (method, seed)
+trains in W/<method>/seed_<s>/ and evaluates into its eval_<estimator>/ folder, so a rerun resumes training and
+reuses finished evaluations. The results:
+
+* W/predictions.jsonl: one line per answered question (method, estimator, seed, split, id, prompt, reply, ...);
+* W/summary.json: rows {method, estimator, split, n, seeds, accuracy_mean, ci_low, ci_high};
+* W/paired.json: CAPT (per estimator) vs SFT on every split, {split, a, b, a_better, b_better, p_value, test};
+* W/summary.md, W/accuracy.png (bars with 95% intervals) and W/loss.png (training loss per method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from capt_jax import checkpoint as ckpt
+from capt_jax.config import ConfigDict, ConfigError, load_config
+from capt_jax.data import DataError, TestSplit
+from capt_jax.evaluate import check_estimator, evaluate_loaded, evaluation_sets, load_reasoner_model, write_results
+from capt_jax.stats import bootstrap_interval, paired_sign_test
+
+METHOD_MODES = {
+    "base": None,
+    "sft": "null",
+    "capt": "random",
+    "order": "order",
+    "original": "original",
+    "symbol": "symbol",
+}
+INTERVAL = (
+    "95% percentile interval of a two-level bootstrap (2000 replicates): seeds and questions each redrawn "
+    "with replacement, one question draw shared by all seeds"
+)
+PAIRED_TEST = (
+    "exact two-sided sign test over questions: a question favours a method when its correct count summed over "
+    "the seeds is higher (seed s of one method paired with seed s of the other); McNemar's test at one seed"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One trained (or base) model of the grid."""
+
+    method: str
+    seed: int
+    workdir: Path
+
+    @property
+    def trained(self) -> bool:
+        return METHOD_MODES[self.method] is not None
+
+
+def parse_list(text: str, allowed: Sequence[str] | None, flag: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    bad = sorted(set(items) - set(allowed)) if allowed is not None else []
+    if not items or bad:
+        raise ConfigError(
+            f"{flag}: {text!r} must be a comma-separated list" + (f" of {list(allowed)}" if allowed else "")
+        )
+    return items
+
+
+def cell_config(config: ConfigDict, cell: Cell, estimator: str | None) -> ConfigDict:
+    """The run's config for one cell: its mode, seeds and workdir (and estimator, for evaluation)."""
+    c = ConfigDict(config.to_dict())
+    c.data.mode = METHOD_MODES[cell.method] or "null"
+    c.seed = c.data.intervention_seed = c.eval.seed = cell.seed
+    c.workdir = str(cell.workdir)
+    if estimator is not None:
+        c.eval.estimator = estimator
+    return c
+
+
+def estimators_of(cell: Cell, estimators: Sequence[str]) -> list[str | None]:
+    """Intervention methods go through every estimator; base and SFT answer raw prompts."""
+    return list(estimators) if cell.method not in ("base", "sft") else [None]
+
+
+def eval_dir(cell: Cell, estimator: str | None) -> Path:
+    return cell.workdir / f"eval_{estimator or 'raw'}"
+
+
+def finished(out: Path, step: int | None) -> dict[str, Any] | None:
+    """The results already written for this checkpoint step, if any."""
+    file = out / "results.json"
+    if not file.exists():
+        return None
+    results = json.loads(file.read_text())
+    return results if results.get("step") == step else None
+
+
+def run_cell(
+    config: ConfigDict, cell: Cell, estimators: Sequence[str], sets: dict[str, TestSplit], timing: dict[str, float]
+) -> list[tuple[str | None, dict[str, Any], list[dict[str, Any]]]]:
+    """Train the cell's model (resuming), then evaluate it through each of its estimators, reusing finished ones."""
+    from capt_jax.train import train
+
+    started = time.perf_counter()
+    step = None
+    if cell.trained:
+        train(cell_config(config, cell, None))
+        step = ckpt.read_meta(str(cell.workdir))[0]
+    timing[f"{cell.method}/seed_{cell.seed}/train_s"] = time.perf_counter() - started
+    outputs, models, cache = [], None, {}
+    for estimator in estimators_of(cell, estimators):
+        out = eval_dir(cell, estimator)
+        results = finished(out, step)
+        if results is None:
+            began = time.perf_counter()
+            c = cell_config(config, cell, estimator)
+            models = models or load_reasoner_model(c, str(cell.workdir) if cell.trained else None)
+            base, reasoner, info = models
+            results, predictions = evaluate_loaded(c, sets, base, reasoner, info, not cell.trained, cache)
+            write_results(results, predictions, out)
+            timing[f"{cell.method}/seed_{cell.seed}/eval_{estimator or 'raw'}_s"] = time.perf_counter() - began
+        predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+        outputs.append((estimator, results, predictions))
+    return outputs
+
+
+def outcomes(rows: list[dict[str, Any]], seeds: Sequence[int], ids: Sequence[str]) -> np.ndarray:
+    """[seeds, questions] of 0/1 for one (method, estimator, split), questions in test-set order."""
+    table = {(r["seed"], r["id"]): r["correct"] for r in rows}
+    return np.array([[int(table[(seed, i)]) for i in ids] for seed in seeds])
+
+
+def summarise(
+    predictions: list[dict[str, Any]], sets: dict[str, TestSplit], seeds: Sequence[int]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(summary rows with bootstrap intervals, paired tests of CAPT per estimator vs SFT on every split)."""
+    groups: dict[tuple[str, str | None, str], list[dict[str, Any]]] = {}
+    for p in predictions:
+        groups.setdefault((p["method"], p["estimator"], p["split"]), []).append(p)
+    ids = {name: [e.id for e in split.examples] for name, split in sets.items()}
+    rows, matrices = [], {}
+    for (method, estimator, split), group in groups.items():
+        matrix = outcomes(group, seeds, ids[split])
+        matrices[(method, estimator, split)] = matrix
+        low, high = bootstrap_interval(matrix)
+        rows.append(
+            {
+                "method": method,
+                "estimator": estimator,
+                "split": split,
+                "n": matrix.shape[1],
+                "seeds": list(seeds),
+                "accuracy_mean": float(matrix.mean()),
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
+    paired = []
+    for (method, estimator, split), matrix in matrices.items():
+        sft = matrices.get(("sft", None, split))
+        if method == "capt" and sft is not None:
+            test = paired_sign_test(matrix, sft)
+            paired.append({"split": split, "a": f"capt ({estimator})", "b": "sft", **test, "test": PAIRED_TEST})
+    return rows, paired
+
+
+def markdown(rows: list[dict[str, Any]], paired: list[dict[str, Any]], splits: Sequence[str], note: str) -> str:
+    """summary.md: accuracy with intervals per (method, estimator) and split, then the paired tests."""
+    labels = list(dict.fromkeys((r["method"], r["estimator"]) for r in rows))
+    by_key = {(r["method"], r["estimator"], r["split"]): r for r in rows}
+    n = {s: next((r["n"] for r in rows if r["split"] == s), 0) for s in splits}
+    lines = ["| method | " + " | ".join(f"{s} (n={n[s]})" for s in splits) + " |", "|---|" + "---|" * len(splits)]
+    for method, estimator in labels:
+        cells = []
+        for s in splits:
+            r = by_key.get((method, estimator, s))
+            cells.append(
+                f"{100 * r['accuracy_mean']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]" if r else "-"
+            )
+        lines.append(f"| {method}{f' ({estimator})' if estimator else ''} | " + " | ".join(cells) + " |")
+    lines += ["", f"Accuracy in %, mean over seeds {rows[0]['seeds'] if rows else []}; {INTERVAL}.", ""]
+    if paired:
+        lines += ["| split | A | B | questions favouring A | favouring B | p |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"| {p['split']} | {p['a']} | {p['b']} | {p['a_better']} | {p['b_better']} | {p['p_value']:.3g} |"
+            for p in paired
+        ]
+        lines += ["", f"Paired test: {PAIRED_TEST}.", ""]
+    return "\n".join(lines + [note])
+
+
+def plot_accuracy(rows: list[dict[str, Any]], splits: Sequence[str], file: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys((r["method"], r["estimator"]) for r in rows))
+    by_key = {(r["method"], r["estimator"], r["split"]): r for r in rows}
+    width = 0.8 / max(len(labels), 1)
+    fig, ax = plt.subplots(figsize=(2 + 2 * len(splits), 3.8))
+    for i, (method, estimator) in enumerate(labels):
+        xs = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(splits))]
+        found = [by_key.get((method, estimator, s)) for s in splits]
+        ys = [100 * r["accuracy_mean"] if r else 0 for r in found]
+        low = [max(0.0, y - 100 * r["ci_low"]) if r else 0 for r, y in zip(found, ys)]
+        high = [max(0.0, 100 * r["ci_high"] - y) if r else 0 for r, y in zip(found, ys)]
+        ax.bar(xs, ys, width, yerr=[low, high], capsize=2, label=f"{method}{f' ({estimator})' if estimator else ''}")
+    ax.set_xticks(range(len(splits)), splits)
+    ax.set_ylabel("accuracy (%), 95% bootstrap interval")
+    ax.set_ylim(0, 105)
+    ax.axhline(50, color="grey", linewidth=0.6, linestyle=":")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(file, dpi=120)
+    plt.close(fig)
+
+
+def plot_losses(cells: Sequence[Cell], file: Path) -> None:
+    """Training loss per step, one line per method (mean over its seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, list[dict[int, float]]] = {}
+    for cell in cells:
+        log = cell.workdir / "metrics.jsonl"
+        if cell.trained and log.exists():
+            points = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            curves.setdefault(cell.method, []).append({p["step"]: p["loss"] for p in points if "loss" in p})
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for method, runs in curves.items():
+        steps = sorted(set.intersection(*(set(run) for run in runs)))
+        ax.plot(steps, [np.mean([run[s] for run in runs]) for s in steps], label=f"{method} ({len(runs)} seeds)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(file, dpi=120)
+    plt.close(fig)
+
+
+def run_experiment(
+    config: ConfigDict, methods: Sequence[str], seeds: Sequence[int], estimators: Sequence[str], workdir: Path
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The whole grid, resumable; returns (summary rows, paired tests) and writes every file under `workdir`."""
+    for estimator in estimators:
+        check_estimator(cell_config(config, Cell("capt", seeds[0], workdir), estimator), base_only=False)
+    sets = evaluation_sets(config)  # data errors surface before anything trains
+    for name, found in sets.items():
+        if found.skipped:
+            print(f"note: split {name} is skipped: {found.skipped}", file=sys.stderr)
+    sets = {name: found for name, found in sets.items() if not found.skipped}
+    cells = [Cell(m, s, workdir / m / f"seed_{s}") for m in methods for s in seeds]
+    workdir.mkdir(parents=True, exist_ok=True)
+    timing: dict[str, float] = {}
+    predictions = []
+    began = time.perf_counter()
+    for cell in tqdm(cells, desc="experiment", unit="model", dynamic_ncols=True):
+        for estimator, _, cell_predictions in run_cell(config, cell, estimators, sets, timing):
+            predictions += [
+                {"method": cell.method, "estimator": estimator, "seed": cell.seed, **p} for p in cell_predictions
+            ]
+    timing["this_invocation_s"] = time.perf_counter() - began
+    with open(workdir / "predictions.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
+    rows, paired = summarise(predictions, sets, seeds)
+    (workdir / "summary.json").write_text(json.dumps(rows, indent=2))
+    (workdir / "paired.json").write_text(json.dumps(paired, indent=2))
+    previous = json.loads((workdir / "timing.json").read_text()) if (workdir / "timing.json").exists() else {}
+    (workdir / "timing.json").write_text(json.dumps({**previous, **timing}, indent=2))
+    excluded = {name: len(found.excluded_overlap) for name, found in sets.items()}
+    note = f"Test questions removed by the contamination guard, per split: {excluded}."
+    (workdir / "summary.md").write_text(markdown(rows, paired, list(sets), note) + "\n")
+    plot_accuracy(rows, list(sets), workdir / "accuracy.png")
+    plot_losses(cells, workdir / "loss.png")
+    return rows, paired
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--methods", default="base,sft,capt", help=f"comma-separated, from {list(METHOD_MODES)}")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
+    parser.add_argument("--estimators", default="oracle", help="for the intervention methods: oracle,self,lm,openai")
+    parser.add_argument("--workdir", help="default: the config's workdir")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        config = load_config(args.config, overrides)
+        methods = parse_list(args.methods, tuple(METHOD_MODES), "--methods")
+        estimators = parse_list(args.estimators, ("oracle", "lm", "openai", "self"), "--estimators")
+        try:
+            seeds = [int(s) for s in parse_list(args.seeds, None, "--seeds")]
+        except ValueError as e:
+            raise ConfigError(f"--seeds: {args.seeds!r} must be comma-separated integers") from e
+        workdir = Path(args.workdir or config.workdir)
+        run_experiment(config, methods, seeds, estimators, workdir)
+    except (ConfigError, DataError, ckpt.CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print((workdir / "summary.md").read_text())
+    print(f"files: {workdir}/summary.json, paired.json, predictions.jsonl, accuracy.png, loss.png")
+
+
+if __name__ == "__main__":
+    main()

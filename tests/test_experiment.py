@@ -1,0 +1,75 @@
+"""The experiment runner end to end on a tiny model: 2 methods x 2 seeds, its files, and resuming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from capt_jax.experiment import main
+
+TINY = [
+    "--config.data.source=generate",
+    "--config.data.prontoqa_num_examples=60",
+    "--config.data.n_train=8",
+    "--config.data.copies=2",
+    "--config.data.estimation_weight=0",
+    "--config.train.max_steps=2",
+    "--config.train.batch_size=2",
+    "--config.train.seq_len=256",
+    "--config.checkpoint.every_steps=2",
+    "--config.eval.max_examples=3",
+    "--config.eval.max_new_tokens=4",
+    "--config.eval.batch_size=4",
+]
+
+
+def test_two_methods_two_seeds_end_to_end(tiny_chat_dir, tmp_path, capsys):
+    work = tmp_path / "exp"
+    args = [
+        "--config=configs/experiment_prontoqa_smollm2.py",
+        "--methods=sft,capt",
+        "--seeds=0,1",
+        f"--workdir={work}",
+        f"--config.model.path={tiny_chat_dir}",
+        *TINY,
+    ]
+    main(args)
+    out = capsys.readouterr().out
+    assert "| method |" in out
+    predictions = [json.loads(line) for line in (work / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 2 * 2 * 3 * 3  # methods x seeds x splits x questions
+    fields = {"method", "estimator", "seed", "split", "id", "prompt", "reply", "parsed", "correct"}
+    assert all(fields <= set(p) for p in predictions)
+    assert {(p["method"], p["estimator"]) for p in predictions} == {("sft", None), ("capt", "oracle")}
+    rows = json.loads((work / "summary.json").read_text())
+    assert len(rows) == 2 * 3
+    for row in rows:
+        assert set(row) == {"method", "estimator", "split", "n", "seeds", "accuracy_mean", "ci_low", "ci_high"}
+        assert row["n"] == 3 and row["seeds"] == [0, 1]
+        assert 0 <= row["ci_low"] <= row["accuracy_mean"] <= row["ci_high"] <= 1
+    paired = json.loads((work / "paired.json").read_text())
+    assert [p["split"] for p in paired] == ["id", "anti", "non"]
+    assert all(p["a"] == "capt (oracle)" and p["b"] == "sft" and 0 <= p["p_value"] <= 1 for p in paired)
+    for name in ("summary.md", "accuracy.png", "loss.png"):
+        assert (work / name).stat().st_size > 0
+    # Seeds differ in what they train on: the two CAPT seeds letter the same test question differently.
+    capt = {(p["seed"], p["split"], p["id"]): p["prompt"] for p in predictions if p["method"] == "capt"}
+    assert any(capt[(0, s, i)] != capt[(1, s, i)] for (_, s, i) in capt)
+    # A rerun trains nothing and re-evaluates nothing.
+    stamps = {p: p.stat().st_mtime_ns for p in work.glob("*/seed_*/eval_*/results.json")}
+    main(args)
+    assert {p: p.stat().st_mtime_ns for p in work.glob("*/seed_*/eval_*/results.json")} == stamps
+    assert "nothing to do" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [("--methods=sft,dpo", "--methods"), ("--seeds=0,x", "--seeds"), ("--estimators=gold", "--estimators")],
+)
+def test_bad_grid_flags_are_one_error_line(flag, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config=configs/experiment_prontoqa_smollm2.py", flag])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err

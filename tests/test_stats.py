@@ -1,0 +1,42 @@
+"""Intervals and paired tests against known values."""
+
+import numpy as np
+import pytest
+
+from capt_jax.stats import bootstrap_interval, mcnemar_exact, paired_sign_test, wilson_interval
+
+
+def test_wilson_interval_known_values():
+    # Reference values: scipy.stats.binomtest(k, n).proportion_ci(method="wilson").
+    assert wilson_interval(25, 32) == pytest.approx((0.6124500635075647, 0.8897616374739581), abs=1e-12)
+    assert wilson_interval(19, 32) == pytest.approx((0.4226002487538287, 0.7448036515733456), abs=1e-12)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_mcnemar_exact_known_values():
+    # b=10, c=2: 2 * P(X <= 2), X ~ Binomial(12, 1/2) = 2 * (1 + 12 + 66) / 4096
+    assert mcnemar_exact(10, 2) == pytest.approx(158 / 4096)
+    assert mcnemar_exact(2, 10) == mcnemar_exact(10, 2)
+    assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64)
+
+
+def test_paired_sign_test_counts_questions_not_seed_repeats():
+    a = np.array([[1, 1, 0, 1], [1, 0, 0, 1]])
+    b = np.array([[0, 1, 1, 1], [0, 1, 0, 1]])
+    # question 0 favours A (2 vs 0), question 1 B (1 vs 2), question 2 B (0 vs 1), question 3 neither.
+    assert paired_sign_test(a, b) == {"a_better": 1, "b_better": 2, "p_value": 1.0}
+    with pytest.raises(ValueError):
+        paired_sign_test(a, b[:, :3])
+
+
+def test_bootstrap_interval_covers_the_mean_and_widens_with_seed_spread():
+    rng = np.random.default_rng(0)
+    steady = (rng.random((3, 200)) < 0.7).astype(int)
+    low, high = bootstrap_interval(steady)
+    assert low < steady.mean() < high and high - low < 0.2
+    spread = np.stack([(rng.random(200) < p).astype(int) for p in (0.5, 0.7, 0.9)])
+    spread_low, spread_high = bootstrap_interval(spread)
+    assert spread_high - spread_low > high - low  # seed variance is part of the interval
+    assert bootstrap_interval(steady) == (low, high)  # deterministic
