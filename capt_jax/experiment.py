@@ -5,10 +5,10 @@
 
 Every trained method runs the config as it is but for `data.mode` (so they share model, budget and objective;
 with the two-stage objective every method also learns estimation). A seed sets the LoRA init, batch order and
-dropout (`seed`), the training letters (`data.intervention_seed`) and the test letters (`eval.seed`). The
-intervention methods are evaluated once per estimator; `base` and `sft` answer raw prompts. Each (method, seed)
-trains in W/<method>/seed_<s>/ and evaluates into its eval_<estimator>/ folder, so a rerun resumes training and
-reuses finished evaluations. The results:
+dropout (`seed`), the training letters (`data.intervention_seed`) and the test letters (`eval.seed`). CAPT is
+evaluated once per estimator, an ablation through the first one listed; `base` and `sft` answer raw prompts.
+Each (method, seed) trains in W/<method>/seed_<s>/ and evaluates into its eval_<estimator>/ folder, so a rerun
+resumes training and reuses finished evaluations. The results:
 
 * W/predictions.jsonl: one line per answered question (method, estimator, seed, split, id, prompt, reply, ...);
 * W/summary.json: rows {method, estimator, split, n, seeds, accuracy_mean, ci_low, ci_high};
@@ -89,8 +89,11 @@ def cell_config(config: ConfigDict, cell: Cell, estimator: str | None) -> Config
 
 
 def estimators_of(cell: Cell, estimators: Sequence[str]) -> list[str | None]:
-    """Intervention methods go through every estimator; base and SFT answer raw prompts."""
-    return list(estimators) if cell.method not in ("base", "sft") else [None]
+    """CAPT goes through every estimator and an ablation through the first (it isolates the intervention, not the
+    first stage); base and SFT answer raw prompts."""
+    if cell.method in ("base", "sft"):
+        return [None]
+    return list(estimators) if cell.method == "capt" else [estimators[0]]
 
 
 def eval_dir(cell: Cell, estimator: str | None) -> Path:
@@ -107,9 +110,15 @@ def finished(out: Path, step: int | None) -> dict[str, Any] | None:
 
 
 def run_cell(
-    config: ConfigDict, cell: Cell, estimators: Sequence[str], sets: dict[str, TestSplit], timing: dict[str, float]
+    config: ConfigDict,
+    cell: Cell,
+    estimators: Sequence[str],
+    sets: dict[str, TestSplit],
+    timing: dict[str, float],
+    cache: dict[str, str],
 ) -> list[tuple[str | None, dict[str, Any], list[dict[str, Any]]]]:
-    """Train the cell's model (resuming), then evaluate it through each of its estimators, reusing finished ones."""
+    """Train the cell's model (resuming), then evaluate it through each of its estimators, reusing finished ones.
+    `cache` holds this model's greedy replies by prompt (see `cached_reasoner`)."""
     from capt_jax.train import train
 
     started = time.perf_counter()
@@ -118,7 +127,7 @@ def run_cell(
         train(cell_config(config, cell, None))
         step = ckpt.read_meta(str(cell.workdir))[0]
     timing[f"{cell.method}/seed_{cell.seed}/train_s"] = time.perf_counter() - started
-    outputs, models, cache = [], None, {}
+    outputs, models = [], None
     for estimator in estimators_of(cell, estimators):
         out = eval_dir(cell, estimator)
         results = finished(out, step)
@@ -268,8 +277,10 @@ def run_experiment(
     timing: dict[str, float] = {}
     predictions = []
     began = time.perf_counter()
+    caches: dict[str, dict[str, str]] = {}  # one per model: the base model is the same in every seed's cell
     for cell in tqdm(cells, desc="experiment", unit="model", dynamic_ncols=True):
-        for estimator, _, cell_predictions in run_cell(config, cell, estimators, sets, timing):
+        cache = caches.setdefault("base" if not cell.trained else str(cell.workdir), {})
+        for estimator, _, cell_predictions in run_cell(config, cell, estimators, sets, timing, cache):
             predictions += [
                 {"method": cell.method, "estimator": estimator, "seed": cell.seed, **p} for p in cell_predictions
             ]
@@ -294,7 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--methods", default="base,sft,capt", help=f"comma-separated, from {list(METHOD_MODES)}")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
-    parser.add_argument("--estimators", default="oracle", help="for the intervention methods: oracle,self,lm,openai")
+    parser.add_argument(
+        "--estimators", default="oracle", help="oracle,self,lm,openai: CAPT goes through each, ablations the first"
+    )
     parser.add_argument("--workdir", help="default: the config's workdir")
     args, overrides = parser.parse_known_args(argv)
     try:
