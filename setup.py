@@ -26,6 +26,7 @@ setup(
         "tensorboardX>=2.6",
         "matplotlib>=3.7",
         "pyyaml>=6",
+        "openai>=1.0",
     ],
     extras_require={
         # Hub datasets are imported lazily, only where hub loading needs them.

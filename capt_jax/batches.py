@@ -14,15 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from capt_jax.generate import chat_prompt, length_bucket
+from capt_jax.errors import CaptError
 from capt_jax.objective import ESTIMATION_TASK, INTERVENTION_TASK
+from capt_jax.tokenization import chat_prompt, end_of_turn, length_bucket
 
 MIN_SEQ_BUCKET = 32
 MIN_LOSS_WINDOW = 16
 SORT_WINDOW_BATCHES = 64  # batches per window sorted by length: tight buckets, still shuffled
 
 
-class DataFileError(ValueError):
+class DataFileError(CaptError, ValueError):
     """A training file that cannot be read: the message names the file, line and field."""
 
 
@@ -44,15 +45,6 @@ def read_jsonl_pairs(path: str | Path) -> list[dict[str, str]]:
     if not pairs:
         raise DataFileError(f"{path}: no records")
     return pairs
-
-
-def end_of_turn(tokenizer: Any) -> str:
-    """What the chat template writes after an assistant message (e.g. '<|im_end|>'), so training teaches stopping."""
-    marker = "\x00CAPT\x00"
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}], tokenize=False
-    )
-    return text.split(marker, 1)[1].rstrip()
 
 
 Encode = Callable[[dict[str, str]], tuple[np.ndarray, np.ndarray]]

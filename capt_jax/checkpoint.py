@@ -15,8 +15,10 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from capt_jax.errors import CaptError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(CaptError, ValueError):
     """A checkpoint folder that cannot be restored into this run."""
 
 
@@ -78,5 +80,8 @@ def restore_adapters(workdir: str, step: int | None = None) -> tuple[dict[str, A
     """LoRA params (on the default device) and metadata from a checkpoint, for export and evaluation."""
     step, meta = read_meta(workdir, step)
     mgr = manager(workdir, read_only=True)
-    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    try:
+        restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    except Exception as e:  # a damaged or foreign folder: say which
+        raise CheckpointError(f"{checkpoint_dir(workdir)}/{step}: cannot be read: {type(e).__name__}: {e}") from e
     return restored.state["lora"], meta

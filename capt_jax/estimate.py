@@ -15,9 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import urllib.request
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from capt_jax.config import ConfigError
 from capt_jax.data import Abstraction, Example, abstract
@@ -140,26 +138,42 @@ def model_estimates(
 
 
 def openai_completer(
-    base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0
+    base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0, max_retries: int = 3
 ) -> Completer:
-    """Chat completions from any OpenAI-compatible endpoint; the key comes from the environment."""
+    """Chat completions from any OpenAI-compatible endpoint through the `openai` client, which retries rate
+    limits, timeouts and server errors itself. A wrong key, model or URL would fail on every question alike, so
+    it fails at once as a config error; a reply that still fails after the retries counts as an unusable
+    estimate of that one question."""
+    import openai
+
     key = os.environ.get(api_key_env)
     if not key:
-        raise ConfigError(f"config key 'eval.estimator': openai needs an API key in ${api_key_env}")
-    url = base_url.rstrip("/") + "/chat/completions"
+        raise ConfigError(f"config key 'eval.openai_api_key_env': openai needs an API key in ${api_key_env}")
+    client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+    fatal = {
+        openai.AuthenticationError: f"the key in ${api_key_env} was refused",
+        openai.PermissionDeniedError: f"the key in ${api_key_env} may not use model {model!r}",
+        openai.NotFoundError: f"no model {model!r} at {base_url} (or not an OpenAI-compatible URL)",
+    }
+
+    answered = False  # until a first reply, a connection error means a wrong URL rather than a flaky network
 
     def one(messages: Messages, attempt: int) -> str:
-        body = {"model": model, "messages": messages, "temperature": 0.0 if attempt == 0 else 0.7}
-        request = urllib.request.Request(
-            url,
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
-        )
+        nonlocal answered
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                payload: dict[str, Any] = json.loads(response.read())
-            return payload["choices"][0]["message"]["content"]
-        except (OSError, KeyError, IndexError, json.JSONDecodeError) as e:
-            return f"request failed: {e}"  # counted as an invalid estimate, and retried
+            response = client.chat.completions.create(
+                model=model, messages=messages, temperature=0.0 if attempt == 0 else 0.7
+            )
+        except tuple(fatal) as e:
+            why = next(text for kind, text in fatal.items() if isinstance(e, kind))
+            raise ConfigError(f"config keys 'eval.openai_*' ({base_url}, model {model!r}): {why}: {e}") from None
+        except openai.APIConnectionError as e:
+            if not answered:
+                raise ConfigError(f"config key 'eval.openai_base_url': cannot reach {base_url}: {e}") from None
+            return f"request failed: {e}"
+        except openai.APIError as e:
+            return f"request failed: {e}"  # counted as an unusable estimate, and retried
+        answered = True
+        return response.choices[0].message.content or ""
 
     return lambda conversations, attempt: [one(m, attempt) for m in conversations]

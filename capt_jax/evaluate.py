@@ -11,20 +11,20 @@ removed), predictions.jsonl (one line per question), a PNG chart, and prints a m
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from absl import flags
+
 from capt_jax import checkpoint as ckpt
-from capt_jax.config import ConfigDict, ConfigError, load_config, validate_eval
+from capt_jax import cli
+from capt_jax.config import ConfigDict, ConfigError, validate_eval
 from capt_jax.data import (
     Abstraction,
-    DataError,
     Example,
     TestSplit,
     intervene,
@@ -320,25 +320,49 @@ def write_results(results: dict[str, Any], predictions: Sequence[dict[str, Any]]
     return json_file, plot([results], out_dir / "accuracy.png")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    target = parser.add_mutually_exclusive_group()
-    target.add_argument("--workdir", help="training workdir whose latest checkpoint to evaluate (default: config's)")
-    target.add_argument("--base-only", action="store_true", help="evaluate the base model on raw prompts")
-    parser.add_argument("--out", help="output folder (default: WORKDIR/eval, or WORKDIR/eval_base)")
-    args, overrides = parser.parse_known_args(argv)
-    try:
-        config = load_config(args.config, overrides)
-        workdir = None if args.base_only else (args.workdir or config.workdir)
-        results, predictions = evaluate(config, workdir, args.base_only)
-        out = Path(args.out or Path(args.workdir or config.workdir) / ("eval_base" if args.base_only else "eval"))
-        json_file, png = write_results(results, predictions, out)
-    except (ConfigError, DataError, ckpt.CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def define_flags(values: flags.FlagValues) -> None:
+    flags.DEFINE_string(
+        "workdir", None, "training workdir whose latest checkpoint to evaluate (default: config's)", flag_values=values
+    )
+    flags.DEFINE_bool("base-only", False, "evaluate the base model on raw prompts", flag_values=values)
+    flags.DEFINE_string("out", None, "output folder (default: WORKDIR/eval, or WORKDIR/eval_base)", flag_values=values)
+
+
+COMMAND = cli.Command(
+    __doc__,
+    define_flags,
+    keys=(
+        "workdir",
+        "model.path",
+        "data.dataset",
+        "data.mode",
+        "data.keep_overlap",
+        "eval.estimator",
+        "eval.splits",
+        "eval.max_examples",
+        "eval.max_new_tokens",
+        "eval.temperature",
+        "eval.top_p",
+        "eval.repetition_penalty",
+        "eval.batch_size",
+    ),
+)
+
+
+def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
+    base_only = values["base-only"].value
+    if base_only and values.workdir:
+        raise ConfigError("--workdir and --base-only exclude each other: the base model has no checkpoint")
+    workdir = values.workdir or config.workdir
+    results, predictions = evaluate(config, None if base_only else workdir, base_only)
+    out = Path(values.out or Path(workdir) / ("eval_base" if base_only else "eval"))
+    json_file, png = write_results(results, predictions, out)
     print(markdown_table([results]))
     print(f"\nresults: {json_file}\nplot:    {png}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.run(COMMAND, run_command, argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ resumes training and reuses finished evaluations. The results:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -28,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import flags
 from tqdm.auto import tqdm
 
 from capt_jax import checkpoint as ckpt
-from capt_jax.config import ConfigDict, ConfigError, load_config
-from capt_jax.data import DataError, TestSplit
+from capt_jax import cli
+from capt_jax.config import ConfigDict, ConfigError
+from capt_jax.data import TestSplit
 from capt_jax.evaluate import check_estimator, evaluate_loaded, evaluation_sets, load_reasoner_model, write_results
 from capt_jax.stats import bootstrap_interval, paired_sign_test
 
@@ -300,31 +301,47 @@ def run_experiment(
     return rows, paired
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--methods", default="base,sft,capt", help=f"comma-separated, from {list(METHOD_MODES)}")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
-    parser.add_argument(
-        "--estimators", default="oracle", help="oracle,self,lm,openai: CAPT goes through each, ablations the first"
+def define_flags(values: flags.FlagValues) -> None:
+    flags.DEFINE_string("methods", "base,sft,capt", f"comma-separated, from {list(METHOD_MODES)}", flag_values=values)
+    flags.DEFINE_string("seeds", "0,1,2", "comma-separated integers", flag_values=values)
+    flags.DEFINE_string(
+        "estimators", "oracle", "oracle,self,lm,openai: CAPT goes through each, ablations the first", flag_values=values
     )
-    parser.add_argument("--workdir", help="default: the config's workdir")
-    args, overrides = parser.parse_known_args(argv)
+    flags.DEFINE_string("workdir", None, "default: the config's workdir", flag_values=values)
+
+
+COMMAND = cli.Command(
+    __doc__,
+    define_flags,
+    keys=(
+        "workdir",
+        "model.path",
+        "data.dataset",
+        "data.estimation_weight",
+        "train.max_steps",
+        "train.learning_rate",
+        "eval.max_examples",
+        "eval.max_new_tokens",
+        "eval.temperature",
+    ),
+)
+
+
+def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
+    methods = parse_list(values.methods, tuple(METHOD_MODES), "--methods")
+    estimators = parse_list(values.estimators, ("oracle", "lm", "openai", "self"), "--estimators")
     try:
-        config = load_config(args.config, overrides)
-        methods = parse_list(args.methods, tuple(METHOD_MODES), "--methods")
-        estimators = parse_list(args.estimators, ("oracle", "lm", "openai", "self"), "--estimators")
-        try:
-            seeds = [int(s) for s in parse_list(args.seeds, None, "--seeds")]
-        except ValueError as e:
-            raise ConfigError(f"--seeds: {args.seeds!r} must be comma-separated integers") from e
-        workdir = Path(args.workdir or config.workdir)
-        run_experiment(config, methods, seeds, estimators, workdir)
-    except (ConfigError, DataError, ckpt.CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        seeds = [int(s) for s in parse_list(values.seeds, None, "--seeds")]
+    except ValueError as e:
+        raise ConfigError(f"--seeds: {values.seeds!r} must be comma-separated integers") from e
+    workdir = Path(values.workdir or config.workdir)
+    run_experiment(config, methods, seeds, estimators, workdir)
     print((workdir / "summary.md").read_text())
     print(f"files: {workdir}/summary.json, paired.json, predictions.jsonl, accuracy.png, loss.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.run(COMMAND, run_command, argv)
 
 
 if __name__ == "__main__":

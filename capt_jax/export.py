@@ -1,6 +1,6 @@
 """Export a trained LoRA checkpoint for the Hugging Face stack.
 
-    python -m capt_jax.export --workdir W --out DIR --format merged|peft [--step N] [--overwrite]
+    python -m capt_jax.export --workdir W --out DIR --format merged|peft [--step N] [--overwrite] [--base-model M]
 
 merged: a plain transformers folder (config, model.safetensors, tokenizer, generation config) whose weights are
         W + scale * B @ A, so `AutoModelForCausalLM.from_pretrained(DIR)` needs neither peft nor capt_jax.
@@ -13,12 +13,10 @@ never leaves a half-written model that looks complete.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,20 +24,24 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import flags
 
 from capt_jax import checkpoint as ckpt
+from capt_jax import cli
+from capt_jax.config import ConfigDict
 from capt_jax.convert import SMOLLM2_ALIAS
+from capt_jax.errors import CaptError
 from capt_jax.lora import lora_scale, merge_lora
-from capt_jax.model import ModelConfig, ModelConfigError, Params, param_shapes
+from capt_jax.model import ModelConfig, Params, param_shapes
 from capt_jax.pretrained import resolve_model_dir
-from capt_jax.weights import WeightsError, hf_state_dict, hf_tensor_name, load_params, save_safetensors
+from capt_jax.weights import hf_state_dict, hf_tensor_name, load_params, save_safetensors
 
 FORMATS = ("merged", "peft")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _TOKENIZER_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens", "chat_template")
 
 
-class ExportError(ValueError):
+class ExportError(CaptError, ValueError):
     """An export that cannot run: unknown step, base model not found, output folder in the way, shape mismatch."""
 
 
@@ -228,37 +230,46 @@ def export(
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="training workdir (the one holding checkpoints/)")
-    parser.add_argument("--out", required=True, help="output folder; must be absent or empty unless --overwrite")
-    parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    parser.add_argument(
-        "--base-model",
-        help="base model folder / hub id / .gguf instead of the one the checkpoint recorded (e.g. after moving it)",
+def define_flags(values: flags.FlagValues) -> None:
+    flags.DEFINE_string(
+        "workdir", None, "training workdir holding checkpoints/ (default: config's)", flag_values=values
     )
-    parser.add_argument(
-        "--dtype", default="auto", choices=DTYPES, help="dtype of merged weights (default: the base checkpoint's)"
+    flags.DEFINE_string("out", None, "output folder; must be absent or empty unless --overwrite", flag_values=values)
+    flags.DEFINE_enum("format", None, FORMATS, "merged: a transformers folder; peft: an adapter", flag_values=values)
+    flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)", flag_values=values)
+    flags.DEFINE_bool("overwrite", False, "replace a non-empty --out", flag_values=values)
+    flags.DEFINE_string(
+        "base-model",
+        None,
+        "base folder / hub id / .gguf instead of the one the checkpoint recorded",
+        flag_values=values,
     )
-    args = parser.parse_args(argv)
-    if args.format == "peft" and args.dtype != "auto":
-        parser.error("--dtype applies to --format merged only (peft adapters are saved as trained)")
-    try:
-        out = export(
-            args.workdir,
-            args.out,
-            args.format,
-            step=args.step,
-            overwrite=args.overwrite,
-            base_model=args.base_model,
-            dtype=args.dtype,
-        )
-    except (ExportError, ckpt.CheckpointError, ModelConfigError, WeightsError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    flags.DEFINE_enum("dtype", "auto", DTYPES, "dtype of merged weights (default: the base's)", flag_values=values)
+
+
+COMMAND = cli.Command(__doc__, define_flags, keys=("workdir",))
+
+
+def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
+    for name in ("out", "format"):
+        if values[name].value is None:
+            raise ExportError(f"--{name} is required (see --help)")
+    if values.format == "peft" and values.dtype != "auto":
+        raise ExportError("--dtype applies to --format merged only (peft adapters are saved as trained)")
+    out = export(
+        values.workdir or config.workdir,
+        values.out,
+        values.format,
+        step=values.step,
+        overwrite=values.overwrite,
+        base_model=values["base-model"].value,
+        dtype=values.dtype,
+    )
     print(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.run(COMMAND, run_command, argv)
 
 
 if __name__ == "__main__":

@@ -3,26 +3,30 @@
 Prompts are left-padded into (batch, length) buckets, so the decode loop compiles once per bucket rather
 than once per prompt, and the whole loop (prefill + `while_loop` over new tokens) is one jitted call.
 
-    python -m capt_jax.generate --model PATH --prompt TEXT [--prompt TEXT ...] --max-new-tokens N [--chat]
+    python -m capt_jax.generate --prompt TEXT [--prompt TEXT ...] [--chat] [--json]
+        [--config.model.path=PATH] [--config.eval.max_new_tokens=N] [--config.eval.temperature=T ...]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from tqdm.auto import tqdm
 
+from capt_jax import cli
+from capt_jax.config import ConfigDict, ConfigError
+from capt_jax.errors import MissingFileError
 from capt_jax.model import KVCache, ModelConfig, Params, hidden_states, logits_from_hidden
 from capt_jax.model.decoder import lm_head
 from capt_jax.pretrained import Pretrained, load_pretrained
+from capt_jax.tokenization import bucket, chat_prompt, eos_token_ids, length_bucket, pad_id
 
 MIN_LENGTH_BUCKET = 16
 
@@ -109,30 +113,6 @@ def decode(
     return jax.lax.while_loop(keep_going, next_token, state)[1]
 
 
-def bucket(n: int, minimum: int = 1) -> int:
-    """Round up to a power of two, so only a handful of shapes are ever compiled."""
-    return max(minimum, 1 << max(n - 1, 0).bit_length())
-
-
-def length_bucket(n: int, minimum: int = 16) -> int:
-    """Round a sequence length up to 2^k or 1.5 * 2^k: at most a third of a row is padding, and shapes stay few."""
-    power = bucket(n, minimum)
-    return power * 3 // 4 if power * 3 // 4 >= max(n, minimum) and power >= 2 * minimum else power
-
-
-def chat_prompt(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
-    """A prompt (one user turn) or a whole conversation in the tokenizer's chat template, ready for the reply."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def eos_token_ids(model: Pretrained) -> tuple[int, ...]:
-    ids = set(model.config.eos_token_ids)
-    if model.tokenizer is not None and model.tokenizer.eos_token_id is not None:
-        ids.add(model.tokenizer.eos_token_id)
-    return tuple(sorted(ids))
-
-
 def generate(
     model: Pretrained,
     prompts: Sequence[str | list[dict[str, str]]],
@@ -146,19 +126,19 @@ def generate(
     """Completions for `prompts`, in order; prompts are sorted by length so each batch pads little."""
     tok = model.tokenizer
     if tok is None:
-        raise ValueError(f"{model.path}: the model folder has no tokenizer; generation needs one")
+        raise MissingFileError(f"{model.path}: the model folder has no tokenizer; generation needs one")
     texts = [chat_prompt(tok, p) if chat else p for p in prompts]
     # A chat template already holds the special tokens it wants; plain prompts get the tokenizer's defaults.
     encoded = [tok(t, add_special_tokens=not chat)["input_ids"] for t in texts]
-    eos_ids = eos_token_ids(model)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    eos_ids = eos_token_ids(model.config.eos_token_ids, tok)
+    pad = pad_id(tok, eos_ids)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[str] = [""] * len(encoded)
     rng = jax.random.key(seed)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for rows in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
         length = length_bucket(max(len(encoded[i]) for i in rows), MIN_LENGTH_BUCKET)
-        ids = np.full((bucket(len(rows)), length), pad_id, np.int32)
+        ids = np.full((bucket(len(rows)), length), pad, np.int32)
         mask = np.zeros(ids.shape, bool)
         for r, i in enumerate(rows):
             ids[r, length - len(encoded[i]) :] = encoded[i]
@@ -174,7 +154,7 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 sampling=sampling,
                 eos_ids=eos_ids,
-                pad_id=pad_id,
+                pad_id=pad,
             )
         )
         for r, i in enumerate(rows):
@@ -191,38 +171,48 @@ def _until_eos(tokens: np.ndarray, eos_ids: tuple[int, ...]) -> list[int]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Generate completions with a KV cache.")
-    parser.add_argument("--model", required=True, help="model folder, .gguf file, hub id, or 'smollm2'")
-    parser.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = none; the paper used 1.1")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
-    args = parser.parse_args(argv)
-    if args.max_new_tokens < 1:
-        parser.error("--max-new-tokens must be at least 1")
-    if not 0 < args.top_p <= 1:
-        parser.error("--top-p must be in (0, 1]")
-    if args.repetition_penalty <= 0:
-        parser.error("--repetition-penalty must be positive")
-    model = load_pretrained(args.model, dtype=args.dtype)
+def define_flags(values: flags.FlagValues) -> None:
+    flags.DEFINE_multi_string("prompt", None, "a prompt; repeat for several", flag_values=values)
+    flags.DEFINE_bool("chat", False, "wrap each prompt in the tokenizer's chat template", flag_values=values)
+    flags.DEFINE_bool("json", False, "print one JSON object per prompt", flag_values=values)
+
+
+COMMAND = cli.Command(
+    __doc__,
+    define_flags,
+    keys=(
+        "model.path",
+        "model.dtype",
+        "eval.max_new_tokens",
+        "eval.temperature",
+        "eval.top_p",
+        "eval.repetition_penalty",
+        "eval.batch_size",
+        "eval.seed",
+    ),
+)
+
+
+def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
+    e = config.eval
+    if not values.prompt:
+        raise ConfigError("--prompt is required: --prompt TEXT [--prompt TEXT ...]")
+    if e.max_new_tokens < 1 or e.temperature < 0 or not 0 < e.top_p <= 1 or e.repetition_penalty <= 0:
+        raise ConfigError(
+            "config keys 'eval': max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1 and repetition_penalty > 0; "
+            f"got {e.max_new_tokens}, {e.temperature}, {e.top_p}, {e.repetition_penalty}"
+        )
+    model = load_pretrained(config.model.path, dtype=config.model.dtype)
+    sampling = Sampling(e.temperature, e.top_p, e.repetition_penalty)
     completions = generate(
-        model,
-        args.prompt,
-        args.max_new_tokens,
-        Sampling(args.temperature, args.top_p, args.repetition_penalty),
-        chat=args.chat,
-        batch_size=args.batch_size,
-        seed=args.seed,
+        model, values.prompt, e.max_new_tokens, sampling, chat=values.chat, batch_size=e.batch_size, seed=e.seed
     )
-    for prompt, completion in zip(args.prompt, completions):
-        print(json.dumps({"prompt": prompt, "completion": completion}) if args.json else completion + "\n")
+    for prompt, completion in zip(values.prompt, completions):
+        print(json.dumps({"prompt": prompt, "completion": completion}) if values.json else completion + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.run(COMMAND, run_command, argv)
 
 
 if __name__ == "__main__":

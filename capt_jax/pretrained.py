@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from capt_jax.convert import SMOLLM2_ALIAS, converted_gguf, packaged_smollm2_gguf
+from capt_jax.errors import MissingFileError
 from capt_jax.model import ModelConfig, Params, forward
 from capt_jax.weights import load_params
 
@@ -48,13 +49,13 @@ def resolve_model_dir(path_or_id: str | Path) -> Path:
     if str(path_or_id) == SMOLLM2_ALIAS:
         return converted_gguf(packaged_smollm2_gguf())
     if path.exists() or str(path_or_id).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{path}: expected a model folder with config.json and *.safetensors, or a .gguf file")
+        raise MissingFileError(f"{path}: expected a model folder with config.json and *.safetensors, or a .gguf file")
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(str(path_or_id), allow_patterns=HUB_PATTERNS))
     except Exception as e:  # offline, unknown repo, gated model: say which and why
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path_or_id!r} is not a local folder, and downloading it from the Hugging Face hub "
             f"failed: {type(e).__name__}: {e}"
         ) from e

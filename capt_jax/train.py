@@ -1,4 +1,6 @@
-"""LoRA post-training: `python -m capt_jax.train --config configs/NAME.py [--config.key=value ...]`.
+"""LoRA post-training.
+
+    python -m capt_jax.train --config configs/NAME.py [--config.key=value ...]
 
 One jitted, donated, sharded step (loss, grads of the adapters only, AdamW update); orbax checkpoints with
 automatic resume; SIGTERM/Ctrl-C save before exiting; a non-finite loss stops the run and keeps the last good
@@ -11,7 +13,6 @@ import functools
 import math
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from capt_jax import checkpoint as ckpt
+from capt_jax import cli, tokenization
 from capt_jax.batches import (
     BatchStream,
     TokenizedSet,
@@ -36,20 +38,21 @@ from capt_jax.batches import (
     read_jsonl_pairs,
     tokenize_pairs,
 )
-from capt_jax.config import ConfigDict, ConfigError, load_config, mesh_shape, validate
-from capt_jax.data import DataError, abstract, training_data, training_examples
+from capt_jax.config import ConfigDict, ConfigError, mesh_shape, validate
+from capt_jax.data import abstract, training_data, training_examples
+from capt_jax.errors import CaptError, Interrupted
 from capt_jax.estimate import estimation_prompt, estimation_target
 from capt_jax.lora import init_lora, lora_scale, make_optimizer, warmup_cosine
 from capt_jax.metrics import MetricsWriter
 from capt_jax.model import ModelConfig, Params
 from capt_jax.objective import loss_sums, position_nll, row_coefficients
-from capt_jax.pretrained import Pretrained, load_pretrained
+from capt_jax.pretrained import load_pretrained
 from capt_jax.sharding import batch_sharding, make_mesh, placer, replicated, tree_shardings
 
 State = dict[str, Any]  # {"step", "lora", "opt", "rng"}: everything a checkpoint restores
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(CaptError, RuntimeError):
     pass
 
 
@@ -119,11 +122,6 @@ def training_pairs(config: ConfigDict) -> tuple[list[dict[str, str]], list[dict[
     pairs = read_jsonl_pairs(config.data.path)
     holdout = int(len(pairs) * config.data.holdout_fraction)
     return pairs[: len(pairs) - holdout], pairs[len(pairs) - holdout :]
-
-
-def pad_token_id(model: Pretrained) -> int:
-    tok = model.tokenizer
-    return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
 
 def make_train_step(
@@ -272,7 +270,7 @@ def train(config: ConfigDict) -> dict[str, float]:
         progress=lead,
     )
     model_config = model.config.replace(remat_policy=config.model.remat)
-    pad_id = pad_token_id(model)
+    pad_id = tokenization.pad_id(model.tokenizer, model.config.eos_token_ids)
     tokenize = functools.partial(
         tokenize_pairs,
         model.tokenizer,
@@ -387,9 +385,10 @@ def train(config: ConfigDict) -> dict[str, float]:
                 save(step + 1)
                 mgr.wait_until_finished()
                 bar.close()
-                if lead:
-                    print(f"{signal_name}: saved checkpoint at step {step + 1}; rerun the same command to resume")
-                sys.exit(143 if signal_name == "SIGTERM" else 130)
+                raise Interrupted(
+                    f"{signal_name}: saved checkpoint at step {step + 1}; rerun the same command to resume",
+                    143 if signal_name == "SIGTERM" else 130,
+                )
     bar.close()
     if heldout_set is not None:
         last["eval_loss"] = heldout_loss(eval_step, state["lora"], model.params, heldout_set, config, pad_id, mesh)
@@ -400,46 +399,36 @@ def train(config: ConfigDict) -> dict[str, float]:
     return last
 
 
-def parse_args(argv: list[str]) -> tuple[str, list[str]]:
-    """`--config PATH` plus any number of `--config.key=value` overrides."""
-    path, overrides, i = None, [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config" and i + 1 < len(argv):
-            path, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        elif arg.startswith("--config."):
-            overrides.append(arg)
-        else:
-            raise ConfigError(f"unexpected argument {arg!r}; usage: --config configs/NAME.py [--config.key=value ...]")
-        i += 1
-    if path is None:
-        raise ConfigError("usage: python -m capt_jax.train --config configs/NAME.py [--config.key=value ...]")
-    return path, overrides
+COMMAND = cli.Command(
+    __doc__,
+    keys=(
+        "workdir",
+        "model.path",
+        "model.dtype",
+        "model.remat",
+        "lora.rank",
+        "lora.alpha",
+        "lora.targets",
+        "data.kind",
+        "data.path",
+        "data.dataset",
+        "data.mode",
+        "data.n_train",
+        "data.estimation_weight",
+        "train.max_steps",
+        "train.batch_size",
+        "train.seq_len",
+        "train.learning_rate",
+        "checkpoint.every_steps",
+        "mesh.data",
+        "mesh.fsdp",
+        "mesh.tensor",
+    ),
+)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from capt_jax.batches import DataFileError
-    from capt_jax.model import ModelConfigError
-    from capt_jax.weights import WeightsError
-
-    try:
-        path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-        train(load_config(path, overrides))
-    except (
-        ConfigError,
-        DataError,
-        DataFileError,
-        ModelConfigError,
-        WeightsError,
-        ckpt.CheckpointError,
-        TrainingDiverged,
-        FileNotFoundError,
-    ) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli.run(COMMAND, lambda config, _: train(config), argv)
 
 
 if __name__ == "__main__":

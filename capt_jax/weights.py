@@ -18,6 +18,7 @@ import ml_dtypes
 import numpy as np
 from tqdm.auto import tqdm
 
+from capt_jax.errors import CaptError
 from capt_jax.model import ModelConfig, Params, param_shapes
 
 SAFETENSORS_DTYPES = {
@@ -52,7 +53,7 @@ _LAYER_MODULES = {
 _TOP_LEVEL = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight", "lm_head": "lm_head.weight"}
 
 
-class WeightsError(ValueError):
+class WeightsError(CaptError, ValueError):
     """A checkpoint that does not match its config: a tensor missing, misshapen or unreadable."""
 
 
@@ -120,8 +121,14 @@ class SafetensorsFolder:
         if dtype is None:
             raise WeightsError(f"{file}: tensor {name!r} has unsupported dtype {info['dtype']}")
         begin, end = info["data_offsets"]
+        size = file.stat().st_size
+        if data_start + end > size:  # a truncated download or copy
+            raise WeightsError(f"{file}: truncated: tensor {name!r} ends at byte {data_start + end} of {size}")
         raw = np.memmap(file, dtype=np.uint8, mode="r", offset=data_start + begin, shape=(end - begin,))
-        return raw.view(dtype).reshape(info["shape"])
+        try:
+            return raw.view(dtype).reshape(info["shape"])
+        except ValueError as e:
+            raise WeightsError(f"{file}: tensor {name!r}: {info['shape']} does not fit its {end - begin} bytes") from e
 
 
 def _leaf_paths(tree: Params) -> Iterator[tuple[tuple[str, ...], tuple[int, ...]]]:

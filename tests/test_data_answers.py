@@ -2,7 +2,8 @@
 
 import pytest
 
-from capt_jax.data import Example, format_target, parse_answer, score
+from capt_jax.data import Example, format_target, parse_answer
+from capt_jax.evaluate import score_split
 
 
 @pytest.mark.parametrize(
@@ -33,6 +34,6 @@ def test_score_counts_unparseable_as_wrong():
     examples = [
         Example(str(i), "prontoqa", "id", "p", "", answer) for i, answer in enumerate(["True", "False", "True"])
     ]
-    report = score(["<answer>True</answer>", "<answer>True</answer>", "no idea"], examples)
-    assert (report.total, report.correct, report.unparseable_ids) == (3, 1, ("2",))
-    assert report.accuracy == pytest.approx(1 / 3)
+    report, _ = score_split(examples, ["<answer>True</answer>", "<answer>True</answer>", "no idea"])
+    assert (report["n"], report["correct"], report["unparseable_ids"]) == (3, 1, ["2"])
+    assert report["accuracy"] == pytest.approx(1 / 3)

@@ -13,8 +13,13 @@ def no_shared_data(monkeypatch, tmp_path):
     monkeypatch.setenv("CAPT_DATA_DIR", str(tmp_path / "absent"))
 
 
+PRONTOQA = ["--config.data.dataset=prontoqa"]
+
+
 def test_show_json_lines(no_shared_data, capsys):
-    assert cli.main(["show", "--dataset", "prontoqa", "--mode", "random", "--n", "3", "--seed", "2", "--json"]) == 0
+    cli.main(
+        ["show", *PRONTOQA, "--config.data.mode=random", "--n", "3", "--config.data.intervention_seed=2", "--json"]
+    )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 3
     for line in lines:
@@ -25,39 +30,34 @@ def test_show_json_lines(no_shared_data, capsys):
 
 
 def test_show_ood_variant_as_text(no_shared_data, capsys):
-    assert (
-        cli.main(
-            [
-                "show",
-                "--dataset",
-                "prontoqa",
-                "--split",
-                "non",
-                "--mode",
-                "original",
-                "--n",
-                "1",
-                "--ontology",
-                "fictional",
-                "--hops",
-                "2",
-                "4",
-            ]
-        )
-        == 0
+    cli.main(
+        [
+            "show",
+            *PRONTOQA,
+            "--split",
+            "non",
+            "--config.data.mode=original",
+            "--n",
+            "1",
+            "--config.data.prontoqa_ontology=fictional",
+            "--config.data.prontoqa_hops=2,4",
+        ]
     )
     out = capsys.readouterr().out
     assert "(non, non) ===" in out and "--- prompt ---\nGiven facts:" in out and "--- target ---\n<think>" in out
 
 
 def test_show_reports_missing_files(capsys, tmp_path):
-    assert cli.main(["show", "--dataset", "prontoqa", "--data-dir", str(tmp_path), "--mode", "null", "--n", "1"]) == 2
-    assert "error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["show", *PRONTOQA, f"--config.data.data_dir={tmp_path}", "--config.data.mode=null", "--n", "1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "prontoqa.json: data file not found" in err
 
 
 def test_report_generator_settings(no_shared_data, monkeypatch, capsys):
     monkeypatch.setattr(cli, "REPORT_GENERATOR_SETTINGS", [("true", 3, 0), ("fictional", (2, 4), 1)])
-    assert cli.main(["report"]) == 0
+    cli.main(["report"])
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         "generator ontology=true hops=3 seed=0: 500/500 valid, invalid rate 0.00%",
@@ -86,23 +86,16 @@ def test_pipeline_from_config(no_shared_data):
 
 def test_export_writes_training_jsonl(no_shared_data, tmp_path, capsys):
     out = tmp_path / "pairs.jsonl"
-    assert (
-        cli.main(
-            [
-                "export",
-                "--dataset",
-                "prontoqa",
-                "--mode",
-                "random",
-                "--n-train",
-                "20",
-                "--copies",
-                "4",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
+    cli.main(
+        [
+            "export",
+            *PRONTOQA,
+            "--config.data.mode=random",
+            "--config.data.n_train=20",
+            "--config.data.copies=4",
+            "--out",
+            str(out),
+        ]
     )
     pairs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(pairs) == 80 and all(set(p) == {"prompt", "completion"} for p in pairs)
@@ -110,10 +103,10 @@ def test_export_writes_training_jsonl(no_shared_data, tmp_path, capsys):
 
 
 def test_show_prints_every_test_question_with_its_split(no_shared_data, capsys):
-    args = ["show", "--dataset", "prontoqa", "--mode", "null", "--n", "0", "--json", "--split"]
-    assert cli.main([*args, "id"]) == 0
+    args = ["show", *PRONTOQA, "--config.data.mode=null", "--n", "0", "--json", "--split"]
+    cli.main([*args, "id"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 400 and {line["split"] for line in lines} == {"id"}
-    assert cli.main([*args, "train"]) == 0
+    cli.main([*args, "train"])
     trained = {json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()}
     assert len(trained) == 100 and not trained & {line["id"] for line in lines}

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 import capt_jax
-from capt_jax.generate import Sampling, bucket, decode, length_bucket, sample_next
+from capt_jax.generate import Sampling, decode, sample_next
 from capt_jax.model import KVCache, forward
+from capt_jax.tokenization import bucket, length_bucket
 
 
 def test_cached_decoding_equals_full_recomputation(tiny_llama_dir):

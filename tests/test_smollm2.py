@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import capt_jax
-from capt_jax.generate import chat_prompt, generate, main
+from capt_jax.generate import generate, main
+from capt_jax.tokenization import chat_prompt
 
 PROMPTS = [
     "A wumpus is a cat. Every cat is a mammal. Is the wumpus a mammal? Answer Yes or No.",
@@ -50,11 +51,9 @@ def test_greedy_generation_matches_transformers(models):
 def test_cli_prints_one_completion_per_prompt(smollm2_dir, capsys):
     main(
         [
-            "--model",
-            str(smollm2_dir),
+            f"--config.model.path={smollm2_dir}",
             "--chat",
-            "--max-new-tokens",
-            "6",
+            "--config.eval.max_new_tokens=6",
             "--json",
             "--prompt",
             PROMPTS[1],

@@ -19,7 +19,7 @@ from .abstraction import (
     original_names,
     validity_report,
 )
-from .answers import AnswerReport, answer_instruction, format_target, parse_answer, score
+from .answers import answer_instruction, format_target, parse_answer
 from .config import default_data_config, load_options, paper_data_config
 from .example import Abstraction, DataError, Example
 from .intervention import MODES, Intervened, intervene, render_examples, training_pairs
@@ -33,7 +33,6 @@ __all__ = [
     "MODES",
     "SPLITS",
     "Abstraction",
-    "AnswerReport",
     "DataError",
     "Example",
     "Intervened",
@@ -58,7 +57,6 @@ __all__ = [
     "parse_answer",
     "render",
     "render_examples",
-    "score",
     "split",
     "test_examples",
     "test_sets",

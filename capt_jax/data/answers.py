@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from collections.abc import Iterable, Sequence
 
-from .example import LABELS, Example
+from .example import LABELS
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.IGNORECASE | re.DOTALL)
 
@@ -42,30 +40,3 @@ def parse_answer(text: str, dataset: str) -> str | None:
     if match is None:
         return None
     return next(label for label in labels if label.lower() == match.group(1).lower())
-
-
-@dataclasses.dataclass(frozen=True)
-class AnswerReport:
-    """Accuracy over replies; unparseable replies count as wrong and are listed."""
-
-    total: int
-    correct: int
-    unparseable_ids: tuple[str, ...]
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.total if self.total else 0.0
-
-
-def score(replies: Sequence[str], examples: Iterable[Example]) -> AnswerReport:
-    """Compare model replies with the examples' answers, in order."""
-    examples = list(examples)
-    if len(replies) != len(examples):
-        raise ValueError(f"{len(replies)} replies for {len(examples)} examples")
-    correct, unparseable = 0, []
-    for reply, example in zip(replies, examples):
-        parsed = parse_answer(reply, example.dataset)
-        if parsed is None:
-            unparseable.append(example.id)
-        correct += parsed == example.answer
-    return AnswerReport(len(examples), correct, tuple(unparseable))

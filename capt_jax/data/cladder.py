@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from capt_jax.errors import MissingFileError
+
 from .example import DataError, Example, require, require_str
 from .files import read_json, read_yaml
 
@@ -73,7 +75,7 @@ def question_file(folder: Path, variant: str) -> Path:
     for name in QUESTION_FILES[canonical_variant(variant)]:
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no CLadder {variant} question file in {folder}; looked for {QUESTION_FILES[canonical_variant(variant)]}"
     )
 
@@ -158,7 +160,7 @@ def load_cladder_hub(
                     return Path(hf_hub_download(repo_id, candidate, repo_type="dataset"))
                 except Exception as err:  # noqa: BLE001 - try the next spelling
                     errors.append(f"{candidate}: {err}")
-        raise FileNotFoundError(f"none of {names} in hub dataset {repo_id}: {errors}")
+        raise MissingFileError(f"none of {names} in hub dataset {repo_id}: {errors}")
 
     variant = canonical_variant(variant)
     questions = fetch(name for name in QUESTION_FILES[variant] if name.startswith("cladder-v1"))

@@ -6,13 +6,15 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from capt_jax.errors import CaptError
+
 from .render import Term
 
 DATASETS = ("cladder", "prontoqa")
 LABELS = {"cladder": ("Yes", "No"), "prontoqa": ("True", "False")}
 
 
-class DataError(ValueError):
+class DataError(CaptError, ValueError):
     """Bad input data, located precisely enough to fix it by hand."""
 
     def __init__(self, file: str, record: str | int | None, field: str | None, problem: str):

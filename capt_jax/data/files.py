@@ -8,12 +8,14 @@ from typing import Any
 
 import yaml
 
+from capt_jax.errors import MissingFileError
+
 from .example import DataError
 
 
 def read_json(path: str | Path) -> Any:
-    """Parse a JSON file; malformed JSON becomes a DataError naming the file."""
-    path = Path(path)
+    """Parse a JSON file; a missing file or malformed JSON is an error naming the file."""
+    path = _existing(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -21,9 +23,16 @@ def read_json(path: str | Path) -> Any:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file; malformed YAML becomes a DataError naming the file."""
-    path = Path(path)
+    """Parse a YAML file; a missing file or malformed YAML is an error naming the file."""
+    path = _existing(path)
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise DataError(str(path), None, None, f"malformed YAML: {err}") from err
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: data file not found")
+    return path

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import ml_collections
+
+from capt_jax.errors import ConfigError
 
 from .config import load_options
 from .example import Example
 from .intervention import training_pairs
 from .sources import SPLITS, TestSplit, load_examples, test_sets
-from .splits import split
+from .splits import SplitError, split
 
 
 def training_examples(config: ml_collections.ConfigDict) -> list[Example]:
     """The first n_train examples of the shuffled training 90% of the configured dataset."""
     examples = load_examples(config.dataset, config.variant, config.data_dir, config.data_file, **load_options(config))
-    train, _ = split(examples, config.n_train, config.split_seed, config.test_fraction)
+    with _n_train_named():
+        train, _ = split(examples, config.n_train, config.split_seed, config.test_fraction)
     return train
 
 
@@ -29,18 +33,28 @@ def training_data(config: ml_collections.ConfigDict) -> list[dict[str, str]]:
 
 def test_examples(config: ml_collections.ConfigDict, splits: Sequence[str] = SPLITS) -> dict[str, TestSplit]:
     """The configured dataset's test splits, free of training questions unless data.keep_overlap."""
-    return test_sets(
-        config.dataset,
-        config.data_dir,
-        config.data_file,
-        splits=splits,
-        n_train=config.n_train,
-        split_seed=config.split_seed,
-        test_fraction=config.test_fraction,
-        ood_seed=config.ood_seed,
-        keep_overlap=config.keep_overlap,
-        **load_options(config),
-    )
+    with _n_train_named():
+        return test_sets(
+            config.dataset,
+            config.data_dir,
+            config.data_file,
+            splits=splits,
+            n_train=config.n_train,
+            split_seed=config.split_seed,
+            test_fraction=config.test_fraction,
+            ood_seed=config.ood_seed,
+            keep_overlap=config.keep_overlap,
+            **load_options(config),
+        )
 
 
 test_examples.__test__ = False  # a library function, not a pytest test
+
+
+@contextlib.contextmanager
+def _n_train_named() -> Iterator[None]:
+    """A file too small for the configured split is a mistake in data.n_train (or in the file)."""
+    try:
+        yield
+    except SplitError as e:
+        raise ConfigError(f"config key 'data.n_train': {e}") from None

@@ -18,6 +18,12 @@ from .example import Example
 from .render import SLOT
 
 T = TypeVar("T")
+
+
+class SplitError(ValueError):
+    """A split the file is too small for."""
+
+
 _SPACE = re.compile(r"\s+")
 
 
@@ -34,7 +40,7 @@ def split(
     n_test = math.ceil(test_fraction * len(items))
     pool, test = items[: len(items) - n_test], items[len(items) - n_test :]
     if n_train > len(pool):
-        raise ValueError(f"n_train={n_train} exceeds the {len(pool)} examples outside the test set")
+        raise SplitError(f"n_train={n_train} exceeds the {len(pool)} examples outside the test set")
     return pool[:n_train], test
 
 

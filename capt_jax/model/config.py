@@ -10,11 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from capt_jax.errors import CaptError
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(CaptError, ValueError):
     """A config.json that this port cannot run (unsupported architecture, missing or bad field)."""
 
 
