@@ -103,8 +103,8 @@ def run(command: Command, body: Body, argv: Sequence[str] | None = None) -> None
     except CaptError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except Interrupted as e:
-        print(e, file=sys.stderr)
+    except Interrupted as e:  # not an error: said on stdout, with the signal's exit code
+        print(e)
         raise SystemExit(e.exit_code) from None
 
 
