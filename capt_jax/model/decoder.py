@@ -1,9 +1,11 @@
 """The Llama/Qwen2 decoder as a Flax Linen module, and the pure functions the rest of capt_jax calls.
 
-Why Linen rather than NNX: `init` and `apply` are already pure functions over variable collections, which is
-what jit, grad, orbax and the loader want, and on the training step the two compile the same program. Measured
-on SmolLM2-135M (docs/PERFORMANCE.md, "Linen or NNX"), NNX's split/merge and graph traversal only add tracing
-time; neither step time nor XLA compile time differs beyond noise.
+Why Linen rather than NNX: speed does not decide it. On the SmolLM2-135M LoRA step (benchmarks/linen_vs_nnx.py,
+docs/PERFORMANCE.md "Linen or NNX") the two compile the same program: 3.04 vs 3.03 s of XLA compile, 5.75 vs
+5.78 s per CPU step, and 0.21 vs 0.18 s of tracing. What decides it is the interface: Linen's `init` and `apply`
+are pure functions of plain dicts of arrays, which is what the safetensors loader, optax, orbax checkpoints
+and export already exchange; NNX needs split, merge and pure-dict conversion at each of those boundaries, and
+inside jit and grad its transforms require the merged state to be re-created at the current trace level.
 
 Variables keep the Hugging Face layout (`weight` is [out, in]), so loading, merging LoRA and exporting need no
 transposes. The layers are one `Block` under `nn.scan` (stacked on a leading "layers" axis, rematerialised by
