@@ -328,9 +328,8 @@ def train(config: ConfigDict) -> dict[str, float]:
     trainable_axes = overlay(
         lora_axes(architecture, tuple(config.lora.targets)), nest((p, base_axes[p]) for p in extra_paths)
     )
-    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0), extras)
-    state_axes = {"step": P(), "lora": trainable_axes, "opt": mirrored_axes(abstract["opt"], flat(trainable_axes))}
-    state_shardings = layout.shardings({**state_axes, "rng": P()})
+    opt_axes = mirrored_axes(jax.eval_shape(init_state, jax.random.PRNGKey(0), extras)["opt"], flat(trainable_axes))
+    state_shardings = layout.shardings({"step": P(), "lora": trainable_axes, "opt": opt_axes, "rng": P()})
     state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed), extras)
     base_shardings = jax.tree.map(lambda x: x.sharding, model.params)
     train_step = jax.jit(
