@@ -87,9 +87,11 @@ def port_cases() -> list[tuple[str, str, list[str]]]:
     train = ["train", "--model", "smollm2", "--dtype", "float32", "--batch", "4", "--seq", "256", "--lora-rank", "16"]
     compile_3b = [sys.executable, str(REPO / "benchmarks" / "compile_step.py"), "--arch", "qwen2.5-3b"]
     compile_3b += ["--dtype", "bfloat16", "--batch", "8", "--seq", "1024", "--lora-rank", "64"]
+    generate = ["generate", "--model", "smollm2", "--dtype", "float32", "--batch", "4", "--prompt-len", "64"]
     return [
         ("train smollm2-135m f32 4x256 r16", "capt_jax", BENCH + train),
         ("compile qwen2.5-3b bf16 8x1024 r64", "capt_jax", compile_3b),
+        ("generate smollm2-135m f32 b4 p64 n32", "capt_jax", BENCH + generate + ["--new-tokens", "32"]),
     ]
 
 
@@ -181,29 +183,38 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+UNIT = {"train": "step", "generate": "call"}  # what a bench times; "compile" results time only the compile
+
+
 def port_table(results: list[dict]) -> str:
-    """Per case, the current code against its `@REF` run (the fastest of each when rounds repeat): step time for
-    train cases, compile time for all."""
+    """Per case, the current code against its `@REF` run (the fastest of each when rounds repeat): step (or
+    generate call) time where there is one, compile time for all."""
+
+    def seconds(r: dict) -> float:
+        return r.get(f"{UNIT.get(r['bench'], '')}_time_s", r["compile_s"])
+
     by_case: dict[tuple[str, str], dict] = {}
     for r in results:
         key = (r["group"], r["label"])
-        old = by_case.get(key)
-        if old is None or r.get("step_time_s", r["compile_s"]) < old.get("step_time_s", old["compile_s"]):
+        if key not in by_case or seconds(r) < seconds(by_case[key]):
             by_case[key] = r
     rows = [
-        "| case | run | step ms (min-max) | CPU s/step | compile s | tracing s | peak GiB | first loss | vs before |",
+        "| case | run | step or call ms (min-max) | CPU s/step | compile s | tracing s | peak GiB | first loss "
+        "| vs before |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (group, label), r in by_case.items():
         before = next((b for (g, lb), b in by_case.items() if g == group and "@" in lb and "@" not in label), None)
-        step = "-"
-        if "step_time_s" in r:
-            step = f"{1e3 * r['step_time_s']:.0f} ({1e3 * r['step_time_min_s']:.0f}-{1e3 * r['step_time_max_s']:.0f})"
-        cpu = f"{r['cpu_time_per_step_s']:.2f}" if "cpu_time_per_step_s" in r else "-"
+        unit = UNIT.get(r["bench"])
+        step = cpu = "-"
+        if unit:
+            low, high = 1e3 * r[f"{unit}_time_min_s"], 1e3 * r[f"{unit}_time_max_s"]
+            step = f"{1e3 * r[f'{unit}_time_s']:.0f} ({low:.0f}-{high:.0f})"
+            cpu = f"{r[f'cpu_time_per_{unit}_s']:.2f}"
         loss = f"{r['first_loss']:.4f}" if r.get("first_loss") is not None else "-"
         ratios = []
-        if before is not None and "step_time_s" in r:
-            ratios.append(f"step {r['step_time_s'] / before['step_time_s']:.3f}x")
+        if before is not None and unit:
+            ratios.append(f"{unit} {r[f'{unit}_time_s'] / before[f'{unit}_time_s']:.3f}x")
         if before is not None:
             ratios.append(f"compile {r['compile_s'] / before['compile_s']:.3f}x")
         rows.append(

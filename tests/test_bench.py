@@ -104,6 +104,7 @@ def test_port_table_compares_each_case_with_its_before_run():
     from compare import port_table
 
     train = {"bench": "train", "group": "t", "step_time_min_s": 1.0, "step_time_max_s": 1.2, "lower_s": 0.5}
+    train.update(cpu_time_per_step_s=2.0)
     compile_ = {"bench": "compile", "group": "c", "lower_s": 1.0}
     rows = [
         {**train, "label": "capt_jax @abc", "step_time_s": 2.0, "compile_s": 4.0},
