@@ -5,9 +5,13 @@ and prints one markdown table from their last-line JSON.
     python benchmarks/compare.py --preset cpu  --out cpu.jsonl            # SmolLM2-135M, float32 (docs/PERFORMANCE.md)
     python benchmarks/compare.py --preset h100 --only train --out gpu.jsonl
     python benchmarks/compare.py --table cpu.jsonl                        # the table again, from saved results
+    python benchmarks/compare.py --preset port --before bccce74 --rounds 3 --out port.jsonl   # before vs after
 
 Every run's JSON is appended to --out. With several rounds the table shows, per case, the fastest run. On a
 CPU the MFU denominator is measured once here (a 2048^3 matmul) and passed to every run.
+
+`--before REF` also runs every capt_jax case on the code at git commit REF (unpacked once under .cache/ with
+`git archive`), interleaved with the current code, and the table compares each case with its REF run.
 """
 
 from __future__ import annotations
@@ -77,7 +81,21 @@ def parity_cases() -> list[tuple[str, str, list[str]]]:
     ]
 
 
-PRESETS = {"cpu": cpu_cases, "h100": gpu_cases, "parity": parity_cases}
+def port_cases() -> list[tuple[str, str, list[str]]]:
+    """Before vs after the Flax port (with --before bccce74): the train step on the real SmolLM2-135M weights, and
+    compiling the 36-layer Qwen2.5-3B step on abstract weights (its random weights do not fit a 24 GiB host)."""
+    train = ["train", "--model", "smollm2", "--dtype", "float32", "--batch", "4", "--seq", "256", "--lora-rank", "16"]
+    compile_3b = [sys.executable, str(REPO / "benchmarks" / "compile_step.py"), "--arch", "qwen2.5-3b"]
+    compile_3b += ["--dtype", "bfloat16", "--batch", "8", "--seq", "1024", "--lora-rank", "64"]
+    generate = ["generate", "--model", "smollm2", "--dtype", "float32", "--batch", "4", "--prompt-len", "64"]
+    return [
+        ("train smollm2-135m f32 4x256 r16", "capt_jax", BENCH + train),
+        ("compile qwen2.5-3b bf16 8x1024 r64", "capt_jax", compile_3b),
+        ("generate smollm2-135m f32 b4 p64 n32", "capt_jax", BENCH + generate + ["--new-tokens", "32"]),
+    ]
+
+
+PRESETS = {"cpu": cpu_cases, "h100": gpu_cases, "parity": parity_cases, "port": port_cases}
 
 # "retain": one arena, no mmap, no trimming, so freed pages are reused instead of returned to the kernel and
 # faulted in again. XLA:CPU allocates each step's temporaries afresh (one block of GiBs) and pays ~0.5 million
@@ -97,9 +115,21 @@ def measure_cpu_peak(pin: list[str]) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def run_case(argv: list[str], timeout: float, env: dict[str, str]) -> dict | None:
+def before_tree(ref: str) -> Path:
+    """The code at git commit `ref`, unpacked once under .cache/ (a plain copy: no worktree to register)."""
+    folder = REPO / ".cache" / f"before-{ref}"
+    if not (folder / "capt_jax").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def run_case(argv: list[str], timeout: float, env: dict[str, str], tree: Path = REPO) -> dict | None:
+    """One benchmark process on the code in `tree` (its cwd and first import path)."""
     began = time.perf_counter()
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env})
+    env = {**os.environ, "PYTHONPATH": str(tree), "CAPT_JAX_CACHE": str(REPO / ".cache"), **env}
+    proc = subprocess.run(argv, cwd=tree, capture_output=True, text=True, timeout=timeout, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode or not lines or not lines[-1].startswith("{"):
         print(f"FAILED ({proc.returncode}): {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -153,6 +183,47 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+UNIT = {"train": "step", "generate": "call"}  # what a bench times; "compile" results time only the compile
+
+
+def port_table(results: list[dict]) -> str:
+    """Per case, the current code against its `@REF` run (the fastest of each when rounds repeat): step (or
+    generate call) time where there is one, compile time for all."""
+
+    def seconds(r: dict) -> float:
+        return r.get(f"{UNIT.get(r['bench'], '')}_time_s", r["compile_s"])
+
+    by_case: dict[tuple[str, str], dict] = {}
+    for r in results:
+        key = (r["group"], r["label"])
+        if key not in by_case or seconds(r) < seconds(by_case[key]):
+            by_case[key] = r
+    rows = [
+        "| case | run | step or call ms (min-max) | CPU s/step | compile s | tracing s | peak GiB | first loss "
+        "| vs before |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (group, label), r in by_case.items():
+        before = next((b for (g, lb), b in by_case.items() if g == group and "@" in lb and "@" not in label), None)
+        unit = UNIT.get(r["bench"])
+        step = cpu = "-"
+        if unit:
+            low, high = 1e3 * r[f"{unit}_time_min_s"], 1e3 * r[f"{unit}_time_max_s"]
+            step = f"{1e3 * r[f'{unit}_time_s']:.0f} ({low:.0f}-{high:.0f})"
+            cpu = f"{r[f'cpu_time_per_{unit}_s']:.2f}"
+        loss = f"{r['first_loss']:.4f}" if r.get("first_loss") is not None else "-"
+        ratios = []
+        if before is not None and unit:
+            ratios.append(f"{unit} {r[f'{unit}_time_s'] / before[f'{unit}_time_s']:.3f}x")
+        if before is not None:
+            ratios.append(f"compile {r['compile_s'] / before['compile_s']:.3f}x")
+        rows.append(
+            f"| {group} | {label} | {step} | {cpu} | {r['compile_s']:.1f} | "
+            f"{r['lower_s']:.1f} | {fmt_gib(r)} | {loss} | {', '.join(ratios) or '-'} |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=list(PRESETS), default="cpu")
@@ -164,6 +235,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--extra", default="", help="extra arguments for every run, e.g. '--steps 12'")
     parser.add_argument("--taskset", default=None, help="pin every run to these CPUs (taskset -c), e.g. 1")
+    parser.add_argument("--before", default=None, help="also run the capt_jax cases on this git commit")
     parser.add_argument(
         "--malloc", choices=list(MALLOC_SETTINGS), default="default",
         help="glibc malloc settings for both sides' processes (see MALLOC_SETTINGS)",
@@ -172,26 +244,34 @@ def main(argv=None) -> None:
 
     if args.table is not None:
         results = [json.loads(line) for f in args.table for line in Path(f).read_text().splitlines() if line.strip()]
-        print(table(results))
+        print(port_table(results) if any("@" in r["label"] for r in results) else table(results))
         return
-    cases = [c for c in PRESETS[args.preset]() if all(s in f"{c[0]} {c[1]}" for s in args.only)]
+    cases = [(*c, REPO) for c in PRESETS[args.preset]() if all(s in f"{c[0]} {c[1]}" for s in args.only)]
+    if args.before:
+        tree = before_tree(args.before)
+        cases = [
+            twin
+            for group, label, cmd, here in cases
+            for twin in ([(group, f"{label} @{args.before}", cmd, tree)] if label.startswith("capt_jax") else [])
+            + [(group, label, cmd, here)]
+        ]
     extra = args.extra.split()
     if args.dry_run:
-        for group, label, cmd in cases:
-            print(f"[{group} | {label}] {' '.join(cmd + extra)}")
+        for group, label, cmd, tree in cases:
+            print(f"[{group} | {label}] (in {tree}) {' '.join(cmd + extra)}")
         return
     peak = []
     pin = ["taskset", "-c", args.taskset] if args.taskset else []
-    if args.preset == "cpu":
+    if args.preset == "cpu" and not args.before:
         peak = ["--peak-flops", f"{measure_cpu_peak(pin):.4g}"]
         print(f"CPU MFU denominator (best 2048^3 float32 matmul): {float(peak[1]) / 1e9:.0f} GFLOP/s", flush=True)
     results = []
     for round_ in range(args.rounds):
-        for group, label, cmd in cases:
+        for group, label, cmd, tree in cases:
             print(f"round {round_ + 1}/{args.rounds}: {group} | {label}", flush=True)
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
             env = MALLOC_SETTINGS[args.malloc]
-            r = run_case(pin + cmd + peak + extra, args.timeout, env)
+            r = run_case(pin + cmd + peak + extra, args.timeout, env, tree)
             if r is None:
                 continue
             command = " ".join([f"{k}={v}" for k, v in env.items()] + pin + ["python"] + cmd[1:] + peak + extra)
@@ -203,7 +283,12 @@ def main(argv=None) -> None:
             if args.out:
                 with open(args.out, "a") as f:
                     f.write(json.dumps(r) + "\n")
-            print(f"  {r['tokens_per_second']:,.0f} tokens/s", flush=True)
+            done = [f"{r['tokens_per_second']:,.0f} tokens/s"] if "tokens_per_second" in r else []
+            done += [f"compile {r['compile_s']:.1f} s"] if "compile_s" in r else []
+            print(f"  {', '.join(done)}", flush=True)
+    if args.before:
+        print(port_table(results))
+        return
     print(table(results))
     ratios: dict[str, dict[str, float]] = {}  # best tokens/s of each capt_jax case over the best peer case's
     for group in dict.fromkeys(r["group"] for r in results):

@@ -444,9 +444,10 @@ def load_model(args: argparse.Namespace):
         hf, source=f"--arch {args.arch}", dtype=args.dtype, attention_impl=attention,
         remat_policy=getattr(args, "remat", "none"),
     )  # fmt: skip
-    # Jitted so the float32 draws fuse into the cast: no float32 copy of the weights ever exists on the device.
-    init = jax.jit(init_params, static_argnums=(0, 2))
-    params = jax.block_until_ready(init(cfg.replace(remat_policy="none"), jax.random.PRNGKey(args.seed), args.dtype))
+    # init_params is jitted: the float32 draws fuse into the cast, so no float32 copy of the weights ever exists.
+    params = jax.block_until_ready(
+        init_params(cfg.replace(remat_policy="none"), jax.random.PRNGKey(args.seed), args.dtype)
+    )
     return cfg, params, args.arch
 
 
@@ -468,7 +469,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
 
     from capt_jax.config import default_config
     from capt_jax.lora import init_lora, make_optimizer, warmup_cosine
-    from capt_jax.model.decoder import attention_implementation
+    from capt_jax.model.attention import attention_implementation
     from capt_jax.train import make_train_step
 
     if args.prng_impl != "default":
@@ -541,7 +542,7 @@ def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     jax = _jax()
 
     from capt_jax.generate import Sampling, decode
-    from capt_jax.model.decoder import attention_implementation
+    from capt_jax.model.attention import attention_implementation
 
     cfg, params, name = load_model(args)
     prompt, _ = token_batch(args.seed, args.batch, args.prompt_len, cfg.vocab_size)

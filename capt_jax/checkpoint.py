@@ -1,8 +1,13 @@
 """Orbax checkpoints of the trainable state under {workdir}/checkpoints/<step>/.
 
-A checkpoint holds the LoRA params, optimizer state, step and RNG (the `state` item) plus JSON metadata:
-the data position and what export needs (LoRA rank/alpha/targets, base model path). The frozen base is never
-saved: it is re-read from model.path. Saves are async; the manager keeps the last `keep`.
+A checkpoint holds the trainable tree (LoRA params and any extra trained leaves), optimizer state, step and RNG
+(the `state` item) plus JSON metadata: the data position, what export needs (LoRA rank/alpha/targets, base
+model path) and `state_layout`. The frozen base is never saved: it is re-read from model.path. Saves are async;
+the manager keeps the last `keep`.
+
+State layouts: 1 (no `state_layout` key) was written before the Flax port, with one AdamW over all adapters
+inside multi_transform({"lora", "frozen"}); 2 clips first, then keeps one AdamW per optax label (lora_a, lora_b,
+extra). The adapters themselves are stored identically in both, so export and evaluation read either.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from capt_jax.errors import CaptError
+
+STATE_LAYOUT = 2
 
 
 class CheckpointError(CaptError, ValueError):
@@ -41,6 +48,7 @@ def manager(workdir: str, keep: int = 3, async_save: bool = True, read_only: boo
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]) -> None:
+    meta = {**meta, "state_layout": STATE_LAYOUT}
     mgr.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
     )
@@ -51,15 +59,25 @@ def restore(mgr: ocp.CheckpointManager, like: Any, step: int | None = None) -> t
     step = mgr.latest_step() if step is None else step
     if step is None:
         return None
+    where = f"{mgr.directory}/{step}"
+    layout = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta.get("state_layout", 1)
+    if layout != STATE_LAYOUT:
+        raise CheckpointError(
+            f"{where}: written by capt_jax before the Flax port (state layout {layout}, this version writes "
+            f"{STATE_LAYOUT}): its optimizer state is one AdamW over all adapters, while training now keeps one "
+            "AdamW per optax label (lora_a, lora_b, extra), so it cannot be resumed. Its adapters still export "
+            "and evaluate (python -m capt_jax.export / capt_jax.evaluate); to resume it, use capt_jax at commit "
+            "bccce74, or start a new workdir"
+        )
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
     try:
         restored = mgr.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         )
-    except Exception as e:  # a checkpoint from another model, rank or targets: say where and what
+    except Exception as e:  # a checkpoint from another model, rank, targets or extras: say where and what
         raise CheckpointError(
-            f"{checkpoint_dir(str(mgr.directory.parent))}/{step}: cannot be restored into this run "
-            f"(different model, LoRA rank or targets?): {type(e).__name__}: {e}"
+            f"{where}: cannot be restored into this run (different model, lora.rank, lora.targets or "
+            f"lora.extra_trainable?): {type(e).__name__}: {e}"
         ) from e
     return restored.state, dict(restored.meta)
 
@@ -77,7 +95,8 @@ def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any
 
 
 def restore_adapters(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """LoRA params (on the default device) and metadata from a checkpoint, for export and evaluation."""
+    """The trainable tree (adapters, plus any extra trained leaves; on the default device) and metadata from a
+    checkpoint of either state layout, for export and evaluation."""
     step, meta = read_meta(workdir, step)
     mgr = manager(workdir, read_only=True)
     try:

@@ -22,6 +22,8 @@ from capt_jax.data.config import default_data_config
 from capt_jax.data.estimates import FORMS
 from capt_jax.errors import ConfigError
 from capt_jax.model.decoder import PROJECTIONS, REMAT_POLICIES
+from capt_jax.model.layers import LOGICAL_AXES
+from capt_jax.sharding import AXES
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -44,6 +46,10 @@ def default_config() -> ConfigDict:
     c.lora.alpha = 128.0
     c.lora.dropout = 0.1
     c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+    c.lora.b_lr_ratio = 1.0  # LoRA+: B's learning rate over A's (1.0: plain LoRA, as in the paper)
+    # Base leaves trained in full next to the adapters, e.g. ("layers.input_norm", "layers.q_proj.bias"); norms and
+    # biases only (capt_jax.lora.EXTRA_CANDIDATES). Empty: the paper's adapters-only training.
+    c.lora.extra_trainable = ()
 
     # CLadder / PrOntoQA fields (dataset, mode, n_train, copies, ...) are documented in capt_jax.data.config.
     c.data = default_data_config()
@@ -100,6 +106,22 @@ def default_config() -> ConfigDict:
     c.mesh.data = -1  # -1: every device not used by fsdp/tensor
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    # Logical axis -> mesh axes, in order of precedence (an array uses each mesh axis once): weights split their
+    # embed dimension over fsdp and their heads/MLP/vocabulary dimension over tensor (column-parallel q/k/v/gate/up,
+    # row-parallel o/down); activations split rows over data x fsdp and heads/MLP over tensor. See capt_jax.sharding.
+    c.mesh.rules = (
+        ("batch", ("data", "fsdp")),
+        ("vocab", "tensor"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("mlp", "tensor"),
+        ("embed", "fsdp"),
+        ("length", None),
+        ("head_dim", None),
+        ("layers", None),
+        ("norm", None),
+        ("lora_rank", None),
+    )
 
     c.distributed = ConfigDict()
     c.distributed.initialize = "auto"  # auto (when a cluster environment is detected) | always | never
@@ -280,6 +302,20 @@ def mesh_shape(config: ConfigDict, device_count: int) -> dict[str, int]:
     return {"data": data, "fsdp": fsdp, "tensor": tensor}
 
 
+def check_rules(rules: Any) -> None:
+    """mesh.rules: pairs (logical axis, mesh axis | tuple of mesh axes | None), with names known on both sides."""
+    for rule in rules:
+        ok = isinstance(rule, (tuple, list)) and len(rule) == 2 and rule[0] in LOGICAL_AXES
+        if ok:
+            mesh_axes = (rule[1],) if isinstance(rule[1], str) else (rule[1] or ())
+            ok = isinstance(mesh_axes, (tuple, list)) and all(a in AXES for a in mesh_axes)
+        if not ok:
+            raise ConfigError(
+                f"config key 'mesh.rules': {rule!r} is not a (logical axis, mesh axes) pair; logical axes are "
+                f"{list(LOGICAL_AXES)}, mesh axes {list(AXES)} (one, a tuple of them, or None)"
+            )
+
+
 def validate(config: ConfigDict, device_count: int) -> None:
     """Every check that needs no model: run before loading weights or compiling anything."""
     validate_eval(config)
@@ -309,6 +345,11 @@ def validate(config: ConfigDict, device_count: int) -> None:
         "data.estimation_weight",
     ):
         _positive(config, key, allow_zero=True)
+    _positive(config, "lora.b_lr_ratio")
+    check_rules(config.mesh.rules)
+    from capt_jax.lora import extra_trainable_paths  # lora imports this module for ConfigError
+
+    extra_trainable_paths(config.lora.extra_trainable)
     if not 0 <= config.lora.dropout < 1:
         raise ConfigError(f"config key 'lora.dropout': {config.lora.dropout} must be in [0, 1)")
     if not 0 <= config.data.holdout_fraction < 1:

@@ -31,7 +31,7 @@ from capt_jax import cli
 from capt_jax.config import ConfigDict
 from capt_jax.convert import SMOLLM2_ALIAS
 from capt_jax.errors import CaptError
-from capt_jax.lora import lora_scale, merge_lora
+from capt_jax.lora import flat, lora_scale, merge_lora, split_trainable
 from capt_jax.model import ModelConfig, Params, param_shapes
 from capt_jax.pretrained import resolve_model_dir
 from capt_jax.weights import hf_state_dict, hf_tensor_name, load_params, save_safetensors
@@ -127,17 +127,26 @@ def find_base(base_model: str, source: str) -> Path:
         ) from e
 
 
-def check_adapters(adapters: Params, config: ModelConfig, rank: int, source: str, folder: Path) -> None:
-    """Adapters trained on another model would fail deep inside a matmul; say which tensor and which base."""
-    shapes = param_shapes(config)["layers"]
+def check_adapters(trainable: Params, config: ModelConfig, rank: int, source: str, folder: Path) -> None:
+    """Adapters (or extra trained leaves) from another model would fail deep inside a matmul; say which tensor and
+    which base."""
+    adapters, extras = split_trainable(trainable)
+    shapes = param_shapes(config)
     for name, adapter in adapters["layers"].items():
-        num_layers, out_dim, in_dim = shapes[name]["weight"]
+        num_layers, out_dim, in_dim = shapes["layers"][name]["weight"]
         for key, expected in (("a", (num_layers, rank, in_dim)), ("b", (num_layers, out_dim, rank))):
             if tuple(adapter[key].shape) != expected:
                 raise ExportError(
                     f"{source}: adapter {name}.{key} has shape {tuple(adapter[key].shape)}, but base "
                     f"model {folder} needs {expected}: was it trained on another model?"
                 )
+    base = flat(shapes)
+    for path, leaf in flat(extras).items():
+        if base.get(path) != tuple(leaf.shape):
+            raise ExportError(
+                f"{source}: trained leaf {'.'.join(path)} has shape {tuple(leaf.shape)}, but base model {folder} "
+                f"has {base.get(path, 'no such leaf')}: was it trained on another model?"
+            )
 
 
 @contextlib.contextmanager
@@ -161,7 +170,7 @@ def staged(out: Path) -> Iterator[Path]:
 
 
 def write_merged(
-    staging: Path, folder: Path, config: ModelConfig, adapters: Params, scale: float, dtype: str, progress: bool
+    staging: Path, folder: Path, config: ModelConfig, trainable: Params, scale: float, dtype: str, progress: bool
 ) -> None:
     """W + scale * B @ A rounded once to `dtype` ('auto': the base's), and a config.json declaring that dtype.
 
@@ -172,7 +181,7 @@ def write_merged(
     stored = declared_dtype(hf_config)
     dtype = stored if dtype == "auto" else dtype
     merge_dtype = dtype if dtype == stored else "float32"
-    merged = merge_lora(load_params(folder, config, dtype=merge_dtype, progress=False), adapters, scale)
+    merged = merge_lora(load_params(folder, config, dtype=merge_dtype, progress=False), trainable, scale)
     if merge_dtype != dtype:
         merged = jax.tree.map(lambda x: x.astype(dtype), merged)
     save_safetensors(staging / "model.safetensors", hf_state_dict(merged, config), progress=progress)
@@ -218,11 +227,17 @@ def export(
     folder = find_base(base, "--base-model" if base_model else f"{source}/meta")
     config = ModelConfig.from_pretrained_dir(folder)
     lora = meta["lora"]
-    adapters, _ = ckpt.restore_adapters(workdir, step)
-    check_adapters(adapters, config, lora["rank"], source, folder)
+    trainable, _ = ckpt.restore_adapters(workdir, step)
+    check_adapters(trainable, config, lora["rank"], source, folder)
+    adapters, extras = split_trainable(trainable)
+    if kind == "peft" and extras:
+        raise ExportError(
+            f"{source}: also trains {sorted('.'.join(p) for p in flat(extras))} in full (lora.extra_trainable); a "
+            "peft adapter folder holds LoRA factors only, so export it with --format merged"
+        )
     with staged(out) as staging:
         if kind == "merged":
-            write_merged(staging, folder, config, adapters, lora_scale(lora["rank"], lora["alpha"]), dtype, progress)
+            write_merged(staging, folder, config, trainable, lora_scale(lora["rank"], lora["alpha"]), dtype, progress)
         else:
             write_peft(staging, adapters, lora, peft_base_name(base, folder), progress)
         for file in tokenizer_files(folder):

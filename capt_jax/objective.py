@@ -12,8 +12,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from capt_jax.lora import overlay, split_trainable
 from capt_jax.model import Lora, ModelConfig, Params, hidden_states
 from capt_jax.model.decoder import lm_head
+from capt_jax.sharding import Layout
 
 INTERVENTION_TASK, ESTIMATION_TASK = 0, 1  # batch["task"] per row
 
@@ -66,7 +68,7 @@ def token_nll(h: jax.Array, head: jax.Array, targets: jax.Array, chunk: int = 51
 
 
 def position_nll(
-    adapters: Params,
+    trainable: Params,
     base: Params,
     batch: dict[str, jax.Array],
     config: ModelConfig,
@@ -74,11 +76,17 @@ def position_nll(
     dropout: float = 0.0,
     rng: jax.Array | None = None,
     chunk: int = 512,
+    layout: Layout | None = None,
 ) -> jax.Array:
     """-log p(target) [B, C] over each row's loss window: C positions from batch["loss_start"] (whole rows,
-    C = T, without it). The vocabulary projection runs on those positions only."""
+    C = T, without it). The vocabulary projection runs on those positions only.
+
+    `trainable` is the adapters plus any base leaves trained in full (capt_jax.lora); only it is differentiated.
+    """
+    adapters, extras = split_trainable(trainable)
+    base = overlay(base, extras)
     lora = Lora(adapters, scale, dropout, rng)
-    h, _ = hidden_states(base, batch["inputs"], config, token_mask=batch["mask"], lora=lora)
+    h, _ = hidden_states(base, batch["inputs"], config, token_mask=batch["mask"], lora=lora, layout=layout)
     if "loss_start" in batch:
         width = batch["targets"].shape[-1]
         h = jax.vmap(lambda row, start: jax.lax.dynamic_slice_in_dim(row, start, width, axis=0))(h, batch["loss_start"])
@@ -86,11 +94,11 @@ def position_nll(
 
 
 def loss_sums(
-    adapters: Params, base: Params, batch: dict[str, jax.Array], config: ModelConfig, scale: float
+    trainable: Params, base: Params, batch: dict[str, jax.Array], config: ModelConfig, scale: float
 ) -> tuple[jax.Array, jax.Array]:
     """(sum of weighted NLL, sum of weights), for held-out evaluation."""
     weights = batch["weights"].astype(jnp.float32)
-    return jnp.sum(position_nll(adapters, base, batch, config, scale) * weights), jnp.sum(weights)
+    return jnp.sum(position_nll(trainable, base, batch, config, scale) * weights), jnp.sum(weights)
 
 
 def row_coefficients(batch: dict[str, jax.Array], estimation_weight: float) -> jax.Array:

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from etils import epath
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from capt_jax import checkpoint as ckpt
@@ -42,14 +42,27 @@ from capt_jax.config import ConfigDict, ConfigError, mesh_shape, validate
 from capt_jax.data import abstract, training_data, training_examples
 from capt_jax.errors import CaptError, Interrupted
 from capt_jax.estimate import estimation_prompt, estimation_target
-from capt_jax.lora import init_lora, lora_scale, make_optimizer, warmup_cosine
+from capt_jax.lora import (
+    extra_trainable_paths,
+    flat,
+    init_extras,
+    init_lora,
+    lora_scale,
+    make_optimizer,
+    nest,
+    overlay,
+    warmup_cosine,
+)
 from capt_jax.metrics import MetricsWriter
 from capt_jax.model import ModelConfig, Params
+from capt_jax.model.decoder import axis_sizes, lora_axes, param_axes, param_shapes
 from capt_jax.objective import loss_sums, position_nll, row_coefficients
-from capt_jax.pretrained import load_pretrained
-from capt_jax.sharding import batch_sharding, make_mesh, placer, replicated, tree_shardings
+from capt_jax.pretrained import load_pretrained, resolve_model_dir
+from capt_jax.sharding import Layout, batch_sharding, make_layout, make_mesh, mirrored_axes, placer, replicated
 
-State = dict[str, Any]  # {"step", "lora", "opt", "rng"}: everything a checkpoint restores
+# {"step", "lora", "opt", "rng"}: everything a checkpoint restores. "lora" is the trainable tree: the adapters
+# plus any lora.extra_trainable leaves (capt_jax.lora).
+State = dict[str, Any]
 
 
 class TrainingDiverged(CaptError, RuntimeError):
@@ -125,12 +138,17 @@ def training_pairs(config: ConfigDict) -> tuple[list[dict[str, str]], list[dict[
 
 
 def make_train_step(
-    model_config: ModelConfig, config: ConfigDict, optimizer: optax.GradientTransformation, schedule: optax.Schedule
+    model_config: ModelConfig,
+    config: ConfigDict,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    layout: Layout | None = None,
 ) -> Callable:
     """step(state, base, batch) -> (state, metrics); batch leaves are [grad_accum, micro_batch, ...].
 
-    Per-row loss coefficients come from the whole global batch before the micro-batch loop, so summing
-    micro-batch gradients gives exactly the gradient of one big batch.
+    Only state["lora"] (the trainable tree) is differentiated. Per-row loss coefficients come from the whole
+    global batch before the micro-batch loop, so summing micro-batch gradients gives exactly the gradient of
+    one big batch. `layout` pins the activations to their logical axes on a mesh.
     """
     scale, dropout = lora_scale(config.lora.rank, config.lora.alpha), config.lora.dropout
 
@@ -139,7 +157,7 @@ def make_train_step(
         coefficients = row_coefficients(batch, config.data.estimation_weight)  # [grad_accum, micro_batch]
 
         def micro_loss(adapters, micro_batch, row_coefficient, key):
-            nll = position_nll(adapters, base, micro_batch, model_config, scale, dropout, key)
+            nll = position_nll(adapters, base, micro_batch, model_config, scale, dropout, key, layout=layout)
             return jnp.sum(nll * micro_batch["weights"] * row_coefficient[:, None])
 
         def accumulate(carry, xs):
@@ -202,9 +220,9 @@ class Interrupts:
             signal.signal(sig, handler)
 
 
-def host_rows(mesh: Mesh, size: int) -> np.ndarray:
+def host_rows(layout: Layout, size: int) -> np.ndarray:
     """Which rows of a `size`-row batch this process's devices hold: all of them on one host, a share on a pod."""
-    indices = batch_sharding(mesh, 1).addressable_devices_indices_map((size,)).values()
+    indices = batch_sharding(layout, 1).addressable_devices_indices_map((size,)).values()
     return np.unique(np.concatenate([np.arange(size)[index[0]] for index in indices]))
 
 
@@ -218,7 +236,7 @@ def host_batch(data: TokenizedSet, rows: np.ndarray, mine: np.ndarray, pad_id: i
 
 
 def to_global(
-    batch: dict[str, np.ndarray], rows: np.ndarray, size: int, mesh: Mesh, batch_dim: int = 0
+    batch: dict[str, np.ndarray], rows: np.ndarray, size: int, layout: Layout, batch_dim: int = 0
 ) -> dict[str, jax.Array]:
     """Host arrays holding rows `rows` (of `size`, along batch_dim) -> global arrays split over rows.
 
@@ -233,23 +251,25 @@ def to_global(
     return {
         k: jax.make_array_from_callback(
             (*v.shape[:batch_dim], size, *v.shape[batch_dim + 1 :]),
-            batch_sharding(mesh, v.ndim, batch_dim),
+            batch_sharding(layout, v.ndim, batch_dim),
             functools.partial(part, v),
         )
         for k, v in batch.items()
     }
 
 
-def heldout_loss(eval_step, adapters, base, data: TokenizedSet, config: ConfigDict, pad_id: int, mesh: Mesh) -> float:
+def heldout_loss(
+    eval_step, adapters, base, data: TokenizedSet, config: ConfigDict, pad_id: int, layout: Layout
+) -> float:
     nll = weight = 0.0
     size = config.train.batch_size // config.train.grad_accum
-    mine = host_rows(mesh, size)
+    mine = host_rows(layout, size)
     for start in range(0, len(data), size):
         rows = np.minimum(np.arange(start, start + size), len(data) - 1)  # repeat the last row to fill
         length = batch_length(data, rows)
         batch = make_batch(data, rows[mine], length, pad_id, loss_width(data, rows, length))
         batch["weights"][start + mine >= len(data)] = 0.0
-        n, w = eval_step(adapters, base, to_global(batch, mine, size, mesh))
+        n, w = eval_step(adapters, base, to_global(batch, mine, size, layout))
         nll, weight = nll + float(n), weight + float(w)
     return nll / max(weight, 1.0)
 
@@ -261,12 +281,16 @@ def train(config: ConfigDict) -> dict[str, float]:
     mesh = make_mesh(mesh_shape(config, jax.device_count()))
     lead = jax.process_index() == 0
     train_pairs, heldout_pairs = training_pairs(config)  # data errors surface before the model loads
+    folder = resolve_model_dir(config.model.path)
+    architecture = ModelConfig.from_pretrained_dir(folder)
+    extra_paths = extra_trainable_paths(config.lora.extra_trainable, param_shapes(architecture), str(folder))
+    layout = make_layout(mesh, config.mesh.rules, axis_sizes(architecture, config.lora.rank))
     model = load_pretrained(
-        config.model.path,
+        folder,
         dtype=config.model.dtype,
         compute_dtype=config.model.compute_dtype,
         attention_impl=None if config.model.attention_impl == "auto" else config.model.attention_impl,
-        place=placer(mesh),
+        place=placer(layout, param_axes(architecture)),
         progress=lead,
     )
     model_config = model.config.replace(remat_policy=config.model.remat)
@@ -284,7 +308,7 @@ def train(config: ConfigDict) -> dict[str, float]:
     train_set = tokenize(train_pairs)
     heldout_set = tokenize(heldout_pairs) if heldout_pairs else None
     stream = BatchStream(train_set.lengths, config.train.batch_size, config.seed)
-    mine = host_rows(mesh, config.train.batch_size // config.train.grad_accum)
+    mine = host_rows(layout, config.train.batch_size // config.train.grad_accum)
     if train_set.truncated and lead:
         print(
             f"note: {train_set.truncated} training sequences were longer than train.seq_len="
@@ -292,18 +316,26 @@ def train(config: ConfigDict) -> dict[str, float]:
         )
 
     schedule = warmup_cosine(config.train.learning_rate, config.train.max_steps, config.train.warmup_ratio)
-    optimizer = make_optimizer(schedule, config.train.weight_decay, config.train.grad_clip)
+    optimizer = make_optimizer(
+        schedule, config.train.weight_decay, config.train.grad_clip, b_lr_ratio=config.lora.b_lr_ratio
+    )
 
-    def init_state(rng: jax.Array) -> State:
+    def init_state(rng: jax.Array, extras: Params) -> State:
         rng, lora_rng = jax.random.split(rng)
-        adapters = init_lora(model_config, config.lora.targets, config.lora.rank, lora_rng)
-        return {"step": jnp.array(0, jnp.int32), "lora": adapters, "opt": optimizer.init(adapters), "rng": rng}
+        trainable = overlay(init_lora(model_config, config.lora.targets, config.lora.rank, lora_rng), extras)
+        return {"step": jnp.array(0, jnp.int32), "lora": trainable, "opt": optimizer.init(trainable), "rng": rng}
 
-    state_shardings = tree_shardings(jax.eval_shape(init_state, jax.random.PRNGKey(0)), mesh)
-    state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
+    extras = init_extras(model.params, extra_paths)
+    base_axes = flat(param_axes(architecture))
+    trainable_axes = overlay(
+        lora_axes(architecture, tuple(config.lora.targets)), nest((p, base_axes[p]) for p in extra_paths)
+    )
+    opt_axes = mirrored_axes(jax.eval_shape(init_state, jax.random.PRNGKey(0), extras)["opt"], flat(trainable_axes))
+    state_shardings = layout.shardings({"step": P(), "lora": trainable_axes, "opt": opt_axes, "rng": P()})
+    state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed), extras)
     base_shardings = jax.tree.map(lambda x: x.sharding, model.params)
     train_step = jax.jit(
-        make_train_step(model_config, config, optimizer, schedule),
+        make_train_step(model_config, config, optimizer, schedule, layout),
         in_shardings=(state_shardings, base_shardings, None),  # batches arrive sharded by to_global
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=(0,),
@@ -330,6 +362,8 @@ def train(config: ConfigDict) -> dict[str, float]:
             "alpha": config.lora.alpha,
             "dropout": config.lora.dropout,
             "targets": list(config.lora.targets),
+            "b_lr_ratio": config.lora.b_lr_ratio,
+            "extra_trainable": list(config.lora.extra_trainable),
         },
     }
 
@@ -345,7 +379,7 @@ def train(config: ConfigDict) -> dict[str, float]:
         writer.write(
             {
                 "step": 0,
-                "eval_loss": heldout_loss(eval_step, state["lora"], model.params, heldout_set, config, pad_id, mesh),
+                "eval_loss": heldout_loss(eval_step, state["lora"], model.params, heldout_set, config, pad_id, layout),
             }
         )
     last: dict[str, float] = {}
@@ -354,7 +388,7 @@ def train(config: ConfigDict) -> dict[str, float]:
         for step in range(start, config.train.max_steps):
             began = time.perf_counter()
             rows = stream.rows(step).reshape(config.train.grad_accum, -1)
-            batch = to_global(host_batch(train_set, rows, mine, pad_id), mine, rows.shape[1], mesh, batch_dim=1)
+            batch = to_global(host_batch(train_set, rows, mine, pad_id), mine, rows.shape[1], layout, batch_dim=1)
             state, metrics = train_step(state, model.params, batch)
             metrics = {k: float(v) for k, v in metrics.items()}  # waits for the step: honest timing
             if not math.isfinite(metrics["loss"]):
@@ -372,7 +406,7 @@ def train(config: ConfigDict) -> dict[str, float]:
                     {
                         "step": step + 1,
                         "eval_loss": heldout_loss(
-                            eval_step, state["lora"], model.params, heldout_set, config, pad_id, mesh
+                            eval_step, state["lora"], model.params, heldout_set, config, pad_id, layout
                         ),
                     }
                 )
@@ -391,7 +425,7 @@ def train(config: ConfigDict) -> dict[str, float]:
                 )
     bar.close()
     if heldout_set is not None:
-        last["eval_loss"] = heldout_loss(eval_step, state["lora"], model.params, heldout_set, config, pad_id, mesh)
+        last["eval_loss"] = heldout_loss(eval_step, state["lora"], model.params, heldout_set, config, pad_id, layout)
         writer.write({"step": int(last.get("step", start)), "eval_loss": last["eval_loss"]})
     mgr.wait_until_finished()
     mgr.close()

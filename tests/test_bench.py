@@ -97,3 +97,21 @@ def test_compare_table_from_saved_results(tmp_path):
     ]
     text = table(rows)
     assert "| g | capt_jax | 300 |" in text and "1.50x" in text
+
+
+def test_port_table_compares_each_case_with_its_before_run():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from compare import port_table
+
+    train = {"bench": "train", "group": "t", "step_time_min_s": 1.0, "step_time_max_s": 1.2, "lower_s": 0.5}
+    train.update(cpu_time_per_step_s=2.0)
+    compile_ = {"bench": "compile", "group": "c", "lower_s": 1.0}
+    rows = [
+        {**train, "label": "capt_jax @abc", "step_time_s": 2.0, "compile_s": 4.0},
+        {**train, "label": "capt_jax", "step_time_s": 2.1, "compile_s": 3.0},
+        {**compile_, "label": "capt_jax @abc", "compile_s": 10.0},
+        {**compile_, "label": "capt_jax", "compile_s": 11.0},
+    ]
+    text = port_table(rows)
+    assert "| t | capt_jax | 2100 (1000-1200) |" in text and "step 1.050x, compile 0.750x" in text
+    assert "| c | capt_jax | - |" in text and "compile 1.100x" in text

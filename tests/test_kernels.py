@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capt_jax.model.decoder import attention_mask, dropout, grouped_attention, recomputing_attention, swiglu
+from capt_jax.model.attention import attention_mask, grouped_attention, recomputing_attention
+from capt_jax.model.kernels import dropout, swiglu
 from capt_jax.model.rope import apply_rotary
 from capt_jax.objective import token_nll
 

@@ -64,7 +64,7 @@ def test_one_step_changes_only_adapters_and_state_is_adapter_sized(tiny_llama_di
     # Adam's two moments per adapter weight; everything else in the state is a scalar (step counts).
     assert sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim) == 2 * size(adapters)
     assert all(x.size == 1 for x in jax.tree.leaves(opt_state) if not x.ndim)
-    assert set(jax.tree.leaves(partition_labels(adapters))) == {"lora"}
+    assert set(jax.tree.leaves(partition_labels(adapters))) == {"lora_a", "lora_b"}  # no extras by default
 
     base_before = jax.tree.map(np.array, model.params)
     state = {"step": jnp.array(0), "lora": adapters, "opt": opt_state, "rng": jax.random.PRNGKey(1)}

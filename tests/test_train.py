@@ -105,6 +105,18 @@ def test_eight_devices_match_one_device(tmp_path, tiny_chat_dir, sft_file):
     assert b == pytest.approx(a, rel=1e-5)
 
 
+def test_tensor_parallel_mesh_matches_one_device(tmp_path, tiny_chat_dir, sft_file):
+    """data=2 x fsdp=2 x tensor=2: heads, MLP and vocabulary split over tensor by config.mesh.rules."""
+    common = ["--config.train.max_steps=3", "--config.checkpoint.every_steps=100"]
+    one = run(train_args(tiny_chat_dir, sft_file, tmp_path / "one", *common))
+    assert one.returncode == 0, one.stderr[-3000:]
+    mesh = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
+    eight = run(train_args(tiny_chat_dir, sft_file, tmp_path / "eight", *common, *mesh), devices=8)
+    assert eight.returncode == 0, eight.stderr[-3000:]
+    assert "sharding:" not in eight.stderr  # every axis of the tiny model divides
+    assert losses(tmp_path / "eight") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+
+
 def test_relative_workdir_checkpoints_and_resumes(tmp_path, tiny_chat_dir, sft_file):
     """Workdirs are usually given relative to where the command runs (the demo's is workdirs/demo)."""
     common = ["--config.train.max_steps=2", "--config.checkpoint.every_steps=1"]

@@ -1,7 +1,8 @@
-"""The decoder: config, rotary embeddings and the pure forward pass."""
+"""The decoder: config, Flax modules (layers, attention, decoder), kernels and the pure functions over them."""
 
 from capt_jax.model.config import ModelConfig, ModelConfigError
 from capt_jax.model.decoder import (
+    Decoder,
     KVCache,
     Lora,
     Params,
@@ -15,6 +16,7 @@ from capt_jax.model.decoder import (
 __all__ = [
     "ModelConfig",
     "ModelConfigError",
+    "Decoder",
     "KVCache",
     "Lora",
     "Params",

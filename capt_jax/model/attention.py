@@ -1,0 +1,237 @@
+"""Grouped-query attention: the kernels, the three ways a call can attend, and the Flax module.
+
+A call attends in one of three modes, each a small pytree carrying exactly what it needs:
+
+    Full        training and scoring: queries see this call's own keys (causal, blind to padding)
+    Prefill     a prompt written into the KV cache at `index`; queries see every slot of the cache
+    DecodeStep  one new token per row: it sees the cache as it is, plus itself
+
+Prefill and Full go through cuDNN flash attention on GPU in half precision and through `recomputing_attention`
+elsewhere; a decode step goes through `grouped_attention`, which reads the cache without copying it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from capt_jax.model.config import ModelConfig
+from capt_jax.model.layers import AdapterConfig, Linear, adapter_for, constrain
+from capt_jax.model.rope import apply_rotary
+
+if TYPE_CHECKING:
+    from capt_jax.sharding import Layout
+
+QUERY_AXES = ("batch", "length", "heads", "head_dim")  # q and attention outputs [B, T, Hq, hd]
+KEY_AXES = ("batch", "kv_heads", "length", "head_dim")  # k and v [B, Hk, T, hd]
+
+
+class Full(NamedTuple):
+    """Queries attend to this call's own keys; `mask` [B, 1, T, T] (see `attention_mask`)."""
+
+    mask: jax.Array
+
+
+class Prefill(NamedTuple):
+    """This call's keys are written into the cache at slot `index`; queries attend to all S slots."""
+
+    mask: jax.Array  # [B, 1, T, S]
+    index: jax.Array  # [] int32
+
+
+class DecodeStep(NamedTuple):
+    """One query per row attends to the valid cached slots and to its own key, which the cache does not hold yet."""
+
+    valid: jax.Array  # [B, 1, 1, S]
+
+
+Mode = Full | Prefill | DecodeStep
+
+
+def attention_mask(query_slots: jax.Array, key_valid: jax.Array) -> jax.Array:
+    """Boolean [B, 1, T, S]: causal over slots and blind to padding.
+
+    A padded query may always see its own slot, so no softmax row is empty (no NaNs from padding).
+    """
+    key_slots = jnp.arange(key_valid.shape[1])
+    causal = key_slots[None, None, :] <= query_slots[:, :, None]
+    visible = key_valid[:, None, :] | (key_slots[None, None, :] == query_slots[:, :, None])
+    return (causal & visible)[:, None]
+
+
+def attention_implementation(config: ModelConfig) -> str:
+    """cuDNN flash attention on GPU for half-precision compute (all it supports); XLA elsewhere.
+
+    `jax.nn.dot_product_attention(implementation=None)` always picks XLA, so the choice is made here.
+    """
+    if config.attention_impl is not None:
+        return config.attention_impl
+    half = jnp.dtype(config.dtype) in (jnp.bfloat16, jnp.float16)
+    return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
+
+
+def grouped_attention(q: jax.Array, parts: list[tuple[jax.Array, jax.Array, jax.Array]], scale: float) -> jax.Array:
+    """Softmax attention for q [B, T, Hq, D] over one or more key/value parts: (k, v [B, Hk, S, D], mask
+    [B, 1, T, S]); each key head serves Hq / Hk query heads, and one softmax spans all parts.
+
+    The decode-step path. Query heads are grouped onto their key head instead of repeating keys, and scores are
+    float32.
+    Separate parts let a decode step attend to the cache as it is plus the new token, without copying the
+    cache to insert it first (on a CPU that copy, not the arithmetic, dominates a decode step).
+    """
+    batch, seq, num_heads, dim = q.shape
+    kv_heads = parts[0][0].shape[1]
+    q = q.reshape(batch, seq, kv_heads, num_heads // kv_heads, dim)
+    scores = [
+        jnp.where(
+            m[:, :, None],
+            jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * scale,
+            jnp.finfo(jnp.float32).min,
+        )
+        for k, _, m in parts
+    ]
+    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
+    bounds = np.cumsum([k.shape[2] for k, _, _ in parts])[:-1]
+    out = sum(
+        jnp.einsum("bkgts,bksd->btkgd", p.astype(v.dtype), v)
+        for p, (_, v, _) in zip(jnp.split(probs, bounds, axis=-1), parts)
+    )
+    return out.reshape(batch, seq, num_heads, dim)
+
+
+def _to_head_major(x: jax.Array, kv_heads: int) -> jax.Array:
+    """[B, T, Hq, D] -> [B, Hk, G*T, D]: each key head's G query heads stacked along the query axis, so scores
+    and outputs are plain batched matmuls over (B, Hk)."""
+    batch, seq, num_heads, dim = x.shape
+    x = x.reshape(batch, seq, kv_heads, num_heads // kv_heads, dim).transpose(0, 2, 3, 1, 4)
+    return x.reshape(batch, kv_heads, -1, dim)
+
+
+def _from_head_major(x: jax.Array, seq: int) -> jax.Array:
+    """Inverse of `_to_head_major`."""
+    batch, kv_heads, _, dim = x.shape
+    x = x.reshape(batch, kv_heads, -1, seq, dim).transpose(0, 3, 1, 2, 4)
+    return x.reshape(batch, seq, -1, dim)
+
+
+def _grouped_mask(mask: jax.Array, groups: int) -> jax.Array:
+    """[B, 1, T, S] -> [B, 1, G*T, S], matching `_to_head_major`'s query order."""
+    batch, _, seq, slots = mask.shape
+    return jnp.broadcast_to(mask[:, :, None], (batch, 1, groups, seq, slots)).reshape(batch, 1, groups * seq, slots)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def recomputing_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+    """Softmax attention, q [B, T, Hq, D] over k/v [B, Hk, S, D] with a boolean mask [B, 1, T, S], whose backward
+    pass recomputes the probabilities from the saved log-sum-exp instead of storing them.
+
+    The XLA path for training: autodiff of `grouped_attention` keeps every layer's [B, Hq, T, S] probabilities
+    (and the masked scores) alive until the backward pass; here a layer keeps only its output and one float per
+    query, as flash attention does, for one more QK^T matmul.
+    """
+    return _attention_forward(q, k, v, mask, scale)[0]
+
+
+def _attention_forward(q, k, v, mask, scale):
+    seq, kv_heads = q.shape[1], k.shape[1]
+    qh = _to_head_major(q, kv_heads)
+    visible = _grouped_mask(mask, q.shape[2] // kv_heads)
+    scores = jnp.einsum("bkqd,bksd->bkqs", qh, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+    top = jnp.max(scores, axis=-1, keepdims=True)
+    unnormalised = jnp.exp(scores - top)
+    total = jnp.sum(unnormalised, axis=-1, keepdims=True)
+    out = jnp.einsum("bkqs,bksd->bkqd", (unnormalised / total).astype(v.dtype), v)
+    return _from_head_major(out, seq), (qh, k, v, mask, out, (top + jnp.log(total))[..., 0])
+
+
+def _attention_bwd(scale, residuals, d_out):
+    qh, k, v, mask, out, lse = residuals
+    seq, kv_heads = d_out.shape[1], k.shape[1]
+    d_outh = _to_head_major(d_out, kv_heads)
+    visible = _grouped_mask(mask, qh.shape[2] // seq)
+    scores = jnp.einsum("bkqd,bksd->bkqs", qh, k, preferred_element_type=jnp.float32) * scale
+    probs = jnp.where(visible, jnp.exp(scores - lse[..., None]), 0.0)
+    d_v = jnp.einsum("bkqs,bkqd->bksd", probs.astype(v.dtype), d_outh)
+    d_probs = jnp.einsum("bkqd,bksd->bkqs", d_outh, v, preferred_element_type=jnp.float32)
+    delta = jnp.sum(d_outh.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    d_scores = (probs * (d_probs - delta) * scale).astype(qh.dtype)
+    d_q = _from_head_major(jnp.einsum("bkqs,bksd->bkqd", d_scores, k), seq)
+    d_k = jnp.einsum("bkqs,bkqd->bksd", d_scores, qh)
+    return d_q, d_k, d_v, None
+
+
+recomputing_attention.defvjp(_attention_forward, _attention_bwd)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: ModelConfig) -> jax.Array:
+    """q [B, T, Hq, D], k/v [B, Hk, S, D], boolean mask [B, 1, T, S] -> [B, T, Hq, D], for Full and Prefill.
+
+    On GPU in half precision through jax.nn.dot_product_attention's cuDNN flash kernel; elsewhere through
+    recomputing_attention.
+    """
+    scale = config.head_dim**-0.5
+    if attention_implementation(config) == "cudnn" and q.shape[1] > 1:
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+    return recomputing_attention(q, k, v, mask, scale)
+
+
+class Attention(nn.Module):
+    """q/k/v projections, rotary embeddings, attention in the call's mode, and the output projection.
+
+    Returns the output [B, T, D] and, with a cache, this call's keys/values [B, Hk, T, hd] in the cache's
+    dtype; the decoder writes them into the stacked cache once, after the scan over layers.
+    """
+
+    config: ModelConfig
+    adapter: AdapterConfig | None = None
+    layout: Layout | None = None
+    param_dtype: str = "float32"
+
+    def setup(self) -> None:
+        c = self.config
+        q_out, kv_out = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+
+        def proj(name: str, features: int, axes: tuple[str, str], bias: bool) -> Linear:
+            return Linear(features, axes, bias, adapter_for(self.adapter, name), self.param_dtype, name=name)
+
+        self.q_proj = proj("q_proj", q_out, ("heads", "embed"), c.qkv_bias)
+        self.k_proj = proj("k_proj", kv_out, ("kv_heads", "embed"), c.qkv_bias)
+        self.v_proj = proj("v_proj", kv_out, ("kv_heads", "embed"), c.qkv_bias)
+        self.o_proj = proj("o_proj", c.hidden_size, ("embed", "heads"), False)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        rotary: tuple[jax.Array, jax.Array],
+        mode: Mode,
+        cached: tuple[jax.Array, jax.Array] | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        c = self.config
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).reshape(batch, seq, c.num_heads, c.head_dim)
+        k = self.k_proj(x).reshape(batch, seq, c.num_kv_heads, c.head_dim)
+        v = self.v_proj(x).reshape(batch, seq, c.num_kv_heads, c.head_dim)
+        q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        q = constrain(q, QUERY_AXES, self.layout)
+        k = constrain(jnp.swapaxes(k, 1, 2), KEY_AXES, self.layout)
+        v = constrain(jnp.swapaxes(v, 1, 2), KEY_AXES, self.layout)
+        if isinstance(mode, Full):
+            out = attend(q, k, v, mode.mask, c)
+        elif isinstance(mode, Prefill):
+            k_all = jax.lax.dynamic_update_slice_in_dim(cached[0], k.astype(cached[0].dtype), mode.index, axis=2)
+            v_all = jax.lax.dynamic_update_slice_in_dim(cached[1], v.astype(cached[1].dtype), mode.index, axis=2)
+            out = attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mode.mask, c)
+        else:
+            self_mask = jnp.ones((batch, 1, 1, 1), bool)
+            parts = [(cached[0].astype(q.dtype), cached[1].astype(q.dtype), mode.valid), (k, v, self_mask)]
+            out = grouped_attention(q, parts, c.head_dim**-0.5)
+        out = constrain(out, QUERY_AXES, self.layout)
+        new = None if cached is None else (k.astype(cached[0].dtype), v.astype(cached[1].dtype))
+        return self.o_proj(out.reshape(batch, seq, c.num_heads * c.head_dim)), new
