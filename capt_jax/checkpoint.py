@@ -12,7 +12,6 @@ extra). The adapters themselves are stored identically in both, so export and ev
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -83,24 +82,35 @@ def restore(mgr: ocp.CheckpointManager, like: Any, step: int | None = None) -> t
 
 
 def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any]]:
-    """(step, metadata) of the latest or given checkpoint, without restoring arrays."""
+    """(step, metadata) of the latest or given checkpoint: orbax restores the JSON item alone, no array."""
     mgr = manager(workdir, read_only=True)
     step = mgr.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"{checkpoint_dir(workdir)}: no checkpoint found")
-    meta_file = checkpoint_dir(workdir) / str(step) / "meta" / "metadata"
-    if not meta_file.exists():
-        raise CheckpointError(f"{meta_file}: checkpoint metadata missing")
-    return step, json.loads(meta_file.read_text())
+    try:
+        meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    except Exception as e:  # a damaged or foreign folder: say which
+        raise CheckpointError(
+            f"{checkpoint_dir(workdir)}/{step}: metadata cannot be read: {type(e).__name__}: {e}"
+        ) from e
+    return step, dict(meta)
 
 
 def restore_adapters(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The trainable tree (adapters, plus any extra trained leaves; on the default device) and metadata from a
-    checkpoint of either state layout, for export and evaluation."""
+    checkpoint of either state layout, for export and evaluation: an orbax partial restore reads the "lora"
+    subtree alone, never the optimizer moments."""
     step, meta = read_meta(workdir, step)
-    mgr = manager(workdir, read_only=True)
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    mgr = ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=handlers, options=options)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     try:
-        restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        stored = mgr.item_metadata(step).state.tree["lora"]
+        like = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored)
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), stored)
+        args = ocp.args.PyTreeRestore(item={"lora": like}, restore_args={"lora": restore_args}, partial_restore=True)
+        restored = mgr.restore(step, args=ocp.args.Composite(state=args))
     except Exception as e:  # a damaged or foreign folder: say which
         raise CheckpointError(f"{checkpoint_dir(workdir)}/{step}: cannot be read: {type(e).__name__}: {e}") from e
     return restored.state["lora"], meta

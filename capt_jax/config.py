@@ -18,10 +18,11 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from capt_jax import lora
 from capt_jax.data.config import default_data_config
 from capt_jax.data.estimates import FORMS
 from capt_jax.errors import ConfigError
-from capt_jax.model.decoder import PROJECTIONS, REMAT_POLICIES
+from capt_jax.model.decoder import REMAT_POLICIES
 from capt_jax.model.layers import LOGICAL_AXES
 from capt_jax.sharding import AXES
 
@@ -45,7 +46,7 @@ def default_config() -> ConfigDict:
     c.lora.rank = 64
     c.lora.alpha = 128.0
     c.lora.dropout = 0.1
-    c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+    c.lora.targets = lora.DEFAULT_TARGETS
     c.lora.b_lr_ratio = 1.0  # LoRA+: B's learning rate over A's (1.0: plain LoRA, as in the paper)
     # Base leaves trained in full next to the adapters, e.g. ("layers.input_norm", "layers.q_proj.bias"); norms and
     # biases only (capt_jax.lora.EXTRA_CANDIDATES). Empty: the paper's adapters-only training.
@@ -316,8 +317,8 @@ def check_rules(rules: Any) -> None:
             )
 
 
-def validate(config: ConfigDict, device_count: int) -> None:
-    """Every check that needs no model: run before loading weights or compiling anything."""
+def validate(config: ConfigDict) -> None:
+    """Every check that needs neither a model nor the devices: run before anything loads or compiles."""
     validate_eval(config)
     _choice(config, "model.remat", tuple(REMAT_POLICIES))
     _choice(config, "model.attention_impl", ("auto", "xla", "cudnn"))
@@ -347,32 +348,31 @@ def validate(config: ConfigDict, device_count: int) -> None:
         _positive(config, key, allow_zero=True)
     _positive(config, "lora.b_lr_ratio")
     check_rules(config.mesh.rules)
-    from capt_jax.lora import extra_trainable_paths  # lora imports this module for ConfigError
-
-    extra_trainable_paths(config.lora.extra_trainable)
+    lora.extra_trainable_paths(config.lora.extra_trainable)
+    lora.check_targets(config.lora.targets)
     if not 0 <= config.lora.dropout < 1:
         raise ConfigError(f"config key 'lora.dropout': {config.lora.dropout} must be in [0, 1)")
     if not 0 <= config.data.holdout_fraction < 1:
         raise ConfigError(f"config key 'data.holdout_fraction': {config.data.holdout_fraction} must be in [0, 1)")
-    bad = sorted(set(config.lora.targets) - set(PROJECTIONS))
-    if bad or not config.lora.targets:
-        raise ConfigError(
-            f"config key 'lora.targets': {list(config.lora.targets)} must be a non-empty subset of {list(PROJECTIONS)}"
-        )
     if config.data.kind == "jsonl" and not Path(config.data.path).is_file():
         raise ConfigError(f"config key 'data.path': JSONL file {config.data.path!r} not found")
-    mesh = mesh_shape(config, device_count)
     if config.train.batch_size % config.train.grad_accum:
         raise ConfigError(
             f"config key 'train.batch_size'={config.train.batch_size} is not divisible by "
             f"'train.grad_accum'={config.train.grad_accum}"
         )
+
+
+def training_mesh(config: ConfigDict, device_count: int) -> dict[str, int]:
+    """The mesh shape, checked against the devices this run has (known only after joining the runtime)."""
+    mesh = mesh_shape(config, device_count)
     micro = config.train.batch_size // config.train.grad_accum
     if micro % (mesh["data"] * mesh["fsdp"]):
         raise ConfigError(
             f"config key 'train.batch_size': micro-batch {micro} does not split over "
             f"mesh.data x mesh.fsdp = {mesh['data'] * mesh['fsdp']} devices"
         )
+    return mesh
 
 
 PAPER_MODELS = {"qwen2.5-3b": "Qwen/Qwen2.5-3B-Instruct", "llama3.2-3b": "meta-llama/Llama-3.2-3B-Instruct"}

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from capt_jax.config import ConfigError
+from capt_jax.errors import ConfigError
 from capt_jax.model import ModelConfig, Params
 from capt_jax.model.decoder import PROJECTIONS, init_adapters
 from capt_jax.model.layers import AdapterConfig
@@ -49,7 +49,9 @@ Path = tuple[str, ...]
 def check_targets(targets: Sequence[str]) -> tuple[str, ...]:
     unknown = sorted(set(targets) - set(PROJECTIONS))
     if unknown or not targets:
-        raise ValueError(f"lora.targets: {list(targets)} must be a non-empty subset of {list(PROJECTIONS)}")
+        raise ConfigError(
+            f"config key 'lora.targets': {list(targets)} must be a non-empty subset of {list(PROJECTIONS)}"
+        )
     return tuple(targets)
 
 

@@ -2,19 +2,21 @@
 
     python -m capt_jax.train --config configs/NAME.py [--config.key=value ...]
 
-One jitted, donated, sharded step (loss, grads of the adapters only, AdamW update); orbax checkpoints with
-automatic resume; SIGTERM/Ctrl-C save before exiting; a non-finite loss stops the run and keeps the last good
-checkpoint.
+`setup(config)` builds a `Run` from one function per concern: checks, the runtime and mesh, the data, the base
+model, the optimizer state, the checkpoints and logs. `train` then loops over steps: one jitted, donated,
+sharded step (loss, grads of the trainable tree only, the optax update), with logging, held-out evaluation and
+checkpoints every N steps. Orbax checkpoints resume automatically; SIGTERM/Ctrl-C save before stopping; a
+non-finite loss stops the run and keeps the last good checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,9 @@ from capt_jax.batches import (
     read_jsonl_pairs,
     tokenize_pairs,
 )
-from capt_jax.config import ConfigDict, ConfigError, mesh_shape, validate
+from capt_jax.config import ConfigDict, training_mesh, validate
 from capt_jax.data import abstract, training_data, training_examples
+from capt_jax.distributed import maybe_initialize_distributed
 from capt_jax.errors import CaptError, Interrupted
 from capt_jax.estimate import estimation_prompt, estimation_target
 from capt_jax.lora import (
@@ -57,7 +60,7 @@ from capt_jax.metrics import MetricsWriter
 from capt_jax.model import ModelConfig, Params
 from capt_jax.model.decoder import axis_sizes, lora_axes, param_axes, param_shapes
 from capt_jax.objective import loss_sums, position_nll, row_coefficients
-from capt_jax.pretrained import load_pretrained, resolve_model_dir
+from capt_jax.pretrained import Pretrained, load_pretrained, resolve_model_dir
 from capt_jax.sharding import Layout, batch_sharding, make_layout, make_mesh, mirrored_axes, placer, replicated
 
 # {"step", "lora", "opt", "rng"}: everything a checkpoint restores. "lora" is the trainable tree: the adapters
@@ -67,54 +70,6 @@ State = dict[str, Any]
 
 class TrainingDiverged(CaptError, RuntimeError):
     pass
-
-
-def cluster_detected(env: Mapping[str, str]) -> bool:
-    """A multi-process launch that jax.distributed can configure itself (TPU pod worker list, SLURM, or a
-    coordinator in the environment)."""
-    return (
-        len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
-        or int(env.get("SLURM_NTASKS", "1")) > 1
-        or "JAX_COORDINATOR_ADDRESS" in env
-    )
-
-
-def maybe_initialize_distributed(config: ConfigDict) -> None:
-    """Join JAX's multi-host runtime: explicitly when distributed.coordinator_address is set (the launchers in
-    launch/ do), by jax's own cluster detection when asked (`always`) or when a cluster is detected (`auto`).
-
-    Explicit settings switch jax's detection off: under SLURM it would otherwise pin each process to the
-    single GPU numbered SLURM_LOCALID, which is wrong with one process per node.
-    """
-    d = config.distributed
-    if d.initialize not in ("auto", "always", "never"):
-        raise ConfigError(
-            f"config key 'distributed.initialize': {d.initialize!r} is not one of ['auto', 'always', 'never']"
-        )
-    explicit = bool(d.coordinator_address)
-    if d.initialize == "never" or (d.initialize == "auto" and not (explicit or cluster_detected(os.environ))):
-        return
-    kwargs = {}
-    if explicit:
-        if not 0 <= d.process_id < d.num_processes:
-            raise ConfigError(
-                f"config keys 'distributed.num_processes'={d.num_processes} and 'distributed.process_id'="
-                f"{d.process_id}: with 'distributed.coordinator_address' set, both are needed, "
-                "with 0 <= process_id < num_processes"
-            )
-        kwargs = dict(
-            coordinator_address=d.coordinator_address,
-            num_processes=d.num_processes,
-            process_id=d.process_id,
-            cluster_detection_method="deactivate",
-        )
-    try:
-        jax.distributed.initialize(**kwargs)
-    except (RuntimeError, ValueError) as e:  # no cluster detected, or JAX already initialized
-        source = f"coordinator {d.coordinator_address}" if explicit else "jax's cluster auto-detection"
-        raise ConfigError(
-            f"config key 'distributed': could not join the distributed runtime via {source}: {type(e).__name__}: {e}"
-        ) from e
 
 
 def training_pairs(config: ConfigDict) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -193,27 +148,32 @@ def make_eval_step(model_config: ModelConfig, config: ConfigDict) -> Callable:
 
 
 class Interrupts:
-    """SIGTERM (TPU preemption) and Ctrl-C ask for a checkpoint at the end of the current step."""
+    """SIGTERM (a preemption) and Ctrl-C ask for a checkpoint at the end of the current step.
 
-    def __init__(self):
-        self.requested: str | None = None
-        self._previous = {}
+    On one process this is a signal handler. Across processes the save is collective, so every host must stop at
+    the same step: there JAX's own preemption service (set up by jax.distributed) catches SIGTERM and agrees on
+    the step in the background, and orbax's `reached_preemption` reads that agreement, with no collective of
+    ours in the step loop.
+    """
+
+    def __init__(self, mgr: Any):
+        self.mgr, self.requested = mgr, None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> Interrupts:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGINT,) if jax.process_count() > 1 else (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, _frame) -> None:
         self.requested = signal.Signals(signum).name
 
-    def agreed(self) -> str | None:
-        """The signal to stop for, decided together: on a pod, hosts see SIGTERM at different steps, and a save
-        is collective, so every host stops at the first step any host was signalled."""
-        if jax.process_count() == 1:
-            return self.requested
-        codes = (None, "SIGINT", "SIGTERM")  # a preemption (SIGTERM) anywhere outranks a Ctrl-C
-        return codes[int(multihost_utils.process_allgather(np.array(codes.index(self.requested))).max())]
+    def stop_at(self, step: int) -> str | None:
+        """The signal to stop for after `step`, if any."""
+        if jax.process_count() > 1 and self.mgr.reached_preemption(step):
+            return "SIGTERM"
+        return self.requested
 
     def __exit__(self, *_exc) -> None:
         for sig, handler in self._previous.items():
@@ -226,6 +186,17 @@ def host_rows(layout: Layout, size: int) -> np.ndarray:
     return np.unique(np.concatenate([np.arange(size)[index[0]] for index in indices]))
 
 
+def to_global(batch: dict[str, np.ndarray], size: int, layout: Layout, batch_dim: int = 0) -> dict[str, jax.Array]:
+    """This process's rows (host_rows, along batch_dim) -> global arrays split over rows, by
+    jax.make_array_from_process_local_data: no host builds the whole global batch."""
+    return {
+        k: jax.make_array_from_process_local_data(
+            batch_sharding(layout, v.ndim, batch_dim), v, (*v.shape[:batch_dim], size, *v.shape[batch_dim + 1 :])
+        )
+        for k, v in batch.items()
+    }
+
+
 def host_batch(data: TokenizedSet, rows: np.ndarray, mine: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
     """This process's part of the batch with rows [grad_accum, micro_batch]: leaves [grad_accum, len(mine), ...],
     padded to the length the whole batch needs, tokenizing only those rows."""
@@ -235,66 +206,111 @@ def host_batch(data: TokenizedSet, rows: np.ndarray, mine: np.ndarray, pad_id: i
     return {k: v.reshape(*local.shape, *v.shape[1:]) for k, v in batch.items()}
 
 
-def to_global(
-    batch: dict[str, np.ndarray], rows: np.ndarray, size: int, layout: Layout, batch_dim: int = 0
-) -> dict[str, jax.Array]:
-    """Host arrays holding rows `rows` (of `size`, along batch_dim) -> global arrays split over rows.
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """The tokenized training (and held-out) sets and the batch order: everything the loop reads per step."""
 
-    Each process passes only the rows its devices hold (host_rows), so no host builds the whole global batch.
-    """
-    position = np.zeros(size, np.int64)
-    position[rows] = np.arange(len(rows))
-
-    def part(v: np.ndarray, index: tuple[slice, ...]) -> np.ndarray:
-        return v[(*index[:batch_dim], position[index[batch_dim]], *index[batch_dim + 1 :])]
-
-    return {
-        k: jax.make_array_from_callback(
-            (*v.shape[:batch_dim], size, *v.shape[batch_dim + 1 :]),
-            batch_sharding(layout, v.ndim, batch_dim),
-            functools.partial(part, v),
-        )
-        for k, v in batch.items()
-    }
+    train: TokenizedSet
+    heldout: TokenizedSet | None
+    stream: BatchStream
+    pad_id: int
+    mine: np.ndarray  # the rows of each micro-batch this process holds
 
 
-def heldout_loss(
-    eval_step, adapters, base, data: TokenizedSet, config: ConfigDict, pad_id: int, layout: Layout
-) -> float:
-    nll = weight = 0.0
-    size = config.train.batch_size // config.train.grad_accum
-    mine = host_rows(layout, size)
-    for start in range(0, len(data), size):
-        rows = np.minimum(np.arange(start, start + size), len(data) - 1)  # repeat the last row to fill
-        length = batch_length(data, rows)
-        batch = make_batch(data, rows[mine], length, pad_id, loss_width(data, rows, length))
-        batch["weights"][start + mine >= len(data)] = 0.0
-        n, w = eval_step(adapters, base, to_global(batch, mine, size, layout))
-        nll, weight = nll + float(n), weight + float(w)
-    return nll / max(weight, 1.0)
+@dataclasses.dataclass
+class Run:
+    """Everything `setup` builds and the step loop reads; `state` advances with every step."""
+
+    config: ConfigDict
+    layout: Layout
+    base: Params
+    data: Data
+    train_step: Callable
+    eval_step: Callable
+    state: State
+    start: int
+    mgr: Any
+    meta: dict[str, Any]
+    writer: MetricsWriter
+    lead: bool
+    last_read: float = 0.0  # when the loop last read a step's metrics (for tokens_per_second)
 
 
-def train(config: ConfigDict) -> dict[str, float]:
-    """Run (or resume) training as configured; returns the last logged metrics."""
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What `train` returns: the step reached, the last logged training metrics (loss, grad_norm,
+    learning_rate, tokens_per_second; empty when nothing was trained) and the last held-out loss (None without
+    a held-out set)."""
+
+    step: int
+    metrics: dict[str, float]
+    eval_loss: float | None
+
+
+def setup(config: ConfigDict) -> Run:
+    """Validate, join the runtime, then build the data, model, optimizer state and checkpoints: every error a
+    user can make surfaces before anything compiles."""
+    validate(config)
     maybe_initialize_distributed(config)
-    validate(config, jax.device_count())
-    mesh = make_mesh(mesh_shape(config, jax.device_count()))
-    lead = jax.process_index() == 0
-    train_pairs, heldout_pairs = training_pairs(config)  # data errors surface before the model loads
+    mesh = make_mesh(training_mesh(config, jax.device_count()))
+    pairs = training_pairs(config)  # data errors surface before the model loads
     folder = resolve_model_dir(config.model.path)
     architecture = ModelConfig.from_pretrained_dir(folder)
-    extra_paths = extra_trainable_paths(config.lora.extra_trainable, param_shapes(architecture), str(folder))
     layout = make_layout(mesh, config.mesh.rules, axis_sizes(architecture, config.lora.rank))
+    model, model_config = load_base(config, folder, architecture, layout)
+    data = tokenize_data(config, model, pairs, layout)
+    state, state_shardings, optimizer, schedule = initial_state(config, model, model_config, architecture, layout)
+    train_step = jax.jit(
+        make_train_step(model_config, config, optimizer, schedule, layout),
+        in_shardings=(state_shardings, jax.tree.map(lambda x: x.sharding, model.params), None),
+        out_shardings=(state_shardings, replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    mgr = ckpt.manager(config.workdir, config.checkpoint.keep, config.checkpoint.async_save)
+    restored = ckpt.restore(mgr, state)
+    start = 0
+    if restored is not None:
+        state, restored_meta = restored
+        start = int(restored_meta["data_position"])
+    lead = jax.process_index() == 0
+    if lead and start:
+        print(f"resuming from {ckpt.checkpoint_dir(config.workdir)}/{start}")
+    if lead:
+        (epath.Path(config.workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+    return Run(
+        config=config,
+        layout=layout,
+        base=model.params,
+        data=data,
+        train_step=train_step,
+        eval_step=jax.jit(make_eval_step(model_config, config)),
+        state=state,
+        start=start,
+        mgr=mgr,
+        meta=checkpoint_meta(config),
+        writer=MetricsWriter(config.workdir, enabled=lead, resume_step=start),
+        lead=lead,
+    )
+
+
+def load_base(
+    config: ConfigDict, folder: Path, architecture: ModelConfig, layout: Layout
+) -> tuple[Pretrained, ModelConfig]:
+    """The frozen base, each tensor placed on the mesh by its logical axes as it is read."""
     model = load_pretrained(
         folder,
         dtype=config.model.dtype,
         compute_dtype=config.model.compute_dtype,
         attention_impl=None if config.model.attention_impl == "auto" else config.model.attention_impl,
         place=placer(layout, param_axes(architecture)),
-        progress=lead,
+        progress=jax.process_index() == 0,
     )
-    model_config = model.config.replace(remat_policy=config.model.remat)
-    pad_id = tokenization.pad_id(model.tokenizer, model.config.eos_token_ids)
+    return model, model.config.replace(remat_policy=config.model.remat)
+
+
+def tokenize_data(
+    config: ConfigDict, model: Pretrained, pairs: tuple[list[dict[str, str]], list[dict[str, str]]], layout: Layout
+) -> Data:
     tokenize = functools.partial(
         tokenize_pairs,
         model.tokenizer,
@@ -305,20 +321,31 @@ def train(config: ConfigDict) -> dict[str, float]:
         process_count=jax.process_count(),
         gather=multihost_utils.process_allgather,
     )
-    train_set = tokenize(train_pairs)
-    heldout_set = tokenize(heldout_pairs) if heldout_pairs else None
-    stream = BatchStream(train_set.lengths, config.train.batch_size, config.seed)
-    mine = host_rows(layout, config.train.batch_size // config.train.grad_accum)
-    if train_set.truncated and lead:
+    train_set = tokenize(pairs[0])
+    if train_set.truncated and jax.process_index() == 0:
         print(
             f"note: {train_set.truncated} training sequences were longer than train.seq_len="
             f"{config.train.seq_len} and were truncated"
         )
+    return Data(
+        train=train_set,
+        heldout=tokenize(pairs[1]) if pairs[1] else None,
+        stream=BatchStream(train_set.lengths, config.train.batch_size, config.seed),
+        pad_id=tokenization.pad_id(model.tokenizer, model.config.eos_token_ids),
+        mine=host_rows(layout, config.train.batch_size // config.train.grad_accum),
+    )
 
+
+def initial_state(
+    config: ConfigDict, model: Pretrained, model_config: ModelConfig, architecture: ModelConfig, layout: Layout
+) -> tuple[State, Any, optax.GradientTransformation, optax.Schedule]:
+    """Fresh adapters (and extra trainable leaves) with their optimizer state, sharded by their logical axes."""
     schedule = warmup_cosine(config.train.learning_rate, config.train.max_steps, config.train.warmup_ratio)
     optimizer = make_optimizer(
         schedule, config.train.weight_decay, config.train.grad_clip, b_lr_ratio=config.lora.b_lr_ratio
     )
+    folder_name = str(model.path)
+    extra_paths = extra_trainable_paths(config.lora.extra_trainable, param_shapes(architecture), folder_name)
 
     def init_state(rng: jax.Array, extras: Params) -> State:
         rng, lora_rng = jax.random.split(rng)
@@ -331,31 +358,16 @@ def train(config: ConfigDict) -> dict[str, float]:
         lora_axes(architecture, tuple(config.lora.targets)), nest((p, base_axes[p]) for p in extra_paths)
     )
     opt_axes = mirrored_axes(jax.eval_shape(init_state, jax.random.PRNGKey(0), extras)["opt"], flat(trainable_axes))
-    state_shardings = layout.shardings({"step": P(), "lora": trainable_axes, "opt": opt_axes, "rng": P()})
-    state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed), extras)
-    base_shardings = jax.tree.map(lambda x: x.sharding, model.params)
-    train_step = jax.jit(
-        make_train_step(model_config, config, optimizer, schedule, layout),
-        in_shardings=(state_shardings, base_shardings, None),  # batches arrive sharded by to_global
-        out_shardings=(state_shardings, replicated(mesh)),
-        donate_argnums=(0,),
-    )
-    eval_step = jax.jit(make_eval_step(model_config, config))
+    shardings = layout.shardings({"step": P(), "lora": trainable_axes, "opt": opt_axes, "rng": P()})
+    state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed), extras)
+    return state, shardings, optimizer, schedule
 
-    mgr = ckpt.manager(config.workdir, config.checkpoint.keep, config.checkpoint.async_save)
-    restored = ckpt.restore(mgr, state)
-    start = 0
-    if restored is not None:
-        state, meta = restored
-        start = int(meta["data_position"])
-        if lead:
-            print(f"resuming from {ckpt.checkpoint_dir(config.workdir)}/{start}")
-    writer = MetricsWriter(config.workdir, enabled=lead, resume_step=start)
-    if lead:
-        (epath.Path(config.workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
-    # A local base is recorded by absolute path, so export works from any directory; hub ids stay as given.
+
+def checkpoint_meta(config: ConfigDict) -> dict[str, Any]:
+    """What export and evaluation need besides the arrays. A local base is recorded by absolute path, so export
+    works from any directory; hub ids stay as given."""
     base = Path(config.model.path).expanduser()
-    meta = {
+    return {
         "base_model": str(base.resolve()) if base.exists() else str(config.model.path),
         "lora": {
             "rank": config.lora.rank,
@@ -367,70 +379,117 @@ def train(config: ConfigDict) -> dict[str, float]:
         },
     }
 
-    def save(step: int) -> None:
-        ckpt.save(mgr, step, state, {**meta, "data_position": step})
-        writer.flush()  # metrics up to every checkpoint are durable, even in a gs:// workdir
 
-    if start >= config.train.max_steps:
-        if lead:
-            print(f"{config.workdir}: already trained to train.max_steps={config.train.max_steps}; nothing to do")
-        return {"step": start}
-    if heldout_set is not None and start == 0:  # the baseline every later eval_loss is compared with
-        writer.write(
-            {
-                "step": 0,
-                "eval_loss": heldout_loss(eval_step, state["lora"], model.params, heldout_set, config, pad_id, layout),
-            }
-        )
+def heldout_loss(run: Run, step: int) -> float:
+    """Mean NLL of the held-out set under the current adapters, logged at `step`."""
+    data, size = run.data, run.config.train.batch_size // run.config.train.grad_accum
+    nll = weight = 0.0
+    for start in range(0, len(data.heldout), size):
+        rows = np.minimum(np.arange(start, start + size), len(data.heldout) - 1)  # repeat the last row to fill
+        length = batch_length(data.heldout, rows)
+        batch = make_batch(data.heldout, rows[data.mine], length, data.pad_id, loss_width(data.heldout, rows, length))
+        batch["weights"][start + data.mine >= len(data.heldout)] = 0.0
+        n, w = run.eval_step(run.state["lora"], run.base, to_global(batch, size, run.layout))
+        nll, weight = nll + float(n), weight + float(w)
+    loss = nll / max(weight, 1.0)
+    run.writer.write({"step": step, "eval_loss": loss})
+    return loss
+
+
+def save(run: Run, step: int) -> None:
+    ckpt.save(run.mgr, step, run.state, {**run.meta, "data_position": step})
+    run.writer.flush()  # metrics up to every checkpoint are durable, even in a gs:// workdir
+
+
+def train(config: ConfigDict) -> TrainResult:
+    """Run (or resume) training as configured.
+
+    Raises TrainingDiverged when a loss is not finite (the last good checkpoint is kept) and Interrupted after
+    saving when SIGTERM or Ctrl-C asked to stop (rerunning the same command resumes).
+    """
+    run = setup(config)
+    c = config.train
+    if run.start >= c.max_steps:
+        if run.lead:
+            print(f"{config.workdir}: already trained to train.max_steps={c.max_steps}; nothing to do")
+        return TrainResult(run.start, {}, None)
+    eval_loss = heldout_loss(run, 0) if run.data.heldout is not None and run.start == 0 else None
+    metrics = steps(run)
+    if run.data.heldout is not None:
+        eval_loss = heldout_loss(run, c.max_steps)
+    run.mgr.wait_until_finished()
+    run.mgr.close()
+    run.writer.close()
+    return TrainResult(c.max_steps, metrics, eval_loss)
+
+
+def steps(run: Run) -> dict[str, float]:
+    """The step loop, from run.start to train.max_steps; returns the last logged metrics.
+
+    The device never waits for the host: a step is dispatched, then the next batch is built while it runs, and
+    metrics reach the host one step late (reading them waits for the previous step only). Before a checkpoint
+    the step's own loss is read, so a non-finite loss is never saved: the last good checkpoint survives.
+    """
+    config, data = run.config, run.data
+    c = config.train
+    bar = tqdm(total=c.max_steps, initial=run.start, desc="training", disable=not run.lead, dynamic_ncols=True)
     last: dict[str, float] = {}
-    bar = tqdm(total=config.train.max_steps, initial=start, desc="training", disable=not lead, dynamic_ncols=True)
-    with Interrupts() as interrupts:
-        for step in range(start, config.train.max_steps):
-            began = time.perf_counter()
-            rows = stream.rows(step).reshape(config.train.grad_accum, -1)
-            batch = to_global(host_batch(train_set, rows, mine, pad_id), mine, rows.shape[1], layout, batch_dim=1)
-            state, metrics = train_step(state, model.params, batch)
-            metrics = {k: float(v) for k, v in metrics.items()}  # waits for the step: honest timing
-            if not math.isfinite(metrics["loss"]):
-                mgr.wait_until_finished()
-                raise TrainingDiverged(
-                    f"step {step + 1}: loss is {metrics['loss']}; stopped. The last good checkpoint "
-                    f"(step {mgr.latest_step()}) is kept in {ckpt.checkpoint_dir(config.workdir)}"
-                )
-            metrics["tokens_per_second"] = metrics.pop("tokens") / (time.perf_counter() - began)
-            last = {"step": step + 1, **metrics}
-            if (step + 1) % config.train.log_every == 0:
-                writer.write(last)
-            if heldout_set is not None and config.train.eval_every and (step + 1) % config.train.eval_every == 0:
-                writer.write(
-                    {
-                        "step": step + 1,
-                        "eval_loss": heldout_loss(
-                            eval_step, state["lora"], model.params, heldout_set, config, pad_id, layout
-                        ),
-                    }
-                )
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_second']:.0f}")
-            if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == config.train.max_steps:
-                save(step + 1)
-            signal_name = interrupts.agreed()
-            if signal_name:
-                save(step + 1)
-                mgr.wait_until_finished()
+    pending = None  # (step, metrics still on the device, dispatch time) of the step not yet reported
+    rows = data.stream.rows(run.start).reshape(c.grad_accum, -1)
+    batch = to_global(host_batch(data.train, rows, data.mine, data.pad_id), rows.shape[1], run.layout, batch_dim=1)
+    with Interrupts(run.mgr) as interrupts:
+        for step in range(run.start, c.max_steps):
+            run.state, metrics = run.train_step(run.state, run.base, batch)
+            if pending is not None:
+                last = report(run, bar, *pending)
+            pending = (step + 1, metrics, time.perf_counter())
+            if step + 1 < c.max_steps:  # the next batch is built while this step runs
+                rows = data.stream.rows(step + 1).reshape(c.grad_accum, -1)
+                host = host_batch(data.train, rows, data.mine, data.pad_id)
+                batch = to_global(host, rows.shape[1], run.layout, batch_dim=1)
+            checkpoint_now = (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == c.max_steps
+            stop = interrupts.stop_at(step + 1)
+            if checkpoint_now or stop:
+                last, pending = report(run, bar, *pending), None
+                save(run, step + 1)
+            if c.eval_every and data.heldout is not None and (step + 1) % c.eval_every == 0:
+                if pending is not None:
+                    last, pending = report(run, bar, *pending), None
+                heldout_loss(run, step + 1)
+            if stop:
+                run.mgr.wait_until_finished()
                 bar.close()
                 raise Interrupted(
-                    f"{signal_name}: saved checkpoint at step {step + 1}; rerun the same command to resume",
-                    143 if signal_name == "SIGTERM" else 130,
+                    f"{stop}: saved checkpoint at step {step + 1}; rerun the same command to resume",
+                    143 if stop == "SIGTERM" else 130,
                 )
+    if pending is not None:
+        last = report(run, bar, *pending)
     bar.close()
-    if heldout_set is not None:
-        last["eval_loss"] = heldout_loss(eval_step, state["lora"], model.params, heldout_set, config, pad_id, layout)
-        writer.write({"step": int(last.get("step", start)), "eval_loss": last["eval_loss"]})
-    mgr.wait_until_finished()
-    mgr.close()
-    writer.close()
     return last
+
+
+def report(run: Run, bar: tqdm, step: int, metrics: dict[str, jax.Array], dispatched: float) -> dict[str, float]:
+    """Read one step's metrics (waiting for that step only), stop on a non-finite loss, log every log_every.
+
+    tokens_per_second divides by the time since the step was dispatched or the previous step was read, whichever
+    is later: in a steady loop, the step's own time."""
+    values = {k: float(v) for k, v in metrics.items()}
+    now = time.perf_counter()
+    if not math.isfinite(values["loss"]):
+        run.mgr.wait_until_finished()
+        raise TrainingDiverged(
+            f"step {step}: loss is {values['loss']}; stopped. The last good checkpoint "
+            f"(step {run.mgr.latest_step()}) is kept in {ckpt.checkpoint_dir(run.config.workdir)}"
+        )
+    values["tokens_per_second"] = values.pop("tokens") / max(now - max(dispatched, run.last_read), 1e-9)
+    run.last_read = now
+    logged = {"step": step, **values}
+    if step % run.config.train.log_every == 0:
+        run.writer.write(logged)
+    bar.update(step - bar.n)
+    bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_second']:.0f}")
+    return logged
 
 
 COMMAND = cli.Command(

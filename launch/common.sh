@@ -26,3 +26,15 @@ run() {  # the command, or (dry run, DRY_RUN=1) its printout
     "$@"
   fi
 }
+
+default_python() {  # $PYTHON if set, else the checkout's .venv (what `make demo` / `make test` create), else python3
+  local repo
+  repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  if [[ -n ${PYTHON:-} ]]; then
+    printf '%s\n' "$PYTHON"
+  elif [[ -x $repo/.venv/bin/python ]]; then
+    printf '%s\n' "$repo/.venv/bin/python"
+  else
+    printf '%s\n' python3
+  fi
+}

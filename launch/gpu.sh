@@ -19,7 +19,7 @@ Options (each also read from the environment variable named after it):
   -h, --help
 Environment:
   JAX_CUDA_EXTRA    the jax extra to install (default cuda12; cuda13 for CUDA 13 drivers)
-  PYTHON            interpreter outside docker (default python3)
+  PYTHON            interpreter outside docker (default: the checkout's .venv/bin/python if any, else python3)
 EOF
 }
 
@@ -28,7 +28,6 @@ INSTALL=${INSTALL:-0}
 IMAGE=${IMAGE:-}
 DRY_RUN=${DRY_RUN:-0}
 JAX_CUDA_EXTRA=${JAX_CUDA_EXTRA:-cuda12}
-PYTHON=${PYTHON:-python3}
 HF_HOME=${HF_HOME:-$HOME/.cache/huggingface}
 
 while [[ $# -gt 0 && $1 == -* ]]; do
@@ -56,6 +55,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # shellcheck source=launch/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+PYTHON=$(default_python)
 
 ENV=(env)
 [[ -n $GPUS ]] && ENV+=("CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((GPUS - 1)))")

@@ -15,7 +15,8 @@ Exits with the first non-zero status, else 0.
 
 Environment:
   DEVICES_PER_PROCESS  fake CPU devices per process (default 1); the mesh spans NPROC x this many
-  PYTHON               interpreter with capt_jax installed (default: python3)
+  PYTHON               interpreter with capt_jax installed (default: the checkout's .venv/bin/python if
+                       any, else python3)
   COORDINATOR_PORT     coordinator port on 127.0.0.1 (default: a free port)
   GRACE_SECONDS        SIGTERM-to-SIGKILL grace period when stopping the others (default 30)
 
@@ -49,7 +50,9 @@ if ! [[ $DEVICES_PER_PROCESS =~ ^[1-9][0-9]*$ ]]; then
   echo "error: DEVICES_PER_PROCESS must be a positive integer, got '$DEVICES_PER_PROCESS'" >&2
   exit 2
 fi
-PYTHON=${PYTHON:-python3}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+PYTHON=$(default_python)
 GRACE_SECONDS=${GRACE_SECONDS:-30}
 if [[ -n ${COORDINATOR_PORT:-} ]]; then
   PORT=$COORDINATOR_PORT

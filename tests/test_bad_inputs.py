@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, write_sft_jsonl
 
 SFT = str(REPO / "configs" / "smollm2_sft.py")

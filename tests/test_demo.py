@@ -55,7 +55,7 @@ def test_two_stage_training_then_self_estimation(tiny_chat_dir, tmp_path):
         ],
     )
     last = train(config)
-    assert last["step"] == 2 and last["loss"] > 0
+    assert last.step == 2 and last.metrics["loss"] > 0
     results, predictions = evaluate(config, config.workdir)
     assert len(predictions) == 9 and {p["split"] for p in predictions} == {"id", "anti", "non"}
     for split in results["splits"].values():

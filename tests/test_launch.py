@@ -3,11 +3,13 @@ gloo collectives, the pod code path), checkpoints across process counts, and the
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +21,9 @@ from conftest import REPO, write_sft_jsonl
 from test_train import SFT_CONFIG, losses, train_args
 
 LAUNCH = REPO / "launch"
+# The launchers' interpreter when PYTHON is unset: the checkout's .venv (make test creates it), else python3.
+VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+LAUNCH_PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else "python3"
 STEPS = ["--config.train.max_steps=6", "--config.checkpoint.every_steps=3"]
 
 
@@ -114,9 +119,36 @@ def test_local_sh_stops_the_others_when_one_fails(tmp_path, sft_file):
     assert time.monotonic() - began < 60
 
 
+def test_sigterm_on_two_processes_saves_at_one_agreed_step(tmp_path, tiny_chat_dir, sft_file):
+    """SIGTERM reaches both processes (local.sh forwards it); JAX's preemption service agrees on one step, both
+    save that step together, and the run stops with 143."""
+    workdir = tmp_path / "preempted"
+    args = train_args(
+        tiny_chat_dir, sft_file, workdir, "--config.train.max_steps=500", "--config.checkpoint.every_steps=1000"
+    )
+    env = {**os.environ, "DEVICES_PER_PROCESS": "1", "PYTHON": sys.executable}
+    proc = subprocess.Popen(
+        [str(LAUNCH / "local.sh"), "2", args[4], *args[5:]],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((workdir / "metrics.jsonl").exists() and len(losses(workdir)) >= 2):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 143, out[-3000:]
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and saved[-1] == max(losses(workdir)), (saved, out[-2000:])
+    assert out.count("SIGTERM: saved checkpoint at step") == 2 and out.count(f"at step {saved[-1]};") == 2
+
+
 def test_explicit_distributed_settings_are_checked(sft_file):
     from capt_jax.config import ConfigError, load_config
-    from capt_jax.train import maybe_initialize_distributed
+    from capt_jax.distributed import maybe_initialize_distributed
 
     config = load_config(SFT_CONFIG, ["--config.distributed.coordinator_address=10.0.0.1:1234"])
     with pytest.raises(ConfigError, match="'distributed.num_processes'=0 and 'distributed.process_id'=-1"):
@@ -200,7 +232,7 @@ def dry_run(script: str, *args: str, **env: str) -> list[list[str]]:
     result = subprocess.run(
         [str(LAUNCH / script), "--dry-run", *args],
         cwd=REPO,
-        env={**os.environ, **env},
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHON"}, **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -257,9 +289,9 @@ def test_tpu_vm_dry_run_queued_resource_from_environment():
 def test_gpu_dry_run_installs_jax_cuda_and_trains_on_n_gpus():
     lines = dry_run("gpu.sh", "--gpus", "4", "--install", "configs/smollm2_sft.py", "--config.train.max_steps=9")
     assert lines == [
-        ["python3", "-m", "pip", "install", "-U", "jax[cuda12]"],
-        ["python3", "-m", "pip", "install", "-e", str(REPO)],
-        ["env", "CUDA_VISIBLE_DEVICES=0,1,2,3", "python3", "-m", "capt_jax.train", "--config",
+        [LAUNCH_PYTHON, "-m", "pip", "install", "-U", "jax[cuda12]"],
+        [LAUNCH_PYTHON, "-m", "pip", "install", "-e", str(REPO)],
+        ["env", "CUDA_VISIBLE_DEVICES=0,1,2,3", LAUNCH_PYTHON, "-m", "capt_jax.train", "--config",
          "configs/smollm2_sft.py", "--config.distributed.initialize=never", "--config.train.max_steps=9"],
     ]  # fmt: skip
     (docker,) = dry_run("gpu.sh", "--image", "nvcr.io/nvidia/jax:25.04-py3", "configs/smollm2_sft.py")
@@ -284,7 +316,7 @@ def test_slurm_dry_run_passes_coordinator_from_the_node_list(tmp_path):
     assert "JAX_LOCAL_DEVICE_IDS=$SLURM_LOCALID" in srun[4]  # 8 tasks per node: one GPU each
     assert "--config.distributed.process_id=$SLURM_PROCID" in srun[4]
     assert srun[5:] == [
-        "capt_jax_task", "python3", "-m", "capt_jax.train", "--config", "configs/smollm2_sft.py",
+        "capt_jax_task", LAUNCH_PYTHON, "-m", "capt_jax.train", "--config", "configs/smollm2_sft.py",
         "--config.train.max_steps=9", "--config.distributed.initialize=always",
         f"--config.distributed.coordinator_address=gpu-node-007:{61440 + 4242 % 4096}",
         "--config.distributed.num_processes=16",
@@ -304,3 +336,19 @@ def test_local_dry_run_and_help():
     for script in ("local.sh", "tpu_vm.sh", "gpu.sh", "slurm.sbatch"):
         help_text = subprocess.run([str(LAUNCH / script), "--help"], capture_output=True, text=True, check=True).stdout
         assert help_text.startswith("Usage:")
+
+
+def test_launchers_prefer_the_checkouts_venv_when_python_is_unset(tmp_path):
+    checkout = tmp_path / "checkout"
+    shutil.copytree(LAUNCH, checkout / "launch")
+    venv_python = checkout / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text('#!/bin/sh\nexec python3 "$@"\n')
+    venv_python.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    run = functools.partial(subprocess.run, cwd=checkout, capture_output=True, text=True, timeout=60)
+    args = [str(checkout / "launch" / "local.sh"), "--dry-run", "1", "configs/x.py"]
+    lines = run(args, env={**env, "COORDINATOR_PORT": "5555"}).stdout
+    assert f"{venv_python} -m capt_jax.train" in lines
+    lines = run(args, env={**env, "COORDINATOR_PORT": "5555", "PYTHON": "/opt/py"}).stdout
+    assert "/opt/py -m capt_jax.train" in lines

@@ -248,5 +248,5 @@ def test_smollm2_sft_lowers_heldout_loss(tmp_path):
     ]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 200
     assert evals[-1]["eval_loss"] < 0.5 * evals[0]["eval_loss"], evals
-    assert last["loss"] < 1.0
+    assert last.metrics["loss"] < 1.0 and last.eval_loss == evals[-1]["eval_loss"]
     assert list((tmp_path / "w" / "tensorboard").iterdir())
