@@ -282,7 +282,9 @@ def train(config: ConfigDict) -> dict[str, float]:
     lead = jax.process_index() == 0
     train_pairs, heldout_pairs = training_pairs(config)  # data errors surface before the model loads
     folder = resolve_model_dir(config.model.path)
-    architecture = ModelConfig.from_pretrained_dir(folder)
+    quantization = {"quantize": config.model.quantize, "double_quant": config.model.double_quant}
+    ckpt.check_base_quantization(config.workdir, quantization)
+    architecture = ModelConfig.from_pretrained_dir(folder, **quantization)  # quantized leaves have their own axes
     extra_paths = extra_trainable_paths(config.lora.extra_trainable, param_shapes(architecture), str(folder))
     layout = make_layout(mesh, config.mesh.rules, axis_sizes(architecture, config.lora.rank))
     model = load_pretrained(
@@ -290,6 +292,7 @@ def train(config: ConfigDict) -> dict[str, float]:
         dtype=config.model.dtype,
         compute_dtype=config.model.compute_dtype,
         attention_impl=None if config.model.attention_impl == "auto" else config.model.attention_impl,
+        **quantization,
         place=placer(layout, param_axes(architecture)),
         progress=lead,
     )
@@ -357,6 +360,7 @@ def train(config: ConfigDict) -> dict[str, float]:
     base = Path(config.model.path).expanduser()
     meta = {
         "base_model": str(base.resolve()) if base.exists() else str(config.model.path),
+        "base_quantization": quantization,  # export --format merged rebuilds the base the adapters were trained on
         "lora": {
             "rank": config.lora.rank,
             "alpha": config.lora.alpha,
@@ -439,6 +443,7 @@ COMMAND = cli.Command(
         "workdir",
         "model.path",
         "model.dtype",
+        "model.quantize",
         "model.remat",
         "lora.rank",
         "lora.alpha",
