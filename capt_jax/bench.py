@@ -5,9 +5,10 @@
 
 `--arch NAME` builds random weights of a named architecture (no download); `--model DIR` loads a model folder
 (or a .gguf file, or 'smollm2'). `--quantize int8|nf4` (with `--double-quant`) stores the seven projections
-quantized, as `model.quantize` does; the result then also reports the base's resident bytes. `train` times exactly the step `capt_jax.train` runs: `make_train_step` jitted
-with the state donated, AdamW on the LoRA weights, LoRA dropout from the state's key. `generate` times the jitted
-`capt_jax.generate.decode` (prefill + greedy decode loop, EOS ignored so every row makes all its tokens).
+quantized, as `model.quantize` does; every result reports the base's resident bytes. `train` times exactly the
+step `capt_jax.train` runs: `make_train_step` jitted with the state donated, AdamW on the LoRA weights, LoRA
+dropout from the state's key. `generate` times the jitted `capt_jax.generate.decode` (prefill + greedy decode
+loop, EOS ignored so every row makes all its tokens).
 
 Reported: median step time over `--steps` (>= 10) timed steps after `--warmup` untimed ones, tokens/s, MFU,
 peak memory, compile time; the last line printed is one JSON object. benchmarks/peft_peer.py measures the same

@@ -341,6 +341,7 @@ COMMAND = cli.Command(
         "workdir",
         "model.path",
         "model.quantize",
+        "model.double_quant",
         "data.dataset",
         "data.mode",
         "data.keep_overlap",

@@ -192,6 +192,7 @@ COMMAND = cli.Command(
         "model.path",
         "model.dtype",
         "model.quantize",
+        "model.double_quant",
         "eval.max_new_tokens",
         "eval.temperature",
         "eval.top_p",

@@ -444,6 +444,7 @@ COMMAND = cli.Command(
         "model.path",
         "model.dtype",
         "model.quantize",
+        "model.double_quant",
         "model.remat",
         "lora.rank",
         "lora.alpha",

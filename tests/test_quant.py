@@ -143,6 +143,24 @@ def test_dequantized_weights_live_one_layer_at_a_time():
     assert generation.memory_analysis().temp_size_in_bytes < 2 * one_layer
 
 
+def test_quantized_leaves_keep_their_weights_logical_axes():
+    """Codes shard as the weight they encode; scales keep its out axis only (their block count rarely divides a
+    mesh axis); the second level of double quantisation is replicated."""
+    from jax.sharding import PartitionSpec as P
+
+    from capt_jax.model.decoder import param_axes
+
+    axes = param_axes(ModelConfig.from_hf_dict(ARCHS["tiny"], quantize="nf4", double_quant=True))["layers"]
+    assert axes["q_proj"]["weight"] == {
+        "codes": P("layers", "heads", "embed"),
+        "scale_codes": P("layers", "heads", None),
+        "scale_scales": P("layers", None),
+        "scale_offset": P("layers"),
+    }
+    assert axes["down_proj"]["weight"]["codes"] == P("layers", "embed", "mlp")
+    assert axes["q_proj"]["bias"] == P("layers", "heads")
+
+
 def _weight_shapes(cfg: ModelConfig) -> list[tuple[int, ...]]:
     """The unquantized [out, in] of one layer's seven projections."""
     from capt_jax.model import param_shapes
@@ -205,23 +223,13 @@ def test_quantized_projections_fit_their_share_of_bf16_bytes(tiny_chat_dir, quan
     assert big["projections"] <= limit * abstract_bytes("none", False)["projections"]
 
 
-@pytest.fixture(scope="module")
-def smollm2_models(smollm2_dir):
-    """SmolLM2 with bf16 weights and its nf4 twin, both computing in float32."""
-    bf16 = capt_jax.load_pretrained(smollm2_dir, dtype="bfloat16", compute_dtype="float32", progress=False)
-    nf4 = capt_jax.load_pretrained(smollm2_dir, dtype="bfloat16", compute_dtype="float32", quantize="nf4",
-                                   progress=False)  # fmt: skip
-    ids = bf16.tokenizer(
-        chat_prompt(bf16.tokenizer, "A wumpus is a cat. Every cat is a mammal. Is the wumpus a mammal?"),
-        add_special_tokens=False,
-        return_tensors="np",
-    )["input_ids"]
-    return bf16, nf4, ids
-
-
-def test_nf4_smollm2_logits_close_to_bf16(smollm2_models):
-    """Measured max|nf4 - bf16| / max|bf16| on this prompt: 0.686 (int8: 0.042). bitsandbytes' nf4 of the same
-    weights is as far from them (0.684 against float32; benchmarks/qlora.py): SmolLM2-135M is that sensitive to
-    4-bit weights. Its codes equal bitsandbytes' (test_nf4_code_book_and_blocks_equal_bitsandbytes)."""
-    bf16, nf4, ids = smollm2_models
-    assert relative_error(nf4.logits(ids), bf16.logits(ids)) <= 0.75
+def test_nf4_smollm2_logits_close_to_bf16(smollm2_dir):
+    """bf16 weights against their nf4 projections (the rest bf16), both computing in float32. Measured max|nf4 -
+    bf16| / max|bf16| on this prompt: 0.685 (int8: 0.042). bitsandbytes' nf4 of the same weights is as far off
+    (0.643 against 0.645 over 8 prompts, benchmarks/qlora.py accuracy --context): SmolLM2-135M is that sensitive
+    to 4-bit weights. Its codes are bitsandbytes' (test_nf4_code_book_and_blocks_equal_bitsandbytes)."""
+    load = functools.partial(capt_jax.load_pretrained, smollm2_dir, dtype="bfloat16", compute_dtype="float32")
+    bf16, nf4 = load(progress=False), load(quantize="nf4", progress=False)
+    question = "A wumpus is a cat. Every cat is a mammal. Is the wumpus a mammal? Answer Yes or No."
+    ids = bf16.tokenizer(chat_prompt(bf16.tokenizer, question), add_special_tokens=False, return_tensors="np")
+    assert relative_error(nf4.logits(ids["input_ids"]), bf16.logits(ids["input_ids"])) <= 0.75
