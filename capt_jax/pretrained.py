@@ -56,10 +56,10 @@ class Pretrained:
     def with_adapters(self, trainable: Params, scale: float) -> Pretrained:
         """This model with a trained tree (adapters and any extra trained leaves) applied.
 
-        A full-precision base takes W + scale * B @ A merged in, the fastest to decode. A quantized base keeps
-        the adapters beside it, as they were trained: merging would need the layers dequantized (the whole model
-        in full precision) or re-quantized (another model than the one trained). Extra trained leaves (norms,
-        biases) are never quantized, so they replace their base leaves either way.
+        A full-precision base takes W + scale * B @ A merged in, so decoding runs no adapter matmuls. A quantized
+        base keeps the adapters beside it, as they were trained: merging would need the layers dequantized (the
+        whole model in full precision) or re-quantized (another model than the one trained). Extra trained leaves
+        (norms, biases) are never quantized, so they replace their base leaves either way.
         """
         if self.config.quantization is None:
             return dataclasses.replace(self, params=merge_lora(self.params, trainable, scale))

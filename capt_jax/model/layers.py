@@ -2,9 +2,9 @@
 
 Parameters live in two collections: "params" holds the frozen base in the Hugging Face layout (`weight` is
 [out, in], or with `ModelConfig.quantize` a dict of its quantized leaves, see capt_jax.model.quant), "lora" holds
-the adapters ({"a": [r, in], "b": [out, r]}, peft's lora_A / lora_B). Every variable is
-declared with logical axis names, and `constrain` pins the main activations to logical names too; the one table
-that maps names to mesh axes is `config.mesh.rules` (see capt_jax.sharding). The names:
+the adapters ({"a": [r, in], "b": [out, r]}, peft's lora_A / lora_B). Every variable is declared with logical
+axis names, and `constrain` pins the main activations to logical names too; the one table that maps names to
+mesh axes is `config.mesh.rules` (see capt_jax.sharding). The names:
 
     batch, length        rows and positions of activations
     embed                the model width D (the input of q/k/v/gate/up, the output of o/down)
