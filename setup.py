@@ -39,6 +39,8 @@ setup(
             "gguf>=0.10",
             "accelerate>=1.0",
             "peft>=0.15",
+            # The NF4 reference: its CPU quantize/dequantize and transformers' 4-bit loading (tests only).
+            "bitsandbytes>=0.50",
         ],
     },
 )

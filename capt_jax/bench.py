@@ -4,9 +4,11 @@
     python -m capt_jax.bench generate --arch qwen2.5-3b --dtype bfloat16 --batch 32 --prompt-len 256 --new-tokens 256
 
 `--arch NAME` builds random weights of a named architecture (no download); `--model DIR` loads a model folder
-(or a .gguf file, or 'smollm2'). `train` times exactly the step `capt_jax.train` runs: `make_train_step` jitted
-with the state donated, AdamW on the LoRA weights, LoRA dropout from the state's key. `generate` times the jitted
-`capt_jax.generate.decode` (prefill + greedy decode loop, EOS ignored so every row makes all its tokens).
+(or a .gguf file, or 'smollm2'). `--quantize int8|nf4` (with `--double-quant`) stores the seven projections
+quantized, as `model.quantize` does; every result reports the base's resident bytes. `train` times exactly the
+step `capt_jax.train` runs: `make_train_step` jitted with the state donated, AdamW on the LoRA weights, LoRA
+dropout from the state's key. `generate` times the jitted `capt_jax.generate.decode` (prefill + greedy decode
+loop, EOS ignored so every row makes all its tokens).
 
 Reported: median step time over `--steps` (>= 10) timed steps after `--warmup` untimed ones, tokens/s, MFU,
 peak memory, compile time; the last line printed is one JSON object. benchmarks/peft_peer.py measures the same
@@ -433,18 +435,20 @@ def load_model(args: argparse.Namespace):
     from capt_jax.model import ModelConfig, init_params
 
     attention = None if args.attention == "auto" else args.attention
+    quantization = {"quantize": args.quantize, "double_quant": args.double_quant}
     if args.model:
         from capt_jax.pretrained import load_pretrained
 
-        model = load_pretrained(args.model, dtype=args.dtype, attention_impl=attention, progress=False)
+        model = load_pretrained(args.model, dtype=args.dtype, attention_impl=attention, progress=False, **quantization)
         cfg = model.config
         return cfg.replace(remat_policy=getattr(args, "remat", "none")), model.params, str(model.path)
     hf = hf_config_dict(arch=args.arch)
     cfg = ModelConfig.from_hf_dict(
         hf, source=f"--arch {args.arch}", dtype=args.dtype, attention_impl=attention,
-        remat_policy=getattr(args, "remat", "none"),
+        remat_policy=getattr(args, "remat", "none"), **quantization,
     )  # fmt: skip
-    # init_params is jitted: the float32 draws fuse into the cast, so no float32 copy of the weights ever exists.
+    # init_params is jitted: the float32 draws fuse into the cast (or the quantizer, with --quantize), so no
+    # float32 copy of the weights ever exists.
     params = jax.block_until_ready(
         init_params(cfg.replace(remat_policy="none"), jax.random.PRNGKey(args.seed), args.dtype)
     )
@@ -529,6 +533,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
             peak=peak_flops(args, info["backend"], info["device"]),
             memory=device_memory(),
         ),
+        **quantization_fields(cfg, base),
         "grad_accum": args.grad_accum,
         "remat": cfg.remat_policy,
         "prng_impl": str(jax.config.jax_default_prng_impl),
@@ -576,9 +581,23 @@ def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
             peak=peak_flops(args, info["backend"], info["device"]),
             memory=device_memory(),
         ),
+        **quantization_fields(cfg, params),
         "xla_step_bytes": compiled_bytes(compiled),
         "lower_s": t1 - t0,
         "compile_s": t2 - t1,
+    }
+
+
+def quantization_fields(cfg: Any, params: Any) -> dict[str, Any]:
+    """How the base is stored, and its resident bytes (whole tree, and the seven projections alone)."""
+    from capt_jax.model.decoder import parameter_bytes
+
+    sizes = parameter_bytes(params)
+    return {
+        "quantize": cfg.quantize,
+        "double_quant": cfg.double_quant,
+        "param_bytes": sizes["total"],
+        "projection_bytes": sizes["projections"],
     }
 
 
@@ -588,8 +607,13 @@ def human_lines(r: dict[str, Any]) -> list[str]:
     lo, hi = r[f"{what}_time_min_s"], r[f"{what}_time_max_s"]
     mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
     mem = f"{r['peak_memory_gib']:.2f} GiB ({r['peak_memory_kind']})" if r.get("peak_memory_gib") else "n/a"
+    stored = (
+        f" ({r['quantize']}{' +dq' if r.get('double_quant') else ''} projections)"
+        if r.get("quantize", "none") != "none"
+        else ""
+    )
     lines = [
-        f"{r['framework']} {r['bench']} on {r['device']}: {r['model']} {r['dtype']}",
+        f"{r['framework']} {r['bench']} on {r['device']}: {r['model']} {r['dtype']}{stored}",
         f"  {what} {1e3 * t:.1f} ms (median of {r['steps']}; min {1e3 * lo:.1f}, max {1e3 * hi:.1f}; "
         f"{1e3 * r[f'cpu_time_per_{what}_s']:.0f} ms of process CPU time)",
         f"  {r['tokens_per_second']:,.0f} {'new ' if r['bench'] == 'generate' else ''}tokens/s, "
@@ -607,6 +631,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     src.add_argument("--model", help="a model folder (config.json + safetensors), a .gguf file, or 'smollm2'")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--quantize", default="none", choices=["none", "int8", "nf4"], help="storage of the projections")
+    p.add_argument("--double-quant", action="store_true", help="with --quantize: quantize the block scales too")
     p.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
     p.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported); at least 10")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation, the first included")
@@ -639,6 +665,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--steps and --warmup must be at least 1")
     if args.bench == "train" and args.batch % args.grad_accum:
         parser.error("--batch must be a multiple of --grad-accum")
+    if args.double_quant and args.quantize == "none":
+        parser.error("--double-quant needs --quantize int8 or nf4")
     return args
 
 

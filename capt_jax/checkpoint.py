@@ -2,8 +2,8 @@
 
 A checkpoint holds the trainable tree (LoRA params and any extra trained leaves), optimizer state, step and RNG
 (the `state` item) plus JSON metadata: the data position, what export needs (LoRA rank/alpha/targets, base
-model path) and `state_layout`. The frozen base is never saved: it is re-read from model.path. Saves are async;
-the manager keeps the last `keep`.
+model path and `base_quantization`) and `state_layout`. The frozen base is never saved: it is re-read from
+model.path. Saves are async; the manager keeps the last `keep`.
 
 State layouts: 1 (no `state_layout` key) was written before the Flax port, with one AdamW over all adapters
 inside multi_transform({"lora", "frozen"}); 2 clips first, then keeps one AdamW per optax label (lora_a, lora_b,
@@ -22,6 +22,8 @@ from etils import epath
 from capt_jax.errors import CaptError
 
 STATE_LAYOUT = 2
+# What a checkpoint's `base_quantization` meta defaults to: before QLoRA every base was full precision.
+FULL_PRECISION_BASE = {"quantize": "none", "double_quant": False}
 
 
 class CheckpointError(CaptError, ValueError):
@@ -94,6 +96,26 @@ def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any
             f"{checkpoint_dir(workdir)}/{step}: metadata cannot be read: {type(e).__name__}: {e}"
         ) from e
     return step, dict(meta)
+
+
+def base_quantization(meta: dict[str, Any]) -> dict[str, Any]:
+    """{"quantize", "double_quant"} of the base a checkpoint's adapters were trained on."""
+    return {**FULL_PRECISION_BASE, **meta.get("base_quantization", {})}
+
+
+def check_base_quantization(workdir: str, quantization: dict[str, Any]) -> None:
+    """Adapters resume on the base they were trained on: checkpoints of another model.quantize or
+    model.double_quant are refused before the model loads."""
+    try:
+        _, meta = read_meta(workdir)
+    except CheckpointError:  # nothing to resume; a damaged checkpoint is reported by `restore`
+        return
+    if base_quantization(meta) != quantization:
+        raise CheckpointError(
+            f"config keys 'model.quantize' and 'model.double_quant' ({quantization}): the checkpoints in "
+            f"{checkpoint_dir(workdir)} were trained on a base with {base_quantization(meta)}; resume with those "
+            "settings, or start a new workdir"
+        )
 
 
 def restore_adapters(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:

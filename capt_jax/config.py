@@ -24,6 +24,7 @@ from capt_jax.data.estimates import FORMS
 from capt_jax.errors import ConfigError
 from capt_jax.model.decoder import REMAT_POLICIES
 from capt_jax.model.layers import LOGICAL_AXES
+from capt_jax.model.quant import QUANTIZE_KINDS
 from capt_jax.sharding import AXES
 
 ConfigDict = ml_collections.ConfigDict
@@ -41,6 +42,10 @@ def default_config() -> ConfigDict:
     c.model.compute_dtype = "float32"  # activations (bfloat16 on accelerators)
     c.model.remat = "none"  # one of capt_jax.model.decoder.REMAT_POLICIES
     c.model.attention_impl = "auto"  # auto | xla | cudnn
+    # QLoRA: the seven projections of every layer stored as int8 or nf4 (blocks of 64, absmax scales) and
+    # dequantized one layer at a time inside the matmul; embeddings, LM head and norms stay in model.dtype.
+    c.model.quantize = "none"  # none | int8 | nf4
+    c.model.double_quant = False  # quantize the block scales too (8-bit, blocks of 256): the QLoRA paper's setting
 
     c.lora = ConfigDict()
     c.lora.rank = 64
@@ -141,6 +146,8 @@ KEY_HELP = {
     "model.compute_dtype": "activations; LoRA weights and Adam moments stay float32",
     "model.remat": "activation checkpointing: none, full, dots, dots_no_batch",
     "model.attention_impl": "auto (cuDNN on GPU for 16-bit compute, XLA elsewhere), xla, cudnn",
+    "model.quantize": "frozen projections stored as none, int8 or nf4 (QLoRA), dequantized per layer in the matmul",
+    "model.double_quant": "with model.quantize: quantize the block scales too (8-bit), as the QLoRA paper",
     "lora.rank": "adapter rank r",
     "lora.alpha": "adapter scale alpha (the update is alpha / r * B A)",
     "lora.dropout": "dropout on the adapter input",
@@ -430,6 +437,18 @@ def validate_data(config: ConfigDict) -> None:
         _positive(config, "data.copies")
 
 
+def validate_model(config: ConfigDict) -> None:
+    """The model section: dtypes and quantization, checked by key before any weight is read."""
+    _choice(config, "model.dtype", ("float32", "bfloat16", "float16"))
+    _choice(config, "model.compute_dtype", ("float32", "bfloat16", "float16"))
+    _choice(config, "model.quantize", QUANTIZE_KINDS)
+    if config.model.double_quant and config.model.quantize == "none":
+        raise ConfigError(
+            "config key 'model.double_quant': quantizes the scales of a quantized base; set model.quantize to "
+            "int8 or nf4, or leave double_quant false"
+        )
+
+
 def validate_eval(config: ConfigDict) -> None:
     """The checks evaluation needs (it trains nothing, so no data file or mesh is required)."""
     validate_data(config)
@@ -438,8 +457,7 @@ def validate_eval(config: ConfigDict) -> None:
     _positive(config, "eval.repetition_penalty")
     if not 0 < config.eval.top_p <= 1:
         raise ConfigError(f"config key 'eval.top_p': {config.eval.top_p} must be in (0, 1]")
-    _choice(config, "model.dtype", ("float32", "bfloat16", "float16"))
-    _choice(config, "model.compute_dtype", ("float32", "bfloat16", "float16"))
+    validate_model(config)
     for key in ("eval.max_new_tokens", "eval.batch_size", "eval.estimator_max_new_tokens"):
         _positive(config, key)
     for key in ("eval.max_examples", "eval.estimator_retries", "eval.estimator_shots"):

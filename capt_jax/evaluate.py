@@ -35,7 +35,7 @@ from capt_jax.data import (
 from capt_jax.data.intervention import example_rng
 from capt_jax.estimate import Estimates, model_estimates, openai_completer, oracle_estimates
 from capt_jax.generate import Sampling, generate
-from capt_jax.lora import lora_scale, merge_lora
+from capt_jax.lora import lora_scale
 from capt_jax.pretrained import Pretrained, load_pretrained
 from capt_jax.stats import wilson_interval
 
@@ -175,14 +175,20 @@ def make_estimator(config: ConfigDict, base: Pretrained, tuned: Pretrained) -> E
 
 
 def load_reasoner_model(config: ConfigDict, workdir: str | None) -> tuple[Pretrained, Pretrained, dict[str, Any]]:
-    """(base, reasoner, info): the reasoner has the workdir's latest adapter merged in (none for --base-only)."""
-    base = load_pretrained(config.model.path, dtype=config.model.dtype, compute_dtype=config.model.compute_dtype)
+    """(base, reasoner, info): the reasoner has the workdir's latest adapter applied (none for --base-only):
+    merged into a full-precision base, beside a quantized one (`Pretrained.with_adapters`)."""
+    base = load_pretrained(
+        config.model.path,
+        dtype=config.model.dtype,
+        compute_dtype=config.model.compute_dtype,
+        quantize=config.model.quantize,
+        double_quant=config.model.double_quant,
+    )
     if workdir is None:
         return base, base, {}
     step, meta = ckpt.read_meta(workdir)
     adapters, _ = ckpt.restore_adapters(workdir, step)
-    scale = lora_scale(meta["lora"]["rank"], meta["lora"]["alpha"])
-    tuned = dataclasses.replace(base, params=merge_lora(base.params, adapters, scale))
+    tuned = base.with_adapters(adapters, lora_scale(meta["lora"]["rank"], meta["lora"]["alpha"]))
     return base, tuned, {"workdir": str(workdir), "step": step}
 
 
@@ -334,6 +340,8 @@ COMMAND = cli.Command(
     keys=(
         "workdir",
         "model.path",
+        "model.quantize",
+        "model.double_quant",
         "data.dataset",
         "data.mode",
         "data.keep_overlap",

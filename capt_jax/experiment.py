@@ -316,6 +316,8 @@ COMMAND = cli.Command(
     keys=(
         "workdir",
         "model.path",
+        "model.quantize",
+        "model.double_quant",
         "data.dataset",
         "data.estimation_weight",
         "train.max_steps",

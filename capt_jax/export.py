@@ -3,9 +3,12 @@
     python -m capt_jax.export --workdir W --out DIR --format merged|peft [--step N] [--overwrite] [--base-model M]
 
 merged: a plain transformers folder (config, model.safetensors, tokenizer, generation config) whose weights are
-        W + scale * B @ A, so `AutoModelForCausalLM.from_pretrained(DIR)` needs neither peft nor capt_jax.
+        W + scale * B @ A, so `AutoModelForCausalLM.from_pretrained(DIR)` needs neither peft nor capt_jax. After
+        training on a quantized base (model.quantize), W is that base dequantized, the model as trained, written
+        in bfloat16 unless --dtype says otherwise.
 peft:   adapter_model.safetensors + adapter_config.json (and the tokenizer) for
-        `peft.PeftModel.from_pretrained(base_model, DIR)`: small, and the base stays shared.
+        `peft.PeftModel.from_pretrained(base_model, DIR)`: small, and the base stays shared. The base is the
+        original folder; after QLoRA training, load it with bitsandbytes' nf4 (or int8) for the trained setting.
 
 The folder is written under a hidden sibling name and renamed into place at the end, so an interrupted export
 never leaves a half-written model that looks complete.
@@ -33,6 +36,7 @@ from capt_jax.convert import SMOLLM2_ALIAS
 from capt_jax.errors import CaptError
 from capt_jax.lora import flat, lora_scale, merge_lora, split_trainable
 from capt_jax.model import ModelConfig, Params, param_shapes
+from capt_jax.model.decoder import dequantized
 from capt_jax.pretrained import resolve_model_dir
 from capt_jax.weights import hf_state_dict, hf_tensor_name, load_params, save_safetensors
 
@@ -172,19 +176,28 @@ def staged(out: Path) -> Iterator[Path]:
 def write_merged(
     staging: Path, folder: Path, config: ModelConfig, trainable: Params, scale: float, dtype: str, progress: bool
 ) -> None:
-    """W + scale * B @ A rounded once to `dtype` ('auto': the base's), and a config.json declaring that dtype.
+    """W + scale * B @ A rounded once to `dtype` ('auto': the base's, bfloat16 for a quantized base), and a
+    config.json declaring that dtype.
 
     The base is read in its own dtype when that is the output's, else in float32, so a float32 base exported
     as bfloat16 is not rounded before the merge and a bfloat16 base exported as float32 keeps the full delta.
+    A quantized `config` reads it quantized, exactly as training did, and dequantizes it in float32.
     """
     hf_config = json.loads((folder / "config.json").read_text())
     stored = declared_dtype(hf_config)
-    dtype = stored if dtype == "auto" else dtype
-    merge_dtype = dtype if dtype == stored else "float32"
-    merged = merge_lora(load_params(folder, config, dtype=merge_dtype, progress=False), trainable, scale)
+    if config.quantization is not None:
+        dtype = "bfloat16" if dtype == "auto" else dtype
+        base = dequantized(load_params(folder, config, dtype="float32", progress=False), config)
+        merge_dtype = "float32"
+    else:
+        dtype = stored if dtype == "auto" else dtype
+        merge_dtype = dtype if dtype == stored else "float32"
+        base = load_params(folder, config, dtype=merge_dtype, progress=False)
+    merged = merge_lora(base, trainable, scale)
     if merge_dtype != dtype:
         merged = jax.tree.map(lambda x: x.astype(dtype), merged)
-    save_safetensors(staging / "model.safetensors", hf_state_dict(merged, config), progress=progress)
+    full = config.replace(quantize="none", double_quant=False)
+    save_safetensors(staging / "model.safetensors", hf_state_dict(merged, full), progress=progress)
     dtype_keys = [k for k in ("dtype", "torch_dtype") if k in hf_config] or ["dtype"]
     hf_config.update(dict.fromkeys(dtype_keys, dtype))
     (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
@@ -230,6 +243,7 @@ def export(
     trainable, _ = ckpt.restore_adapters(workdir, step)
     check_adapters(trainable, config, lora["rank"], source, folder)
     adapters, extras = split_trainable(trainable)
+    trained_on = config.replace(**ckpt.base_quantization(meta))  # the base as the adapters were trained on it
     if kind == "peft" and extras:
         raise ExportError(
             f"{source}: also trains {sorted('.'.join(p) for p in flat(extras))} in full (lora.extra_trainable); a "
@@ -237,7 +251,8 @@ def export(
         )
     with staged(out) as staging:
         if kind == "merged":
-            write_merged(staging, folder, config, trainable, lora_scale(lora["rank"], lora["alpha"]), dtype, progress)
+            scale = lora_scale(lora["rank"], lora["alpha"])
+            write_merged(staging, folder, trained_on, trainable, scale, dtype, progress)
         else:
             write_peft(staging, adapters, lora, peft_base_name(base, folder), progress)
         for file in tokenizer_files(folder):
@@ -259,7 +274,13 @@ def define_flags(values: flags.FlagValues) -> None:
         "base folder / hub id / .gguf instead of the one the checkpoint recorded",
         flag_values=values,
     )
-    flags.DEFINE_enum("dtype", "auto", DTYPES, "dtype of merged weights (default: the base's)", flag_values=values)
+    flags.DEFINE_enum(
+        "dtype",
+        "auto",
+        DTYPES,
+        "dtype of merged weights (default: the base's; bfloat16 after QLoRA)",
+        flag_values=values,
+    )
 
 
 COMMAND = cli.Command(__doc__, define_flags, keys=("workdir",))

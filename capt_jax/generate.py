@@ -21,9 +21,9 @@ from absl import flags
 from tqdm.auto import tqdm
 
 from capt_jax import cli
-from capt_jax.config import ConfigDict, ConfigError
+from capt_jax.config import ConfigDict, ConfigError, validate_model
 from capt_jax.errors import MissingFileError
-from capt_jax.model import KVCache, ModelConfig, Params, hidden_states, logits_from_hidden
+from capt_jax.model import KVCache, Lora, ModelConfig, Params, hidden_states, logits_from_hidden
 from capt_jax.model.decoder import lm_head
 from capt_jax.pretrained import Pretrained, load_pretrained
 from capt_jax.tokenization import bucket, chat_prompt, eos_token_ids, length_bucket, pad_id
@@ -65,24 +65,30 @@ def sample_next(logits: jax.Array, rng: jax.Array, sampling: Sampling, seen: jax
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "sampling", "eos_ids", "pad_id"))
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "sampling", "eos_ids", "pad_id", "lora_scale"))
 def decode(
     params: Params,
     prompt: jax.Array,
     prompt_mask: jax.Array,
     rng: jax.Array,
+    adapters: Params | None = None,
     *,
     config: ModelConfig,
     max_new_tokens: int,
     sampling: Sampling,
     eos_ids: tuple[int, ...],
     pad_id: int,
+    lora_scale: float = 1.0,
 ) -> jax.Array:
-    """New tokens [B, max_new_tokens] for left-padded prompts [B, T]; rows that hit EOS are pad-filled after it."""
+    """New tokens [B, max_new_tokens] for left-padded prompts [B, T]; rows that hit EOS are pad-filled after it.
+
+    `adapters` (applied at `lora_scale`) are LoRA weights kept beside a quantized base (`Pretrained.adapters`).
+    """
     batch, length = prompt.shape
     eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
+    lora = None if adapters is None else Lora(adapters, lora_scale)
     cache = KVCache.empty(config, batch, length + max_new_tokens)
-    h, cache = hidden_states(params, prompt, config, token_mask=prompt_mask, cache=cache)
+    h, cache = hidden_states(params, prompt, config, token_mask=prompt_mask, cache=cache, lora=lora)
     rows = jnp.arange(batch)
     # Which tokens the repetition penalty applies to; a [B, 1] stand-in when there is no penalty.
     vocab = lm_head(params).shape[0] if sampling.repetition_penalty != 1.0 else 1
@@ -102,7 +108,7 @@ def decode(
         step, out, done, cache, token, seen, rng = state
         if vocab > 1:
             seen = seen.at[rows, token].set(True)
-        h, cache = hidden_states(params, token[:, None], config, cache=cache)
+        h, cache = hidden_states(params, token[:, None], config, cache=cache, lora=lora)
         rng, step_rng = jax.random.split(rng)
         token = sample_next(logits_from_hidden(params, h[:, 0]), step_rng, sampling, seen)
         token = jnp.where(done, pad_id, token)
@@ -150,11 +156,13 @@ def generate(
                 ids,
                 mask,
                 batch_rng,
+                model.adapters,
                 config=model.config,
                 max_new_tokens=max_new_tokens,
                 sampling=sampling,
                 eos_ids=eos_ids,
                 pad_id=pad,
+                lora_scale=model.lora_scale,
             )
         )
         for r, i in enumerate(rows):
@@ -183,6 +191,8 @@ COMMAND = cli.Command(
     keys=(
         "model.path",
         "model.dtype",
+        "model.quantize",
+        "model.double_quant",
         "eval.max_new_tokens",
         "eval.temperature",
         "eval.top_p",
@@ -202,7 +212,13 @@ def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
             "config keys 'eval': max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1 and repetition_penalty > 0; "
             f"got {e.max_new_tokens}, {e.temperature}, {e.top_p}, {e.repetition_penalty}"
         )
-    model = load_pretrained(config.model.path, dtype=config.model.dtype)
+    validate_model(config)
+    model = load_pretrained(
+        config.model.path,
+        dtype=config.model.dtype,
+        quantize=config.model.quantize,
+        double_quant=config.model.double_quant,
+    )
     sampling = Sampling(e.temperature, e.top_p, e.repetition_penalty)
     completions = generate(
         model, values.prompt, e.max_new_tokens, sampling, chat=values.chat, batch_size=e.batch_size, seed=e.seed

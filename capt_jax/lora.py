@@ -119,12 +119,17 @@ def init_extras(base: Params, paths: Sequence[Path]) -> Params:
     return nest((p, leaves[p].astype(jnp.float32)) for p in paths)
 
 
+def put_extras(params: Params, extras: Params) -> Params:
+    """Base params with trained extras in place of their base leaves, in the base leaves' dtypes."""
+    base = flat(params)
+    return overlay(params, nest((p, x.astype(base[p].dtype)) for p, x in flat(extras).items()))
+
+
 def merge_lora(params: Params, trainable: Params, scale: float) -> Params:
     """Base params with W + scale * B @ A folded in (in float32, stored back in W's dtype), and any trained
     extras in place of their base leaves (in the base leaf's dtype)."""
     adapters, extras = split_trainable(trainable)
-    base = flat(params)
-    params = overlay(params, nest((p, x.astype(base[p].dtype)) for p, x in flat(extras).items()))
+    params = put_extras(params, extras)
     layers = dict(params["layers"])
     for name, adapter in adapters["layers"].items():
         weight = layers[name]["weight"]

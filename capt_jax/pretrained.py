@@ -12,31 +12,59 @@ import jax.numpy as jnp
 
 from capt_jax.convert import SMOLLM2_ALIAS, converted_gguf, packaged_smollm2_gguf
 from capt_jax.errors import MissingFileError
-from capt_jax.model import ModelConfig, Params, forward
+from capt_jax.lora import merge_lora, put_extras, split_trainable
+from capt_jax.model import Lora, ModelConfig, Params, forward
 from capt_jax.weights import load_params
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _logits(params: Params, input_ids: jax.Array, attention_mask: jax.Array, config: ModelConfig) -> jax.Array:
-    return forward(params, input_ids, config, token_mask=attention_mask)[0]
+@functools.partial(jax.jit, static_argnames=("config", "lora_scale"))
+def _logits(
+    params: Params,
+    adapters: Params | None,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    config: ModelConfig,
+    lora_scale: float,
+) -> jax.Array:
+    lora = None if adapters is None else Lora(adapters, lora_scale)
+    return forward(params, input_ids, config, token_mask=attention_mask, lora=lora)[0]
 
 
 @dataclasses.dataclass
 class Pretrained:
-    """A loaded model: what training, generation and evaluation take as their starting point."""
+    """A loaded model: what training, generation and evaluation take as their starting point.
+
+    `adapters` (the "lora" collection, applied at `lora_scale`) are set on a quantized base with trained
+    adapters, which are kept beside it rather than merged (see `with_adapters`).
+    """
 
     config: ModelConfig
     params: Params
     tokenizer: Any
     path: Path
+    adapters: Params | None = None
+    lora_scale: float = 1.0
 
     def logits(self, input_ids: Any, attention_mask: Any | None = None) -> jax.Array:
         """Logits [batch, seq, vocab]; attention_mask marks real tokens (left padding allowed)."""
         input_ids = jnp.asarray(input_ids, jnp.int32)
         mask = jnp.ones(input_ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask, bool)
-        return _logits(self.params, input_ids, mask, self.config)
+        return _logits(self.params, self.adapters, input_ids, mask, self.config, self.lora_scale)
+
+    def with_adapters(self, trainable: Params, scale: float) -> Pretrained:
+        """This model with a trained tree (adapters and any extra trained leaves) applied.
+
+        A full-precision base takes W + scale * B @ A merged in, so decoding runs no adapter matmuls. A quantized
+        base keeps the adapters beside it, as they were trained: merging would need the layers dequantized (the
+        whole model in full precision) or re-quantized (another model than the one trained). Extra trained leaves
+        (norms, biases) are never quantized, so they replace their base leaves either way.
+        """
+        if self.config.quantization is None:
+            return dataclasses.replace(self, params=merge_lora(self.params, trainable, scale))
+        adapters, extras = split_trainable(trainable)
+        return dataclasses.replace(self, params=put_extras(self.params, extras), adapters=adapters, lora_scale=scale)
 
 
 def resolve_model_dir(path_or_id: str | Path) -> Path:
@@ -75,11 +103,23 @@ def load_pretrained(
     dtype: str = "float32",
     compute_dtype: str | None = None,
     attention_impl: str | None = None,
+    quantize: str = "none",
+    double_quant: bool = False,
     progress: bool = True,
     **load_kwargs: Any,
 ) -> Pretrained:
-    """Load a Llama/Qwen2 checkpoint: params stored in `dtype`, activations in `compute_dtype` (default: dtype)."""
+    """Load a Llama/Qwen2 checkpoint: params stored in `dtype`, activations in `compute_dtype` (default: dtype).
+
+    `quantize` ("int8", "nf4") stores the seven projections of every layer quantized as they are read, with
+    `double_quant` their scales too; embeddings, the LM head, norms and biases stay in `dtype`.
+    """
     folder = resolve_model_dir(path_or_id)
-    config = ModelConfig.from_pretrained_dir(folder, dtype=compute_dtype or dtype, attention_impl=attention_impl)
+    config = ModelConfig.from_pretrained_dir(
+        folder,
+        dtype=compute_dtype or dtype,
+        attention_impl=attention_impl,
+        quantize=quantize,
+        double_quant=double_quant,
+    )
     params = load_params(folder, config, dtype=dtype, progress=progress, **load_kwargs)
     return Pretrained(config=config, params=params, tokenizer=load_tokenizer(folder), path=folder)

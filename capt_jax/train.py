@@ -255,7 +255,9 @@ def setup(config: ConfigDict) -> Run:
     mesh = make_mesh(training_mesh(config, jax.device_count()))
     pairs = training_pairs(config)  # data errors surface before the model loads
     folder = resolve_model_dir(config.model.path)
-    architecture = ModelConfig.from_pretrained_dir(folder)
+    ckpt.check_base_quantization(config.workdir, base_quantization(config))
+    # quantized leaves have their own shapes and axes
+    architecture = ModelConfig.from_pretrained_dir(folder, **base_quantization(config))
     layout = make_layout(mesh, config.mesh.rules, axis_sizes(architecture, config.lora.rank))
     model, model_config = load_base(config, folder, architecture, layout)
     data = tokenize_data(config, model, pairs, layout)
@@ -302,6 +304,7 @@ def load_base(
         dtype=config.model.dtype,
         compute_dtype=config.model.compute_dtype,
         attention_impl=None if config.model.attention_impl == "auto" else config.model.attention_impl,
+        **base_quantization(config),
         place=placer(layout, param_axes(architecture)),
         progress=jax.process_index() == 0,
     )
@@ -363,12 +366,18 @@ def initial_state(
     return state, shardings, optimizer, schedule
 
 
+def base_quantization(config: ConfigDict) -> dict[str, Any]:
+    """How the frozen base is held (capt_jax.model.quant): the same at load, in the checkpoint and on export."""
+    return {"quantize": config.model.quantize, "double_quant": config.model.double_quant}
+
+
 def checkpoint_meta(config: ConfigDict) -> dict[str, Any]:
     """What export and evaluation need besides the arrays. A local base is recorded by absolute path, so export
     works from any directory; hub ids stay as given."""
     base = Path(config.model.path).expanduser()
     return {
         "base_model": str(base.resolve()) if base.exists() else str(config.model.path),
+        "base_quantization": base_quantization(config),  # export --format merged rebuilds the trained-on base
         "lora": {
             "rank": config.lora.rank,
             "alpha": config.lora.alpha,
@@ -498,6 +507,8 @@ COMMAND = cli.Command(
         "workdir",
         "model.path",
         "model.dtype",
+        "model.quantize",
+        "model.double_quant",
         "model.remat",
         "lora.rank",
         "lora.alpha",

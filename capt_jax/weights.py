@@ -1,7 +1,9 @@
 """Hugging Face safetensors <-> the decoder's params pytree, one tensor at a time and without torch.
 
 Files are memory-mapped; each stacked leaf is filled layer by layer in the target dtype and moved to its
-device before the next one is read, so a bf16 3B model never exists as a float32 copy on the host.
+device before the next one is read, so a bf16 3B model never exists as a float32 copy on the host. With
+`config.quantize`, each projection tensor is quantized as it is read (capt_jax.model.quant), so the model
+exists only quantized: at most one tensor is ever held in full precision.
 Writing (for export) streams tensors into the file one by one, from views of the stacked leaves.
 """
 
@@ -20,6 +22,8 @@ from tqdm.auto import tqdm
 
 from capt_jax.errors import CaptError
 from capt_jax.model import ModelConfig, Params, param_shapes
+from capt_jax.model.decoder import PROJECTIONS
+from capt_jax.model.quant import Quantization, quantize
 
 SAFETENSORS_DTYPES = {
     "F64": np.float64,
@@ -149,7 +153,8 @@ def load_params(
     place: Callable[[tuple[str, ...], np.ndarray], jax.Array] | None = None,
     progress: bool = True,
 ) -> Params:
-    """Read every tensor the config calls for into a params pytree of `dtype`.
+    """Read every tensor the config calls for into a params pytree of `dtype`, the projections quantized when
+    `config.quantize` says so (from the stored values, whatever `dtype`, so every load quantizes alike).
 
     `place(path, host_array)` puts a finished leaf on its device(s) (e.g. with a sharding); by default it is
     `jax.device_put` onto the default device.
@@ -157,9 +162,14 @@ def load_params(
     tensors = SafetensorsFolder(folder)
     place = place or (lambda _path, array: jax.device_put(array))
     target = np.dtype(dtype) if dtype != "bfloat16" else np.dtype(ml_dtypes.bfloat16)
+    quant = config.quantization
     params: Params = {}
-    leaves = list(_leaf_paths(param_shapes(config)))
+    leaves = list(_leaf_paths(param_shapes(config.replace(quantize="none", double_quant=False))))
     for path, shape in tqdm(leaves, desc=f"loading {Path(folder).name}", disable=not progress, leave=False):
+        if quant is not None and path[0] == "layers" and path[1] in PROJECTIONS and path[-1] == "weight":
+            for leaf, host in _quantized_layers(tensors, path, shape, quant).items():
+                _set_leaf(params, (*path, leaf), place((*path, leaf), host))
+            continue
         host = np.empty(shape, target)
         if path[0] == "layers":
             for layer in range(config.num_layers):
@@ -169,6 +179,23 @@ def load_params(
         _set_leaf(params, path, place(path, host))
         del host
     return params
+
+
+_quantize = jax.jit(quantize, static_argnums=1)
+
+
+def _quantized_layers(
+    tensors: SafetensorsFolder, path: tuple[str, ...], shape: tuple[int, ...], quant: Quantization
+) -> dict[str, np.ndarray]:
+    """The quantized leaves of one stacked projection, [L, ...] each, quantizing one layer's tensor at a time."""
+    stacked: dict[str, np.ndarray] = {}
+    for layer in range(shape[0]):
+        leaves = _quantize(_checked(tensors, hf_tensor_name(path, layer), shape[1:]), quant)
+        for name, value in leaves.items():
+            if name not in stacked:
+                stacked[name] = np.empty((shape[0], *value.shape), value.dtype)
+            stacked[name][layer] = np.asarray(value)
+    return stacked
 
 
 def _checked(tensors: SafetensorsFolder, name: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -100,6 +100,20 @@ CASES = [
         ["--config", SFT, "--config.data.path={sft}", "--config.model.path={model}", "--config.workdir={corrupt}"],
         "checkpoints/1: cannot be restored",
     ),
+    ("train", ["--config", SFT, "--config.model.quantize=nf5"], "config key 'model.quantize': 'nf5' is not one of"),
+    ("train", ["--config", SFT, "--config.model.double_quant=true"], "config key 'model.double_quant': quantizes"),
+    (
+        "train",
+        [
+            "--config",
+            SFT,
+            "--config.data.path={sft}",
+            "--config.model.path={model}",
+            "--config.workdir={work}",
+            "--config.model.quantize=nf4",
+        ],
+        "config keys 'model.quantize' and 'model.double_quant'",
+    ),
     ("evaluate", ["--config", DEMO, "--workdir={root}/missing", *TINY_DATA], "no checkpoint found"),
     (
         "evaluate",
@@ -133,6 +147,7 @@ CASES = [
     ("generate", ["--prompt=hi", "--config.model.path={root}/missing"], "expected a model folder"),
     ("generate", ["--prompt=hi", "--config.model.path={root}/wrong_shape"], "shape"),
     ("generate", ["--prompt=hi", "--config.model.path={root}/no_config"], "config.json"),
+    ("generate", ["--prompt=hi", "--config.model.quantize=int4"], "config key 'model.quantize': 'int4' is not one of"),
     ("demo", ["--config.train.max_step=1"], "unknown config key 'train.max_step' (did you mean 'train.max_steps'?)"),
     ("experiment", ["--config", DEMO, "--methods=sft,dpo"], "--methods"),
     ("data", ["show", "--split=dev"], "flag --split=dev"),

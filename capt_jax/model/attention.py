@@ -199,7 +199,8 @@ class Attention(nn.Module):
         q_out, kv_out = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
 
         def proj(name: str, features: int, axes: tuple[str, str], bias: bool) -> Linear:
-            return Linear(features, axes, bias, adapter_for(self.adapter, name), self.param_dtype, name=name)
+            adapter = adapter_for(self.adapter, name)
+            return Linear(features, axes, bias, adapter, self.param_dtype, c.quantization, name=name)
 
         self.q_proj = proj("q_proj", q_out, ("heads", "embed"), c.qkv_bias)
         self.k_proj = proj("k_proj", kv_out, ("kv_heads", "embed"), c.qkv_bias)

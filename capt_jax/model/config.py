@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from capt_jax.errors import CaptError
+from capt_jax.model.quant import QUANTIZE_KINDS, Quantization
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
@@ -43,10 +44,23 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations
     attention_impl: str | None = None  # None: cuDNN on GPU in bf16/fp16, else XLA; "xla"/"cudnn" force one
     remat_policy: str = "none"  # see capt_jax.model.decoder.REMAT_POLICIES
+    # Storage of the seven projections of every layer (capt_jax.model.quant); it changes the params tree.
+    quantize: str = "none"  # none | int8 | nf4
+    double_quant: bool = False  # quantize the blockwise scales too
+
+    def __post_init__(self) -> None:
+        if self.quantize not in QUANTIZE_KINDS:
+            raise ModelConfigError(f"quantize {self.quantize!r} is not one of {list(QUANTIZE_KINDS)}")
+        if self.double_quant and self.quantize == "none":
+            raise ModelConfigError("double_quant quantizes the scales of int8 or nf4 weights; quantize is 'none'")
 
     @property
     def rope_type(self) -> str:
         return dict(self.rope_scaling).get("rope_type", "default")
+
+    @property
+    def quantization(self) -> Quantization | None:
+        return None if self.quantize == "none" else Quantization(self.quantize, self.double_quant)
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)

@@ -17,6 +17,10 @@ transposes. The layers are one `Block` under `nn.scan` (stacked on a leading "la
                            "o_proj": {"weight": [L, D, Hq*hd]}, "gate_proj": ..., "up_proj": ..., "down_proj": ...}},
      "lora":   {"layers": {"q_proj": {"a": [L, r, D], "b": [L, Hq*hd, r]}, ...}}}       (adapted projections only)
 
+With `config.quantize` ("int8", "nf4") each projection's "weight" is instead a dict of its quantized leaves, e.g.
+{"codes": uint8 [L, out, in/2], "scales": f32 [L, out, in/64]} (capt_jax.model.quant), dequantized one layer at
+a time inside the scan.
+
 `param_shapes`, `param_axes` and `lora_axes` read these shapes and logical axis names off the modules' own
 declarations, so loading, init, export and sharding share one contract.
 """
@@ -29,12 +33,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.core import meta
 
 from capt_jax.model.attention import Attention, DecodeStep, Full, Prefill, attention_mask
 from capt_jax.model.config import ModelConfig
 from capt_jax.model.kernels import rms_norm
 from capt_jax.model.layers import INIT_STD, MLP, AdapterConfig, constrain
+from capt_jax.model.quant import dequantize
 from capt_jax.model.rope import rotary_tables
 
 if TYPE_CHECKING:
@@ -235,7 +241,7 @@ def forward(params: Params, tokens: jax.Array, config: ModelConfig, **kwargs: An
 
 
 def _architecture(config: ModelConfig) -> ModelConfig:
-    """The config without its runtime choices: shapes and axes depend on the architecture alone."""
+    """The config without the runtime choices that leave shapes and axes alone (quantization changes them)."""
     return config.replace(dtype="float32", attention_impl="xla", remat_policy="none")
 
 
@@ -263,6 +269,32 @@ def param_axes(config: ModelConfig) -> Params:
 def lora_axes(config: ModelConfig, targets: tuple[str, ...]) -> Params:
     """Logical axis names of every adapter leaf of the given projections (the rank does not change them)."""
     return nn.get_partition_spec(abstract_variables(config, AdapterConfig(tuple(sorted(targets)), 1))["lora"])
+
+
+def parameter_bytes(params: Params) -> dict[str, int]:
+    """Resident bytes of a params tree of arrays or of `jax.eval_shape` shapes: the whole tree, and the seven
+    projections' weights alone (when quantized: their codes and every level of scales)."""
+
+    def size(tree: Any) -> int:
+        return sum(int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(tree))
+
+    projections = [params["layers"][name]["weight"] for name in PROJECTIONS]
+    return {"total": size(params), "projections": size(projections)}
+
+
+def dequantized(params: Params, config: ModelConfig, dtype: str = "float32") -> Params:
+    """`params` of a quantized `config` with every projection's weight decoded to [L, out, in] in `dtype`: the
+    full-precision model its adapters were trained on, for a merged export (training and generation never build
+    it: they dequantize one layer at a time)."""
+    quant = config.quantization
+    if quant is None:
+        return params
+    shapes = param_shapes(config.replace(quantize="none", double_quant=False))["layers"]
+    layers = dict(params["layers"])
+    for name in PROJECTIONS:
+        decode = functools.partial(dequantize, quant=quant, in_features=shapes[name]["weight"][-1], dtype=dtype)
+        layers[name] = {**layers[name], "weight": jax.vmap(decode)(layers[name]["weight"])}
+    return {**params, "layers": layers}
 
 
 def axis_sizes(config: ModelConfig, rank: int | None = None) -> dict[str, int]:

@@ -1,9 +1,10 @@
 """The decoder's building blocks as Flax Linen modules: a projection with an optional LoRA adapter, and the MLP.
 
 Parameters live in two collections: "params" holds the frozen base in the Hugging Face layout (`weight` is
-[out, in]), "lora" holds the adapters ({"a": [r, in], "b": [out, r]}, peft's lora_A / lora_B). Every variable is
-declared with logical axis names, and `constrain` pins the main activations to logical names too; the one table
-that maps names to mesh axes is `config.mesh.rules` (see capt_jax.sharding). The names:
+[out, in], or with `ModelConfig.quantize` a dict of its quantized leaves, see capt_jax.model.quant), "lora" holds
+the adapters ({"a": [r, in], "b": [out, r]}, peft's lora_A / lora_B). Every variable is declared with logical
+axis names, and `constrain` pins the main activations to logical names too; the one table that maps names to
+mesh axes is `config.mesh.rules` (see capt_jax.sharding). The names:
 
     batch, length        rows and positions of activations
     embed                the model width D (the input of q/k/v/gate/up, the output of o/down)
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 
 from capt_jax.model.config import ModelConfig
 from capt_jax.model.kernels import dropout, swiglu
+from capt_jax.model.quant import Quantization, leaf_axes, quantize, quantized_matmul
 
 if TYPE_CHECKING:
     from capt_jax.sharding import Layout
@@ -66,23 +68,41 @@ def _lora_a_init(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) -> j
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def _quantized_init(quant: Quantization, axes: tuple[str, str]):
+    """Random quantized weights: the normal draw of an unquantized projection, quantized, each leaf boxed with its
+    logical axes; so benchmarks and tests get quantized random models without a full-precision copy of them."""
+
+    def init(key: jax.Array, shape: tuple[int, int]) -> dict[str, nn.LogicallyPartitioned]:
+        leaves = quantize(nn.initializers.normal(INIT_STD)(key, shape), quant)
+        return {name: nn.LogicallyPartitioned(leaves[name], names) for name, names in leaf_axes(quant, axes).items()}
+
+    return init
+
+
 class Linear(nn.Module):
-    """x @ W.T (+ b) (+ scale * dropout(x) @ A.T @ B.T); W [out, in] is cast to x's dtype, never copied in f32."""
+    """x @ W.T (+ b) (+ scale * dropout(x) @ A.T @ B.T); W [out, in] is cast to x's dtype, never copied in f32.
+
+    With `quant`, W is stored quantized and dequantized inside the matmul (`quantized_matmul`).
+    """
 
     features: int
     axes: tuple[str, str]  # logical names of (out, in)
     use_bias: bool = False
     adapter: AdapterConfig | None = None
     param_dtype: str = "float32"
+    quant: Quantization | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         out_axis, in_axis = self.axes
-        normal = nn.initializers.normal(INIT_STD)
-        weight = self.param(
-            "weight", nn.with_logical_partitioning(normal, self.axes), (self.features, x.shape[-1]), self.param_dtype
-        )
-        y = jnp.einsum("...i,oi->...o", x, weight.astype(x.dtype))
+        shape = (self.features, x.shape[-1])
+        if self.quant is None:
+            normal = nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), self.axes)
+            weight = self.param("weight", normal, shape, self.param_dtype)
+            y = jnp.einsum("...i,oi->...o", x, weight.astype(x.dtype))
+        else:
+            leaves = self.param("weight", _quantized_init(self.quant, self.axes), shape)
+            y = quantized_matmul(x, leaves, self.quant, x.shape[-1])
         if self.use_bias:
             init = nn.with_logical_partitioning(nn.initializers.zeros_init(), (out_axis,))
             y = y + self.param("bias", init, (self.features,), self.param_dtype).astype(x.dtype)
@@ -112,7 +132,8 @@ class MLP(nn.Module):
         c = self.config
 
         def proj(name: str, features: int, axes: tuple[str, str]) -> Linear:
-            return Linear(features, axes, c.mlp_bias, adapter_for(self.adapter, name), self.param_dtype, name=name)
+            adapter = adapter_for(self.adapter, name)
+            return Linear(features, axes, c.mlp_bias, adapter, self.param_dtype, c.quantization, name=name)
 
         self.gate_proj = proj("gate_proj", c.intermediate_size, ("mlp", "embed"))
         self.up_proj = proj("up_proj", c.intermediate_size, ("mlp", "embed"))
