@@ -47,6 +47,21 @@ def test_bench_train_and_generate_print_json_last(capsys):
     assert result["ms_per_new_token"] > 0 and "compile_s" in result
 
 
+def test_random_init_one_leaf_at_a_time_equals_the_whole_tree():
+    import jax
+    from flax.core import meta
+
+    from capt_jax.model import init_params
+    from capt_jax.model.decoder import _init
+
+    config = ModelConfig.from_hf_dict(ARCHS["tiny"], dtype="bfloat16")
+    whole = meta.unbox(jax.jit(_init, static_argnums=(0, 1, 2))(config, None, "bfloat16", jax.random.PRNGKey(4)))
+    leaves = init_params(config, jax.random.PRNGKey(4), "bfloat16")
+    assert jax.tree.structure(leaves) == jax.tree.structure(whole["params"])
+    for got, want in zip(jax.tree.leaves(leaves), jax.tree.leaves(whole["params"])):
+        assert got.dtype == want.dtype and (got == want).all()
+
+
 def test_bench_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--arch", "no-such-arch"])
