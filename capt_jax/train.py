@@ -35,6 +35,7 @@ from capt_jax.batches import (
     batch_length,
     loss_width,
     make_batch,
+    pack,
     read_jsonl_pairs,
     tokenize_pairs,
 )
@@ -307,6 +308,8 @@ def train(config: ConfigDict) -> dict[str, float]:
     )
     train_set = tokenize(train_pairs)
     heldout_set = tokenize(heldout_pairs) if heldout_pairs else None
+    if config.data.packing:
+        train_set = pack(train_set, config.seed)
     stream = BatchStream(train_set.lengths, config.train.batch_size, config.seed)
     mine = host_rows(layout, config.train.batch_size // config.train.grad_accum)
     if train_set.truncated and lead:
@@ -449,6 +452,7 @@ COMMAND = cli.Command(
         "data.mode",
         "data.n_train",
         "data.estimation_weight",
+        "data.packing",
         "train.max_steps",
         "train.batch_size",
         "train.seq_len",

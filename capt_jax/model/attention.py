@@ -2,7 +2,8 @@
 
 A call attends in one of three modes, each a small pytree carrying exactly what it needs:
 
-    Full        training and scoring: queries see this call's own keys (causal, blind to padding)
+    Full        training and scoring: queries see this call's own keys (causal, blind to padding and, in a
+                packed row, to the row's other examples)
     Prefill     a prompt written into the KV cache at `index`; queries see every slot of the cache
     DecodeStep  one new token per row: it sees the cache as it is, plus itself
 
@@ -53,14 +54,18 @@ class DecodeStep(NamedTuple):
 Mode = Full | Prefill | DecodeStep
 
 
-def attention_mask(query_slots: jax.Array, key_valid: jax.Array) -> jax.Array:
-    """Boolean [B, 1, T, S]: causal over slots and blind to padding.
+def attention_mask(query_slots: jax.Array, key_valid: jax.Array, segments: jax.Array | None = None) -> jax.Array:
+    """Boolean [B, 1, T, S]: causal over slots and blind to padding; with `segments` (packed rows: [B, T] example
+    ids of a call's own keys, T = S) also blind to the other examples of the row.
 
     A padded query may always see its own slot, so no softmax row is empty (no NaNs from padding).
     """
     key_slots = jnp.arange(key_valid.shape[1])
     causal = key_slots[None, None, :] <= query_slots[:, :, None]
-    visible = key_valid[:, None, :] | (key_slots[None, None, :] == query_slots[:, :, None])
+    visible = key_valid[:, None, :]
+    if segments is not None:
+        visible = visible & (segments[:, :, None] == segments[:, None, :])
+    visible = visible | (key_slots[None, None, :] == query_slots[:, :, None])
     return (causal & visible)[:, None]
 
 

@@ -164,15 +164,25 @@ class Decoder(nn.Module):
         token_mask: jax.Array | None = None,
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
+        segment_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """token_mask [B, T] marks real (non-pad) tokens. positions default to each row's count of real tokens so
-        far, which makes left-padded rows see the same RoPE phases as unpadded ones."""
+        far, which makes left-padded rows see the same RoPE phases as unpadded ones.
+
+        segment_ids [B, T] (packed training rows, no cache) number the examples sharing a row: attention stays
+        within an example and default positions restart at each example's first token.
+        """
         c = self.config
         batch, seq = tokens.shape
         token_mask = jnp.ones((batch, seq), bool) if token_mask is None else token_mask.astype(bool)
+        if segment_ids is not None and cache is not None:
+            raise ValueError("segment_ids mark packed training rows; the KV-cache paths take one sequence per row")
         if cache is None:
-            mode = Full(attention_mask(jnp.broadcast_to(jnp.arange(seq), (batch, seq)), token_mask))
+            slots = jnp.broadcast_to(jnp.arange(seq), (batch, seq))
+            mode = Full(attention_mask(slots, token_mask, segment_ids))
             past = jnp.zeros((batch,), jnp.int32)
+            if segment_ids is not None and positions is None:
+                positions = segment_positions(segment_ids)
         else:
             key_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, token_mask, cache.index, axis=1)
             if seq == 1:
@@ -198,6 +208,13 @@ class Decoder(nn.Module):
         return h, cache
 
 
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+    """Positions [B, T] counted from the first token of each run of equal segment ids [B, T]."""
+    slots = jnp.broadcast_to(jnp.arange(segment_ids.shape[1]), segment_ids.shape)
+    first = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+    return slots - jax.lax.cummax(jnp.where(first, slots, 0), axis=1)
+
+
 def hidden_states(
     params: Params,
     tokens: jax.Array,
@@ -206,6 +223,7 @@ def hidden_states(
     token_mask: jax.Array | None = None,
     positions: jax.Array | None = None,
     cache: KVCache | None = None,
+    segment_ids: jax.Array | None = None,
     lora: Lora | None = None,
     layout: Layout | None = None,
 ) -> tuple[jax.Array, KVCache | None]:
@@ -217,7 +235,7 @@ def hidden_states(
         if lora.rng is not None and lora.dropout > 0:
             rngs = {"dropout": lora.rng}
     model = Decoder(config, adapter, layout)
-    return model.apply(variables, tokens, token_mask, positions, cache, rngs=rngs)
+    return model.apply(variables, tokens, token_mask, positions, cache, segment_ids, rngs=rngs)
 
 
 def lm_head(params: Params) -> jax.Array:
