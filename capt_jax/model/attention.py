@@ -174,6 +174,19 @@ def _attention_bwd(scale, residuals, d_out):
 recomputing_attention.defvjp(_attention_forward, _attention_bwd)
 
 
+def library_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, implementation: str
+) -> jax.Array:
+    """The cuDNN call site: `jax.nn.dot_product_attention` on q [B, T, Hq, D] and k/v [B, Hk, S, D], moved into its
+    [B, S, Hk, D] layout, with the boolean mask [B, 1, T, S] (cuDNN turns it into an additive bias).
+
+    `implementation` is the only thing the caller chooses: "cudnn" on a GPU, "xla" in the CPU test that checks
+    these very arguments against `recomputing_attention` (tests/test_kernels.py).
+    """
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: ModelConfig) -> jax.Array:
     """q [B, T, Hq, D], k/v [B, Hk, S, D], boolean mask [B, 1, T, S] -> [B, T, Hq, D], for Full and Prefill.
 
@@ -182,8 +195,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: Mo
     """
     scale = config.head_dim**-0.5
     if attention_implementation(config) == "cudnn" and q.shape[1] > 1:
-        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+        return library_attention(q, k, v, mask, scale, "cudnn")
     return recomputing_attention(q, k, v, mask, scale)
 
 
