@@ -461,7 +461,11 @@ def time_calls(call: Callable[[], Any], steps: int, cpu: list[float] | None = No
     return times
 
 
-def bench_train(args: argparse.Namespace) -> dict[str, Any]:
+Loaded = tuple[Any, Any, str]  # (ModelConfig, base params, name), as load_model returns them
+
+
+def bench_train(args: argparse.Namespace, loaded: Loaded | None = None) -> dict[str, Any]:
+    """The train report; `loaded` is a model load_model (or the caller) already holds."""
     jax = _jax()
     import jax.numpy as jnp
 
@@ -472,7 +476,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.prng_impl != "default":
         jax.config.update("jax_default_prng_impl", args.prng_impl)
-    cfg, base, name = load_model(args)
+    cfg, base, name = loaded or load_model(args)
     config = default_config()
     config.lora.rank, config.lora.alpha = args.lora_rank, float(args.lora_alpha or 2 * args.lora_rank)
     config.lora.dropout, config.lora.targets = args.lora_dropout, tuple(args.targets)
@@ -536,13 +540,14 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def bench_generate(args: argparse.Namespace) -> dict[str, Any]:
+def bench_generate(args: argparse.Namespace, loaded: Loaded | None = None) -> dict[str, Any]:
+    """The generate report; `loaded` as for bench_train."""
     jax = _jax()
 
     from capt_jax.generate import Sampling, decode
     from capt_jax.model.attention import attention_implementation
 
-    cfg, params, name = load_model(args)
+    cfg, params, name = loaded or load_model(args)
     prompt, _ = token_batch(args.seed, args.batch, args.prompt_len, cfg.vocab_size)
     prompt = jax.device_put(prompt)
     mask = jax.device_put(np.ones(prompt.shape, bool))
