@@ -133,5 +133,20 @@ def test_positions_restart_per_segment_and_the_cache_refuses_segments(model):
         hidden_states(base, jnp.ones((1, 8), jnp.int32), config, segment_ids=segments, cache=cache)
 
 
+def test_train_runs_packed(tmp_path, tiny_chat_dir):
+    """capt_jax.train with data.packing: two steps over packed rows, finite losses logged."""
+    from conftest import REPO, write_sft_jsonl
+
+    from capt_jax.config import load_config
+    from capt_jax.train import train
+
+    data = write_sft_jsonl(tmp_path / "sft.jsonl", 40)
+    overrides = [f"--config.model.path={tiny_chat_dir}", f"--config.data.path={data}"]
+    overrides += [f"--config.workdir={tmp_path / 'w'}", "--config.data.packing=true", "--config.train.max_steps=2"]
+    overrides += ["--config.train.batch_size=2", "--config.train.seq_len=128", "--config.data.holdout_fraction=0"]
+    last = train(load_config(str(REPO / "configs" / "smollm2_sft.py"), overrides))
+    assert last["step"] == 2 and np.isfinite(last["loss"])
+
+
 def test_packing_is_off_by_default():
     assert default_config().data.packing is False and default_config().train.batch_size == 4
