@@ -17,7 +17,9 @@ CPU the MFU denominator is measured once here (a 2048^3 matmul) and passed to ev
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -95,7 +97,93 @@ def port_cases() -> list[tuple[str, str, list[str]]]:
     ]
 
 
-PRESETS = {"cpu": cpu_cases, "h100": gpu_cases, "parity": parity_cases, "port": port_cases}
+DEVICE_MODEL_DIR = "/tmp/capt_device_check_model"
+
+
+def device_cases(tiny: bool = False) -> list[tuple[str, str, list[str]]]:
+    """benchmarks/device_check.sh: the issue's training and generation cases in order of priority, so that a short
+    loan measures the targets first. The first run (peft) saves its random Qwen2.5-3B and every later run loads
+    it, so all first losses are the same base model's loss on the same batch: the bf16 parity check.
+
+    tiny: the tiny architecture at toy sizes, which runs on a CPU in a minute (the script's plumbing test).
+    """
+    arch, batch, seq = ("tiny", "2", "64") if tiny else ("qwen2.5-3b", "8", "1024")
+    gen_batch, prompt, new = ("4", "8", "4") if tiny else ("32", "256", "256")
+    steps = ["--steps", "2", "--warmup", "1"] if tiny else []
+    folder = os.environ.get("DEVICE_MODEL_DIR", DEVICE_MODEL_DIR)
+    group, gen_group = f"train {arch} bf16 {batch}x{seq} r64", f"generate {arch} bf16 b{gen_batch} p{prompt} n{new}"
+    train = ["train", "--dtype", "bfloat16", "--batch", batch, "--seq", seq, "--lora-rank", "64", "--lora-alpha", "128"]
+    save = train + steps + ["--arch", arch, "--save-model", folder]
+    train += steps + ["--model", folder]
+    generate = ["generate", "--dtype", "bfloat16", "--batch", gen_batch, "--prompt-len", prompt, "--new-tokens", new]
+    generate += ["--model", folder]
+    return [
+        (group, "peft", PEER + save),
+        (group, "capt_jax remat=none", BENCH + train + ["--remat", "none"]),
+        (gen_group, "capt_jax", BENCH + generate + steps),
+        (group, "capt_jax remat=full", BENCH + train + ["--remat", "full"]),
+        (group, "peft +ckpt", PEER + train + ["--gradient-checkpointing"]),
+        # HF generate makes ~330 new tokens/s on an H100: one timed call of 25 s after one untimed.
+        (gen_group, "transformers", PEER + generate + (steps or ["--steps", "1", "--warmup", "1"])),
+        (group, "capt_jax remat=dots", BENCH + train + ["--remat", "dots"]),
+    ]
+
+
+PRESETS = {
+    "cpu": cpu_cases,
+    "h100": gpu_cases,
+    "parity": parity_cases,
+    "port": port_cases,
+    "device": device_cases,
+    "device-tiny": functools.partial(device_cases, tiny=True),
+}
+
+# The issue's targets on one H100: (what, capt_jax runs it applies to, tokens/s at least, peak GiB at most).
+DEVICE_TARGETS = [
+    ("train at 8x1024 within 40 GiB", "train", 32_000, 40),
+    ("train at 8x1024 within 24 GiB", "train", 23_800, 24),
+    ("generate at batch 32", "generate", 6_500, None),
+]
+
+
+def device_report(results: list[dict], skipped: list[str], tiny: bool) -> dict:
+    """Targets met or not (the best capt_jax run within each memory limit), the parity of the first losses, the
+    table, and every run's JSON."""
+    capt = [r for r in results if r["framework"] == "capt_jax"]
+    targets = []
+    for what, bench, tokens_per_s, gib in DEVICE_TARGETS:
+        fits = [r for r in capt if r["bench"] == bench and (gib is None or (r.get("peak_memory_gib") or 0) <= gib)]
+        best = max(fits, key=lambda r: r["tokens_per_second"], default=None)
+        targets.append(
+            {
+                "target": what,
+                "tokens_per_second_at_least": tokens_per_s,
+                "peak_gib_at_most": gib,
+                "best_run": best and best["label"],
+                "tokens_per_second": best and best["tokens_per_second"],
+                "peak_memory_gib": best and best.get("peak_memory_gib"),
+                "met": None if tiny or best is None else best["tokens_per_second"] >= tokens_per_s,
+            }
+        )
+    losses = {r["label"]: r["first_loss"] for r in results if r["bench"] == "train"}
+    spread = (max(losses.values()) - min(losses.values())) / min(losses.values()) if len(losses) > 1 else None
+    return {
+        "tiny": tiny,
+        "targets": targets,
+        "parity": {
+            "first_losses": losses,
+            "relative_spread": spread,
+            "ok": None if spread is None else spread <= PARITY_TOLERANCE,
+            "tolerance": PARITY_TOLERANCE,
+        },
+        "skipped": skipped,
+        "table": table(results) if results else "",
+        "runs": results,
+    }
+
+
+# bf16 noise between transformers' and capt_jax's forward pass of the same weights: a few 1e-3 relative.
+PARITY_TOLERANCE = 1e-2
 
 # "retain": one arena, no mmap, no trimming, so freed pages are reused instead of returned to the kernel and
 # faulted in again. XLA:CPU allocates each step's temporaries afresh (one block of GiBs) and pays ~0.5 million
@@ -128,8 +216,13 @@ def before_tree(ref: str) -> Path:
 def run_case(argv: list[str], timeout: float, env: dict[str, str], tree: Path = REPO) -> dict | None:
     """One benchmark process on the code in `tree` (its cwd and first import path)."""
     began = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(tree), "CAPT_JAX_CACHE": str(REPO / ".cache"), **env}
-    proc = subprocess.run(argv, cwd=tree, capture_output=True, text=True, timeout=timeout, env=env)
+    path = os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])  # carried wheels stay
+    env = {**os.environ, "PYTHONPATH": path, "CAPT_JAX_CACHE": str(REPO / ".cache"), **env}
+    try:
+        proc = subprocess.run(argv, cwd=tree, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as e:
+        print(f"TIMED OUT after {timeout:.0f} s: {' '.join(argv)}\n{(e.stdout or b'')[-2000:]}")
+        return None
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode or not lines or not lines[-1].startswith("{"):
         print(f"FAILED ({proc.returncode}): {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -236,6 +329,8 @@ def main(argv=None) -> None:
     parser.add_argument("--extra", default="", help="extra arguments for every run, e.g. '--steps 12'")
     parser.add_argument("--taskset", default=None, help="pin every run to these CPUs (taskset -c), e.g. 1")
     parser.add_argument("--before", default=None, help="also run the capt_jax cases on this git commit")
+    parser.add_argument("--budget-s", type=float, default=None, help="start no case after this many seconds")
+    parser.add_argument("--report", default=None, help="write the device preset's report (one JSON) here")
     parser.add_argument(
         "--malloc", choices=list(MALLOC_SETTINGS), default="default",
         help="glibc malloc settings for both sides' processes (see MALLOC_SETTINGS)",
@@ -265,14 +360,19 @@ def main(argv=None) -> None:
     if args.preset == "cpu" and not args.before:
         peak = ["--peak-flops", f"{measure_cpu_peak(pin):.4g}"]
         print(f"CPU MFU denominator (best 2048^3 float32 matmul): {float(peak[1]) / 1e9:.0f} GFLOP/s", flush=True)
-    results = []
+    results, skipped, began = [], [], time.perf_counter()
     for round_ in range(args.rounds):
         for group, label, cmd, tree in cases:
+            left = math.inf if args.budget_s is None else args.budget_s - (time.perf_counter() - began)
+            if left <= 0:
+                skipped.append(f"{group} | {label}: the --budget-s of {args.budget_s:.0f} s was spent")
+                continue
             print(f"round {round_ + 1}/{args.rounds}: {group} | {label}", flush=True)
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
             env = MALLOC_SETTINGS[args.malloc]
-            r = run_case(pin + cmd + peak + extra, args.timeout, env, tree)
+            r = run_case(pin + cmd + peak + extra, min(args.timeout, left), env, tree)
             if r is None:
+                skipped.append(f"{group} | {label}: failed or ran past the budget (its output is above)")
                 continue
             command = " ".join([f"{k}={v}" for k, v in env.items()] + pin + ["python"] + cmd[1:] + peak + extra)
             command = command.replace(str(REPO) + "/", "")
@@ -289,6 +389,10 @@ def main(argv=None) -> None:
     if args.before:
         print(port_table(results))
         return
+    if args.report:
+        report = device_report(results, skipped, tiny=args.preset == "device-tiny")
+        Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
+        print(json.dumps({"targets": report["targets"], "parity": report["parity"], "skipped": skipped}, indent=1))
     print(table(results))
     ratios: dict[str, dict[str, float]] = {}  # best tokens/s of each capt_jax case over the best peer case's
     for group in dict.fromkeys(r["group"] for r in results):

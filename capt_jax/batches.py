@@ -7,6 +7,7 @@ step, and a resumed run sees exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -87,6 +88,71 @@ class TokenizedSet:
         ids, mask = self.encode(self.pairs[row])
         return ids[: self.seq_len + 1], mask[: self.seq_len + 1]
 
+    @property
+    def window_widths(self) -> np.ndarray:
+        """Per row: the input positions of its loss window, from loss start to row end."""
+        return self.lengths - self.loss_starts
+
+    def task(self, row: int) -> int:
+        return ESTIMATION_TASK if self.pairs[row].get("task") == "estimation" else INTERVENTION_TASK
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedSet:
+    """The examples of a TokenizedSet packed into rows of at most seq_len input positions (data.packing).
+
+    Indexed like a TokenizedSet, by row, so BatchStream, `batch_length`, `loss_width` and `make_batch` serve it
+    unchanged; a row's examples share one task, so the per-row loss coefficients stay exact.
+    """
+
+    examples: TokenizedSet
+    members: tuple[np.ndarray, ...]  # per row: the example indices it holds, in order
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def seq_len(self) -> int:
+        return self.examples.seq_len
+
+    @property
+    def truncated(self) -> int:
+        return self.examples.truncated
+
+    @functools.cached_property
+    def lengths(self) -> np.ndarray:
+        return np.array([self.examples.lengths[m].sum() for m in self.members], np.int64)
+
+    @functools.cached_property
+    def window_widths(self) -> np.ndarray:
+        return np.array([self.examples.window_widths[m].sum() for m in self.members], np.int64)
+
+    def task(self, row: int) -> int:
+        return self.examples.task(int(self.members[row][0]))
+
+
+def pack(data: TokenizedSet, seed: int) -> PackedSet:
+    """First-fit decreasing packing of every example into rows of seq_len input positions, per task.
+
+    A pure function of the lengths and the seed (ties in length are broken by a seeded shuffle), so every process
+    of a pod packs alike; BatchStream then shuffles the packed rows like any others.
+    """
+    order = np.random.default_rng([seed, 1]).permutation(len(data))
+    order = order[np.argsort(-data.lengths[order], kind="stable")]
+    members: list[list[int]] = []
+    for task in (INTERVENTION_TASK, ESTIMATION_TASK):
+        loads, rows = np.zeros(0, np.int64), []
+        for example in (int(e) for e in order if data.task(int(e)) == task):
+            fits = np.flatnonzero(loads + data.lengths[example] <= data.seq_len)
+            if len(fits):
+                loads[fits[0]] += data.lengths[example]
+                rows[fits[0]].append(example)
+            else:
+                loads = np.append(loads, data.lengths[example])
+                rows.append([example])
+        members += rows
+    return PackedSet(data, tuple(np.asarray(m, np.int64) for m in members))
+
 
 def tokenize_pairs(
     tokenizer: Any,
@@ -157,18 +223,22 @@ def loss_width(data: TokenizedSet, rows: Iterable[int], length: int) -> int:
 
     Only these positions need the vocabulary projection: with a completion-only loss that is a fraction of T.
     """
-    rows = list(rows)
-    widest = int(max(data.lengths[r] - data.loss_starts[r] for r in rows))
+    widest = int(max(data.window_widths[r] for r in rows))
     return min(length, length_bucket(max(widest, 1), MIN_LOSS_WINDOW))
 
 
 def make_batch(
-    data: TokenizedSet, rows: Iterable[int], length: int, pad_id: int, width: int | None = None
+    data: TokenizedSet | PackedSet, rows: Iterable[int], length: int, pad_id: int, width: int | None = None
 ) -> dict[str, np.ndarray]:
     """Right-padded inputs and mask [len(rows), T]; targets and loss weights [len(rows), C] for each row's loss
-    window, which starts at loss_start [len(rows)]; and each row's task. Only these rows are tokenized."""
+    window, which starts at loss_start [len(rows)]; and each row's task. Only these rows are tokenized.
+
+    Packed rows (see `packed_batch`) list their loss positions instead of a start and carry segment ids.
+    """
     rows = list(rows)
     width = length if width is None else width
+    if isinstance(data, PackedSet):
+        return packed_batch(data, rows, length, pad_id, width)
     inputs = np.full((len(rows), length), pad_id, np.int32)
     mask = np.zeros((len(rows), length), bool)
     targets = np.zeros((len(rows), width), np.int32)
@@ -182,12 +252,43 @@ def make_batch(
         end = min(n, start + width)
         starts[i] = start
         targets[i, : end - start], weights[i, : end - start] = seq[start + 1 : end + 1], loss_mask[start + 1 : end + 1]
-    task = [ESTIMATION_TASK if data.pairs[r].get("task") == "estimation" else INTERVENTION_TASK for r in rows]
     return {
         "inputs": inputs,
         "mask": mask,
         "targets": targets,
         "weights": weights,
         "loss_start": starts,
-        "task": np.asarray(task, np.int32),
+        "task": np.asarray([data.task(r) for r in rows], np.int32),
+    }
+
+
+def packed_batch(data: PackedSet, rows: Sequence[int], length: int, pad_id: int, width: int) -> dict[str, np.ndarray]:
+    """The fields of `make_batch` for packed rows, with "loss_positions" [len(rows), C] in place of "loss_start"
+    (each example's own window, back to back: the input position of every target) and "segments"
+    [len(rows), T], the 1-based example number of every input position (0: padding)."""
+    inputs = np.full((len(rows), length), pad_id, np.int32)
+    mask = np.zeros((len(rows), length), bool)
+    segments = np.zeros((len(rows), length), np.int32)
+    targets = np.zeros((len(rows), width), np.int32)
+    weights = np.zeros((len(rows), width), np.float32)
+    positions = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        offset = column = 0
+        for segment, example in enumerate(data.members[r], 1):
+            seq, loss_mask = data.examples[example]
+            n, start = len(seq) - 1, int(data.examples.loss_starts[example])
+            inputs[i, offset : offset + n], mask[i, offset : offset + n] = seq[:-1], True
+            segments[i, offset : offset + n] = segment
+            window = slice(column, column + n - start)
+            positions[i, window] = offset + np.arange(start, n)
+            targets[i, window], weights[i, window] = seq[start + 1 :], loss_mask[start + 1 :]
+            offset, column = offset + n, column + n - start
+    return {
+        "inputs": inputs,
+        "mask": mask,
+        "segments": segments,
+        "targets": targets,
+        "weights": weights,
+        "loss_positions": positions,
+        "task": np.asarray([data.task(r) for r in rows], np.int32),
     }

@@ -70,6 +70,9 @@ def default_config() -> ConfigDict:
     # How an estimator replies (capt_jax.data.estimates): `map`, the slot -> phrase map, whose template is
     # computed by substitution, or `template`, the map plus the rewritten prompt (many more decoded tokens).
     c.data.estimation_form = "map"
+    # Several examples per row of train.seq_len positions (train.batch_size then counts packed rows); the paper
+    # trains on one example per row, padded to its length bucket.
+    c.data.packing = False
 
     c.train = ConfigDict()
     c.train.max_steps = 3200
@@ -164,6 +167,7 @@ KEY_HELP = {
     "data.keep_overlap": "keep test questions whose question or template is trained on (the paper did not check)",
     "data.estimation_weight": "w_est of the two-stage objective; > 0 trains the model as its own estimator",
     "data.estimation_form": "map (slot -> phrase, the template by substitution) or template (the rewritten prompt)",
+    "data.packing": "pack several examples into each row of train.seq_len (batch_size counts rows); default off",
     "train.max_steps": "optimizer steps",
     "train.batch_size": "global batch in sequences",
     "train.grad_accum": "micro-batches per step",
@@ -331,6 +335,7 @@ def validate(config: ConfigDict) -> None:
     _choice(config, "model.attention_impl", ("auto", "xla", "cudnn"))
     _choice(config, "data.kind", ("jsonl", "capt"))
     _choice(config, "data.loss_on", ("completion", "all"))
+    _choice(config, "data.packing", (False, True))
     _choice(config, "distributed.initialize", ("auto", "always", "never"))
     for key in (
         "lora.rank",

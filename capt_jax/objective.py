@@ -78,16 +78,23 @@ def position_nll(
     chunk: int = 512,
     layout: Layout | None = None,
 ) -> jax.Array:
-    """-log p(target) [B, C] over each row's loss window: C positions from batch["loss_start"] (whole rows,
-    C = T, without it). The vocabulary projection runs on those positions only.
+    """-log p(target) [B, C] over each row's loss window: C positions from batch["loss_start"], or the C positions
+    listed in batch["loss_positions"] (packed rows, whose examples each keep their own window); whole rows,
+    C = T, without either. The vocabulary projection runs on those positions only.
 
+    Packed rows carry batch["segments"], the example id of every position (see `capt_jax.batches.pack`).
     `trainable` is the adapters plus any base leaves trained in full (capt_jax.lora); only it is differentiated.
     """
     adapters, extras = split_trainable(trainable)
     base = overlay(base, extras)
     lora = Lora(adapters, scale, dropout, rng)
-    h, _ = hidden_states(base, batch["inputs"], config, token_mask=batch["mask"], lora=lora, layout=layout)
-    if "loss_start" in batch:
+    segments = batch.get("segments")
+    h, _ = hidden_states(
+        base, batch["inputs"], config, token_mask=batch["mask"], segment_ids=segments, lora=lora, layout=layout
+    )
+    if "loss_positions" in batch:
+        h = jnp.take_along_axis(h, batch["loss_positions"][..., None], axis=1)
+    elif "loss_start" in batch:
         width = batch["targets"].shape[-1]
         h = jax.vmap(lambda row, start: jax.lax.dynamic_slice_in_dim(row, start, width, axis=0))(h, batch["loss_start"])
     return token_nll(h, lm_head(base), batch["targets"], chunk)

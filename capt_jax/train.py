@@ -37,6 +37,7 @@ from capt_jax.batches import (
     batch_length,
     loss_width,
     make_batch,
+    pack,
     read_jsonl_pairs,
     tokenize_pairs,
 )
@@ -325,6 +326,8 @@ def tokenize_data(
         gather=multihost_utils.process_allgather,
     )
     train_set = tokenize(pairs[0])
+    if config.data.packing:
+        train_set = pack(train_set, config.seed)
     if train_set.truncated and jax.process_index() == 0:
         print(
             f"note: {train_set.truncated} training sequences were longer than train.seq_len="
@@ -519,6 +522,7 @@ COMMAND = cli.Command(
         "data.mode",
         "data.n_train",
         "data.estimation_weight",
+        "data.packing",
         "train.max_steps",
         "train.batch_size",
         "train.seq_len",

@@ -170,7 +170,7 @@ def load_params(
             for leaf, host in _quantized_layers(tensors, path, shape, quant).items():
                 _set_leaf(params, (*path, leaf), place((*path, leaf), host))
             continue
-        host = np.empty(shape, target)
+        host = aligned_empty(shape, target)
         if path[0] == "layers":
             for layer in range(config.num_layers):
                 host[layer] = _checked(tensors, hf_tensor_name(path, layer), shape[1:])
@@ -193,9 +193,22 @@ def _quantized_layers(
         leaves = _quantize(_checked(tensors, hf_tensor_name(path, layer), shape[1:]), quant)
         for name, value in leaves.items():
             if name not in stacked:
-                stacked[name] = np.empty((shape[0], *value.shape), value.dtype)
+                stacked[name] = aligned_empty((shape[0], *value.shape), value.dtype)
             stacked[name][layer] = np.asarray(value)
     return stacked
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype, alignment: int = 64) -> np.ndarray:
+    """An uninitialised array whose data starts on an `alignment`-byte boundary.
+
+    XLA:CPU adopts such a buffer in `jax.device_put` instead of copying it (numpy's own large arrays start 16
+    bytes past a page, and are copied): on a CPU the loaded model then takes its own size once, not plus a
+    copy of the leaf being placed (measured in benchmarks/qwen3b_cpu.py).
+    """
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start : start + size].view(dtype).reshape(shape)
 
 
 def _checked(tensors: SafetensorsFolder, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -224,6 +237,25 @@ def hf_state_dict(params: Params, config: ModelConfig) -> dict[str, np.ndarray]:
         else:
             tensors[hf_tensor_name(path)] = host
     return tensors
+
+
+def save_sharded_safetensors(folder: str | Path, tensors: dict[str, np.ndarray], shard_bytes: int) -> list[Path]:
+    """Write `tensors` as Hugging Face shards (model-0000i-of-0000n.safetensors, in order, each at most
+    `shard_bytes` unless one tensor is larger) and the model.safetensors.index.json that maps names to files."""
+    shards: list[dict[str, np.ndarray]] = [{}]
+    for name, array in tensors.items():
+        if shards[-1] and sum(a.nbytes for a in shards[-1].values()) + array.nbytes > shard_bytes:
+            shards.append({})
+        shards[-1][name] = array
+    folder, files, weight_map = Path(folder), [], {}
+    for i, shard in enumerate(shards, 1):
+        files.append(folder / f"model-{i:05d}-of-{len(shards):05d}.safetensors")
+        save_safetensors(files[-1], shard)
+        weight_map.update(dict.fromkeys(shard, files[-1].name))
+    total = sum(a.nbytes for a in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return files
 
 
 def save_safetensors(

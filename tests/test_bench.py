@@ -47,6 +47,43 @@ def test_bench_train_and_generate_print_json_last(capsys):
     assert result["ms_per_new_token"] > 0 and "compile_s" in result
 
 
+def test_random_init_one_leaf_at_a_time_equals_the_whole_tree():
+    import jax
+    from flax.core import meta
+
+    from capt_jax.model import init_params
+    from capt_jax.model.decoder import _init
+
+    config = ModelConfig.from_hf_dict(ARCHS["tiny"], dtype="bfloat16")
+    whole = meta.unbox(jax.jit(_init, static_argnums=(0, 1, 2))(config, None, "bfloat16", jax.random.PRNGKey(4)))
+    leaves = init_params(config, jax.random.PRNGKey(4), "bfloat16")
+    assert jax.tree.structure(leaves) == jax.tree.structure(whole["params"])
+    for got, want in zip(jax.tree.leaves(leaves), jax.tree.leaves(whole["params"])):
+        assert got.dtype == want.dtype and (got == want).all()
+
+
+def test_random_model_in_shards_loads_back_without_a_copy(tmp_path):
+    """benchmarks/qwen3b_cpu.py's path at tiny size: shards and an index written, read back equal; on a CPU the
+    loaded leaves are the aligned host buffers themselves, so loading takes the weights' bytes once."""
+    import jax
+    import numpy as np
+
+    from capt_jax.model import init_params
+    from capt_jax.weights import aligned_empty, hf_state_dict, load_params, save_sharded_safetensors
+
+    config = ModelConfig.from_hf_dict(ARCHS["tiny"], dtype="bfloat16")
+    params = init_params(config, jax.random.PRNGKey(5), "bfloat16")
+    files = save_sharded_safetensors(tmp_path, hf_state_dict(params, config), shard_bytes=80_000)
+    assert [f.name for f in files] == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    loaded = load_params(tmp_path, config, dtype="bfloat16", progress=False)
+    for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+        assert got.dtype == want.dtype and (got == want).all()
+    host = aligned_empty((3, 5), np.dtype("float32"))
+    assert host.ctypes.data % 64 == 0 and host.shape == (3, 5)
+    if jax.default_backend() == "cpu":
+        assert jax.device_put(host).unsafe_buffer_pointer() == host.ctypes.data
+
+
 def test_bench_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--arch", "no-such-arch"])

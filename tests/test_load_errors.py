@@ -98,7 +98,11 @@ def test_unknown_hub_id_offline_says_what_failed():
 
 
 def test_bfloat16_load_never_holds_a_float32_copy(tmp_path):
-    """Host memory while loading float32 files as bf16 stays below the bf16 size of the model itself."""
+    """Host memory while loading float32 files as bf16 holds the bf16 model once and no float32 copy of a leaf.
+
+    On a CPU the loaded leaves are the host buffers themselves (weights.aligned_empty), so the model's own bytes
+    are the floor; a float32 copy of the largest leaf (6.3 MB here) would add half of them again.
+    """
     from conftest import save_random_model
 
     folder = save_random_model(
@@ -117,4 +121,5 @@ def test_bfloat16_load_never_holds_a_float32_copy(tmp_path):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert all(leaf.dtype.name == "bfloat16" for leaf in jax.tree.leaves(model.params))
-    assert peak < 2 * n_params, f"peak host allocation {peak} bytes >= the bf16 model's {2 * n_params} bytes"
+    bound = 1.1 * 2 * n_params
+    assert peak < bound, f"peak host allocation {peak} bytes >= 1.1 x the bf16 model's {2 * n_params} bytes"

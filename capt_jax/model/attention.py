@@ -2,7 +2,8 @@
 
 A call attends in one of three modes, each a small pytree carrying exactly what it needs:
 
-    Full        training and scoring: queries see this call's own keys (causal, blind to padding)
+    Full        training and scoring: queries see this call's own keys (causal, blind to padding and, in a
+                packed row, to the row's other examples)
     Prefill     a prompt written into the KV cache at `index`; queries see every slot of the cache
     DecodeStep  one new token per row: it sees the cache as it is, plus itself
 
@@ -53,14 +54,18 @@ class DecodeStep(NamedTuple):
 Mode = Full | Prefill | DecodeStep
 
 
-def attention_mask(query_slots: jax.Array, key_valid: jax.Array) -> jax.Array:
-    """Boolean [B, 1, T, S]: causal over slots and blind to padding.
+def attention_mask(query_slots: jax.Array, key_valid: jax.Array, segments: jax.Array | None = None) -> jax.Array:
+    """Boolean [B, 1, T, S]: causal over slots and blind to padding; with `segments` (packed rows: [B, T] example
+    ids of a call's own keys, T = S) also blind to the other examples of the row.
 
     A padded query may always see its own slot, so no softmax row is empty (no NaNs from padding).
     """
     key_slots = jnp.arange(key_valid.shape[1])
     causal = key_slots[None, None, :] <= query_slots[:, :, None]
-    visible = key_valid[:, None, :] | (key_slots[None, None, :] == query_slots[:, :, None])
+    visible = key_valid[:, None, :]
+    if segments is not None:
+        visible = visible & (segments[:, :, None] == segments[:, None, :])
+    visible = visible | (key_slots[None, None, :] == query_slots[:, :, None])
     return (causal & visible)[:, None]
 
 
@@ -169,6 +174,19 @@ def _attention_bwd(scale, residuals, d_out):
 recomputing_attention.defvjp(_attention_forward, _attention_bwd)
 
 
+def library_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, implementation: str
+) -> jax.Array:
+    """The cuDNN call site: `jax.nn.dot_product_attention` on q [B, T, Hq, D] and k/v [B, Hk, S, D], moved into its
+    [B, S, Hk, D] layout, with the boolean mask [B, 1, T, S] (cuDNN turns it into an additive bias).
+
+    `implementation` is the only thing the caller chooses: "cudnn" on a GPU, "xla" in the CPU test that checks
+    these very arguments against `recomputing_attention` (tests/test_kernels.py).
+    """
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: ModelConfig) -> jax.Array:
     """q [B, T, Hq, D], k/v [B, Hk, S, D], boolean mask [B, 1, T, S] -> [B, T, Hq, D], for Full and Prefill.
 
@@ -177,8 +195,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: Mo
     """
     scale = config.head_dim**-0.5
     if attention_implementation(config) == "cudnn" and q.shape[1] > 1:
-        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+        return library_attention(q, k, v, mask, scale, "cudnn")
     return recomputing_attention(q, k, v, mask, scale)
 
 

@@ -1,0 +1,50 @@
+"""benchmarks/device_check.sh, the one-script GPU runbook, at toy sizes on the CPU: every case runs, the one JSON
+report holds them, the parity of their first losses and the targets (not judged at toy sizes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_device_check_writes_one_report_at_toy_sizes(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "DEVICE_CHECK_TINY": "1"}
+    env["DEVICE_MODEL_DIR"] = str(tmp_path / "model")
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "compile_cache")
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "device_check.sh")], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [p.name for p in out.iterdir()] == ["device_check.json"]
+    report = json.loads((out / "device_check.json").read_text())
+    labels = [r["label"] for r in report["runs"]]
+    assert labels == [
+        "peft",
+        "capt_jax remat=none",
+        "capt_jax",
+        "capt_jax remat=full",
+        "peft +ckpt",
+        "transformers",
+        "capt_jax remat=dots",
+    ]
+    assert report["skipped"] == [] and report["preset"] == "device-tiny" and "jax backend=cpu" in report["environment"]
+    assert report["parity"]["ok"] and len(report["parity"]["first_losses"]) == 5
+    assert [t["met"] for t in report["targets"]] == [None, None, None]
+    assert all(t["tokens_per_second"] > 0 for t in report["targets"])
+    assert "| train tiny bf16 2x64 r64 | capt_jax remat=none |" in report["table"]
+    assert not (tmp_path / "model").exists()  # the shared random model is removed
+
+
+def test_device_check_says_so_without_a_gpu(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"}
+    env.pop("DEVICE_CHECK_TINY", None)
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "device_check.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2 and "jax has no GPU backend" in proc.stderr
+    assert "no GPU backend" in json.loads((tmp_path / "device_check.json").read_text())["error"]
