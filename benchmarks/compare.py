@@ -213,8 +213,46 @@ def before_tree(ref: str) -> Path:
     return folder
 
 
+# The settings both sides share, written as the peer's flags in the cases above, and the config key each is on
+# `python -m capt_jax.bench` (whose own flags, --arch, --steps, --warmup, --seed, --peak-flops, ..., pass as they are).
+BENCH_KEYS = {
+    "--batch": "train.batch_size",
+    "--seq": "train.seq_len",
+    "--dtype": "model.dtype",
+    "--lora-rank": "lora.rank",
+    "--lora-alpha": "lora.alpha",
+    "--lora-dropout": "lora.dropout",
+    "--targets": "lora.targets",
+    "--remat": "model.remat",
+    "--grad-accum": "train.grad_accum",
+    "--attention": "model.attention_impl",
+    "--model": "model.path",
+    "--quantize": "model.quantize",
+}
+
+
+def bench_argv(argv: list[str]) -> list[str]:
+    """A case's capt_jax.bench command line with the shared settings as --config overrides; LoRA alpha defaults
+    to 2 x rank, as on the peer."""
+    out, keys, items = [], {}, list(argv)
+    while items:
+        item = items.pop(0)
+        if item in BENCH_KEYS:
+            keys[BENCH_KEYS[item]] = items.pop(0)
+        elif item == "--double-quant":
+            keys["model.double_quant"] = "true"
+        else:
+            out.append(item)
+    if "lora.rank" in keys:
+        keys.setdefault("lora.alpha", str(2 * int(keys["lora.rank"])))
+    return out + [f"--config.{key}={value}" for key, value in keys.items()]
+
+
 def run_case(argv: list[str], timeout: float, env: dict[str, str], tree: Path = REPO) -> dict | None:
-    """One benchmark process on the code in `tree` (its cwd and first import path)."""
+    """One benchmark process on the code in `tree` (its cwd and first import path). The current tree's
+    capt_jax.bench takes the shared settings as config keys; a --before tree is run with its own flags."""
+    if tree == REPO and argv[: len(BENCH)] == BENCH:
+        argv = BENCH + bench_argv(argv[len(BENCH) :])
     began = time.perf_counter()
     path = os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])  # carried wheels stay
     env = {**os.environ, "PYTHONPATH": path, "CAPT_JAX_CACHE": str(REPO / ".cache"), **env}

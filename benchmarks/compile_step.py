@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from capt_jax.bench import ARCHS, DEFAULT_TARGETS, compiled_bytes, device_info
+from capt_jax.architectures import ARCHS
+from capt_jax.bench import compiled_bytes, device_info
 from capt_jax.config import default_config
-from capt_jax.lora import init_lora, make_optimizer, warmup_cosine
+from capt_jax.lora import DEFAULT_TARGETS, init_lora, make_optimizer, warmup_cosine
 from capt_jax.model import ModelConfig, param_shapes
 from capt_jax.train import make_train_step
 

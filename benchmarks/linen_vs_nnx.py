@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from capt_jax.bench import ARCHS, token_batch
+from capt_jax.architectures import ARCHS
+from capt_jax.bench import token_batch
 from capt_jax.lora import init_lora, lora_scale, make_optimizer
 from capt_jax.model import Lora, ModelConfig, hidden_states, init_params
 from capt_jax.model.attention import attend, attention_mask

@@ -34,23 +34,22 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # capt_jax impo
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from capt_jax.architectures import ARCHS, hf_config_dict  # noqa: E402
 from capt_jax.bench import (  # noqa: E402
-    ARCHS,
-    DEFAULT_TARGETS,
     GIB,
     Memory,
     Peak,
     cpu_name,
-    datasheet_peak,
     emit,
     generate_report,
-    hf_config_dict,
     host_peak_rss_bytes,
     human_lines,
     measure,
     token_batch,
     train_report,
 )
+from capt_jax.flops import datasheet_peak  # noqa: E402
+from capt_jax.lora import DEFAULT_TARGETS  # noqa: E402
 from capt_jax.model import ModelConfig  # noqa: E402  (pure Python: the FLOP formulas read its fields)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import capt_jax
-from capt_jax.bench import ARCHS
+from capt_jax.architectures import ARCHS
 from capt_jax.model import ModelConfig, init_params
 from capt_jax.model.decoder import parameter_bytes
 

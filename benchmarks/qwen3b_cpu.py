@@ -28,7 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from capt_jax.bench import ARCHS, GIB, host_peak_rss_bytes  # noqa: E402  (framework-free: jax is not imported)
+from capt_jax.architectures import ARCHS  # noqa: E402
+from capt_jax.bench import GIB, host_peak_rss_bytes  # noqa: E402
 
 
 def write(args: argparse.Namespace) -> dict[str, Any]:
@@ -70,11 +71,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_peak = host_peak_rss_bytes()
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(model.params))
     loaded = (model.config, model.params, str(model.path))
-    common = ["--model", args.folder, "--dtype", "bfloat16", "--steps", "1", "--warmup", "1", "--batch", "1"]
-    train = bench.bench_train(bench.parse_args(["train", *common, "--seq", "256", "--lora-rank", "64"]), loaded)
-    generate = bench.bench_generate(
-        bench.parse_args(["generate", *common, "--prompt-len", "64", "--new-tokens", "8"]), loaded
-    )
+    common = [f"--config.model.path={args.folder}", "--config.model.dtype=bfloat16", "--config.train.batch_size=1"]
+    common += ["--steps", "1", "--warmup", "1"]
+    train_args = ["train", *common, "--config.train.seq_len=256", "--config.lora.rank=64"]
+    train = bench.bench_train(bench.arguments_from(train_args), loaded)
+    generate_args = ["generate", *common, "--prompt-len", "64", "--new-tokens", "8"]
+    generate = bench.bench_generate(bench.arguments_from(generate_args), loaded)
     return {
         "stage": "run",
         "weight_bytes": weight_bytes,

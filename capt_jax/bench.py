@@ -1,39 +1,29 @@
 """Throughput benchmark of the real LoRA train step and of KV-cache generation.
 
-    python -m capt_jax.bench train    --arch qwen2.5-3b --dtype bfloat16 --batch 8 --seq 1024 --lora-rank 64
-    python -m capt_jax.bench generate --arch qwen2.5-3b --dtype bfloat16 --batch 32 --prompt-len 256 --new-tokens 256
+    python -m capt_jax.bench train --arch qwen2.5-3b --config.model.dtype=bfloat16 --config.train.batch_size=8 \
+        --config.train.seq_len=1024 --config.lora.rank=64
+    python -m capt_jax.bench generate --arch qwen2.5-3b --config.model.dtype=bfloat16 \
+        --config.train.batch_size=32 --prompt-len 256 --new-tokens 256
 
-`--arch NAME` builds random weights of a named architecture (no download); `--model DIR` loads a model folder
-(or a .gguf file, or 'smollm2'). `--quantize int8|nf4` (with `--double-quant`) stores the seven projections
-quantized, as `model.quantize` does; every result reports the base's resident bytes. `train` times exactly the
-step `capt_jax.train` runs: `make_train_step` jitted with the state donated, AdamW on the LoRA weights, LoRA
-dropout from the state's key. `generate` times the jitted `capt_jax.generate.decode` (prefill + greedy decode
-loop, EOS ignored so every row makes all its tokens).
+What runs is set by the same config keys as training: model.path (a folder, a .gguf file or 'smollm2'; or
+`--arch NAME` for random weights of a named architecture, no download), model.dtype (storage and compute),
+model.quantize / model.double_quant, model.remat, model.attention_impl, train.batch_size (the batch of both
+benches), train.seq_len, train.grad_accum and lora.*; every result reports the base's resident bytes.
+`train` times exactly the step `capt_jax.train` runs: `make_train_step` jitted with the state donated, AdamW
+on the LoRA weights, LoRA dropout from the state's key. `generate` times the jitted `capt_jax.generate.decode`
+(prefill + greedy decode loop, EOS ignored so every row makes all its tokens).
 
 Reported: median step time over `--steps` (>= 10) timed steps after `--warmup` untimed ones, tokens/s, MFU,
 peak memory, compile time; the last line printed is one JSON object. benchmarks/peft_peer.py measures the same
-for transformers + peft and imports the architecture table, the batch and the FLOP formulas from here.
-
-FLOP formula (model FLOPs: what the maths needs, so recomputation under remat is not counted):
-
-    N     = L * sum over the 7 projections of (in * out) + V * D          (every matmul weight; lm_head included)
-    attn  = 4 * L * Hq * hd * c                                            (QK^T and PV for one query over c keys)
-    LoRA training, per token of a length-T sequence:
-        forward 2N + input-gradient backward 2N                            (frozen base: no weight gradients)
-        + 6 * L * r * sum over adapted projections of (in + out)           (adapter fwd 2r(i+o), bwd 4r(i+o))
-        + 3 * attn(c = (T + 1) / 2)                                        (causal: mean keys per query; bwd = 2x fwd)
-    generation: prefill 2(N - V*D) + attn((P + 1) / 2) per prompt token, 2VD for the last position's logits,
-        then per new token 2N + attn(c) with c its context length.
-
-MFU = FLOPs per second / peak: the dense datasheet peak of the device kind for the dtype (PEAK_FLOPS), or on a CPU
-the best rate of a large matmul measured in the same process (`peak_flops_source` says which); `--peak-flops`
-overrides both.
+for transformers + peft with the same timing protocol and report (from here), the same architectures
+(capt_jax/architectures.py) and the same FLOP formulas and datasheet peaks (capt_jax/flops.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -41,183 +31,23 @@ import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from absl import flags
 
-# Architectures in Hugging Face config.json form, so peft_peer.py builds the very same model from them.
-ARCHS: dict[str, dict[str, Any]] = {
-    "qwen2.5-3b": {
-        "model_type": "qwen2",
-        "vocab_size": 151936,
-        "hidden_size": 2048,
-        "intermediate_size": 11008,
-        "num_hidden_layers": 36,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 2,
-        "head_dim": 128,
-        "rms_norm_eps": 1e-6,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
-        "tie_word_embeddings": True,
-        "max_position_embeddings": 32768,
-        "hidden_act": "silu",
-        "eos_token_id": 151645,
-    },
-    "llama3.2-3b": {
-        "model_type": "llama",
-        "vocab_size": 128256,
-        "hidden_size": 3072,
-        "intermediate_size": 8192,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 24,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
-        "rms_norm_eps": 1e-5,
-        "rope_parameters": {
-            "rope_type": "llama3",
-            "rope_theta": 500000.0,
-            "factor": 32.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
-        "tie_word_embeddings": True,
-        "max_position_embeddings": 131072,
-        "hidden_act": "silu",
-        "eos_token_id": 128009,
-    },
-    "smollm2-135m": {
-        "model_type": "llama",
-        "vocab_size": 49152,
-        "hidden_size": 576,
-        "intermediate_size": 1536,
-        "num_hidden_layers": 30,
-        "num_attention_heads": 9,
-        "num_key_value_heads": 3,
-        "head_dim": 64,
-        "rms_norm_eps": 1e-5,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 100000.0},
-        "tie_word_embeddings": True,
-        "max_position_embeddings": 8192,
-        "hidden_act": "silu",
-        "eos_token_id": 2,
-    },
-    # For smoke tests: seconds to compile on a CPU.
-    "tiny": {
-        "model_type": "qwen2",
-        "vocab_size": 512,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-        "rms_norm_eps": 1e-6,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-        "tie_word_embeddings": True,
-        "max_position_embeddings": 4096,
-        "hidden_act": "silu",
-        "eos_token_id": 0,
-    },
-}
+from capt_jax import cli
+from capt_jax.architectures import ARCHS, hf_config_dict
+from capt_jax.config import ConfigDict, ConfigError, validate_model
+from capt_jax.flops import datasheet_peak, generate_flops, train_flops_per_token
+from capt_jax.lora import check_targets
 
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 GIB = 1024**3
 Peak = tuple[float | None, str]  # (FLOP/s, where that number comes from)
 Memory = tuple[int | None, str]  # (peak bytes, what was measured)
-
-# Dense (no sparsity) peak FLOP/s per device from the vendors' datasheets: (substring of device_kind, dtype).
-# float32 on NVIDIA is the TF32 tensor-core rate (XLA's default precision for f32 dots on Ampere and later).
-# The first matching substring wins, so the specific names come first.
-PEAK_FLOPS: list[tuple[str, str, float]] = [
-    ("H100 PCIe", "bfloat16", 756e12),
-    ("H100 PCIe", "float16", 756e12),
-    ("H100 PCIe", "float32", 378e12),
-    ("H100 NVL", "bfloat16", 835e12),
-    ("H100 NVL", "float16", 835e12),
-    ("H100 NVL", "float32", 418e12),
-    ("H100", "bfloat16", 989.4e12),  # H100 SXM5
-    ("H100", "float16", 989.4e12),
-    ("H100", "float32", 494.7e12),
-    ("H200", "bfloat16", 989.4e12),
-    ("H200", "float16", 989.4e12),
-    ("H200", "float32", 494.7e12),
-    ("A100", "bfloat16", 312e12),
-    ("A100", "float16", 312e12),
-    ("A100", "float32", 156e12),
-    ("TPU v4", "bfloat16", 275e12),
-    ("TPU v5 lite", "bfloat16", 197e12),
-    ("TPU v5e", "bfloat16", 197e12),
-    ("TPU v5p", "bfloat16", 459e12),
-    ("TPU v5", "bfloat16", 459e12),
-    ("TPU v6", "bfloat16", 918e12),
-]
-
-
-def datasheet_peak(device_kind: str, dtype: str) -> float | None:
-    for kind, kind_dtype, peak in PEAK_FLOPS:
-        if kind.lower() in device_kind.lower() and kind_dtype == dtype:
-            return peak
-    return None
-
-
-# ---------------------------------------------------------------- architecture, batch and FLOPs (framework-free)
-
-
-def hf_config_dict(arch: str | None = None, model: str | None = None) -> dict[str, Any]:
-    """The Hugging Face config.json of a named architecture or of a model folder."""
-    if model is not None:
-        from capt_jax.pretrained import resolve_model_dir
-
-        with open(resolve_model_dir(model) / "config.json") as f:
-            return json.load(f)
-    if arch not in ARCHS:
-        raise SystemExit(f"error: unknown --arch {arch!r}; known: {', '.join(ARCHS)}")
-    return dict(ARCHS[arch])
-
-
-def projection_dims(cfg: Any) -> dict[str, tuple[int, int]]:
-    """(in, out) of every projection of one layer, for a ModelConfig."""
-    D, F = cfg.hidden_size, cfg.intermediate_size
-    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    return {
-        "q_proj": (D, q),
-        "k_proj": (D, kv),
-        "v_proj": (D, kv),
-        "o_proj": (q, D),
-        "gate_proj": (D, F),
-        "up_proj": (D, F),
-        "down_proj": (F, D),
-    }
-
-
-def matmul_params(cfg: Any) -> int:
-    """N: every weight that takes part in a matmul per token (the layers' projections and the LM head)."""
-    per_layer = sum(i * o for i, o in projection_dims(cfg).values())
-    return cfg.num_layers * per_layer + cfg.vocab_size * cfg.hidden_size
-
-
-def attention_flops(cfg: Any, context: float) -> float:
-    """QK^T and PV of one query token over `context` keys, all layers (the softmax is not counted)."""
-    return 4.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * context
-
-
-def train_flops_per_token(cfg: Any, seq: int, rank: int, targets: Sequence[str] = DEFAULT_TARGETS) -> dict[str, float]:
-    dims = projection_dims(cfg)
-    base = 4.0 * matmul_params(cfg)  # forward 2N + input gradients 2N; no base-weight gradients
-    lora = 6.0 * cfg.num_layers * rank * sum(sum(dims[t]) for t in targets)
-    attention = 3.0 * attention_flops(cfg, (seq + 1) / 2)
-    return {"base": base, "lora": lora, "attention": attention, "total": base + lora + attention}
-
-
-def generate_flops(cfg: Any, batch: int, prompt_len: int, new_tokens: int) -> float:
-    """Prefill of the prompt (logits of its last position only) plus new_tokens - 1 decode steps."""
-    n, head = matmul_params(cfg), cfg.vocab_size * cfg.hidden_size
-    prefill = prompt_len * (2.0 * (n - head) + attention_flops(cfg, (prompt_len + 1) / 2)) + 2.0 * head
-    decode = sum(2.0 * n + attention_flops(cfg, prompt_len + i + 1) for i in range(1, new_tokens))
-    return batch * (prefill + decode)
 
 
 def token_batch(seed: int, batch: int, seq: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
@@ -482,7 +312,7 @@ def bench_train(args: argparse.Namespace, loaded: Loaded | None = None) -> dict[
         jax.config.update("jax_default_prng_impl", args.prng_impl)
     cfg, base, name = loaded or load_model(args)
     config = default_config()
-    config.lora.rank, config.lora.alpha = args.lora_rank, float(args.lora_alpha or 2 * args.lora_rank)
+    config.lora.rank, config.lora.alpha = args.lora_rank, float(args.lora_alpha)
     config.lora.dropout, config.lora.targets = args.lora_dropout, tuple(args.targets)
     config.train.batch_size, config.train.grad_accum = args.batch, args.grad_accum
     schedule = warmup_cosine(config.train.learning_rate, config.train.max_steps, config.train.warmup_ratio)
@@ -628,58 +458,171 @@ def human_lines(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--arch", default="smollm2-135m", help=f"random weights of one of: {', '.join(ARCHS)}")
-    src.add_argument("--model", help="a model folder (config.json + safetensors), a .gguf file, or 'smollm2'")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--quantize", default="none", choices=["none", "int8", "nf4"], help="storage of the projections")
-    p.add_argument("--double-quant", action="store_true", help="with --quantize: quantize the block scales too")
-    p.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
-    p.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported); at least 10")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation, the first included")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--peak-flops", type=float, default=None, help="MFU denominator in FLOP/s (default: see docs)")
+def _flags(values: flags.FlagValues, bench: str) -> None:
+    """The bench's own flags; what it runs (model, batch, LoRA, dtypes) comes from the config keys."""
+    flags.DEFINE_string(
+        "arch", None, f"random weights of one of {list(ARCHS)} (default: load model.path)", flag_values=values
+    )
+    flags.DEFINE_integer(
+        "steps", 10, "timed steps (the median is reported); at least 10", lower_bound=1, flag_values=values
+    )
+    flags.DEFINE_integer(
+        "warmup", 2, "untimed steps after compilation, the first included", lower_bound=1, flag_values=values
+    )
+    flags.DEFINE_integer("seed", 0, "random weights and tokens", flag_values=values)
+    flags.DEFINE_float(
+        "peak-flops", None, "MFU denominator in FLOP/s (default: see capt_jax/flops.py)", flag_values=values
+    )
+    if bench == "train":
+        flags.DEFINE_bool(
+            "loop", False, "time the real training loop (data pipeline, metrics, logging; the config's data and "
+            "model.path) against the bare step on the same batches", flag_values=values,
+        )  # fmt: skip
+        flags.DEFINE_enum(
+            "prng-impl", "default", ["default", "threefry2x32", "rbg", "unsafe_rbg"],
+            "JAX PRNG implementation for the dropout key (an experiment knob; train.py uses the default)",
+            flag_values=values,
+        )  # fmt: skip
+    else:
+        flags.DEFINE_integer("prompt-len", 64, "prompt tokens per row", lower_bound=1, flag_values=values)
+        flags.DEFINE_integer("new-tokens", 32, "new tokens per row", lower_bound=1, flag_values=values)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m capt_jax.bench", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="bench", required=True)
-    train = sub.add_parser("train", help="time the LoRA train step")
-    add_common(train)
-    train.add_argument("--seq", type=int, default=256)
-    train.add_argument("--lora-rank", type=int, default=64)
-    train.add_argument("--lora-alpha", type=float, default=None, help="default: 2 x rank")
-    train.add_argument("--lora-dropout", type=float, default=0.1)
-    train.add_argument("--targets", type=lambda s: tuple(s.split(",")), default=DEFAULT_TARGETS)
-    train.add_argument("--remat", default="none", choices=["none", "full", "dots", "dots_no_batch"])
-    train.add_argument("--grad-accum", type=int, default=1)
-    train.add_argument(
-        "--prng-impl", default="default", choices=["default", "threefry2x32", "rbg", "unsafe_rbg"],
-        help="JAX PRNG implementation for the dropout key (an experiment knob; train.py uses the default)",
-    )  # fmt: skip
-    gen = sub.add_parser("generate", help="time greedy KV-cache generation")
-    add_common(gen)
-    gen.add_argument("--prompt-len", type=int, default=64)
-    gen.add_argument("--new-tokens", type=int, default=32)
-    args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 1:
-        parser.error("--steps and --warmup must be at least 1")
-    if args.bench == "train" and args.batch % args.grad_accum:
-        parser.error("--batch must be a multiple of --grad-accum")
-    if args.double_quant and args.quantize == "none":
-        parser.error("--double-quant needs --quantize int8 or nf4")
+MODEL_KEYS = ("model.path", "model.dtype", "model.quantize", "model.double_quant", "model.attention_impl")
+TRAIN_KEYS = (
+    *MODEL_KEYS,
+    "model.remat",
+    "train.batch_size",
+    "train.seq_len",
+    "train.grad_accum",
+    "lora.rank",
+    "lora.alpha",
+    "lora.dropout",
+    "lora.targets",
+)
+
+
+def arguments(bench: str, config: ConfigDict, values: flags.FlagValues) -> argparse.Namespace:
+    """What the runners read, from the config and the bench's flags (checked by key)."""
+    validate_model(config)
+    check_targets(config.lora.targets)
+    if config.train.batch_size % config.train.grad_accum:
+        raise ConfigError(
+            f"config key 'train.batch_size'={config.train.batch_size} is not divisible by "
+            f"'train.grad_accum'={config.train.grad_accum}"
+        )
+    if values.arch is not None:
+        hf_config_dict(arch=values.arch)  # an unknown architecture fails here, by name
+    args = argparse.Namespace(
+        bench=bench,
+        arch=values.arch,
+        model=None if values.arch else config.model.path,
+        batch=config.train.batch_size,
+        dtype=config.model.dtype,
+        quantize=config.model.quantize,
+        double_quant=config.model.double_quant,
+        attention=config.model.attention_impl,
+        steps=values.steps,
+        warmup=values.warmup,
+        seed=values.seed,
+        peak_flops=values["peak-flops"].value,
+    )
+    if bench == "train":
+        lora = config.lora
+        args.seq, args.remat, args.grad_accum = config.train.seq_len, config.model.remat, config.train.grad_accum
+        args.lora_rank, args.lora_alpha, args.lora_dropout = lora.rank, lora.alpha, lora.dropout
+        args.targets, args.prng_impl = tuple(lora.targets), values["prng-impl"].value
+    else:
+        args.prompt_len, args.new_tokens = values["prompt-len"].value, values["new-tokens"].value
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+def bench_loop(config: ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
+    """The real loop (`capt_jax.train.steps`: batches built while a step runs, metrics read one step late, logging,
+    the final checkpoint) against the bare step (dispatch, then wait for the loss) on the same `steps` batches.
+
+    One run of setup: `warmup` + `steps` steps compile every length bucket first, then the bare pass, the loop
+    over the same steps, and the bare pass again, so drift in a shared machine's speed shows as two bare times.
+    """
+    from capt_jax import train as training
+
+    with tempfile.TemporaryDirectory() as workdir:
+        run_config = ConfigDict(config.to_dict())
+        run_config.workdir = workdir
+        run_config.train.max_steps = warmup + steps
+        run_config.checkpoint.every_steps = warmup + steps
+        run = training.setup(run_config)
+        batches = [training.step_batch(run, step) for step in range(warmup + steps)]
+
+        def bare(selected: list[dict[str, Any]]) -> float:
+            began = time.perf_counter()
+            for batch in selected:
+                run.state, metrics = run.train_step(run.state, run.base, batch)
+                float(metrics["loss"])
+            return time.perf_counter() - began
+
+        bare(batches)  # compiles every bucket the timed steps use
+        before = bare(batches[warmup:])
+        run.start = warmup
+        began = time.perf_counter()
+        training.steps(run)
+        run.mgr.wait_until_finished()
+        loop = time.perf_counter() - began
+        after = bare(batches[warmup:])
+        run.mgr.close()
+        run.writer.close()
+    reference = (before + after) / 2
+    return {
+        "bench": "train-loop",
+        "framework": "capt_jax",
+        "model": str(config.model.path),
+        **device_info(),
+        "steps": steps,
+        "bare_s": [before, after],
+        "loop_s": loop,
+        "loop_step_s": loop / steps,
+        "bare_step_s": reference / steps,
+        "loop_overhead": loop / reference - 1,
+    }
+
+
+def run(bench: str, config: ConfigDict, values: flags.FlagValues) -> dict[str, Any]:
+    if bench == "train" and values.loop:
+        result = bench_loop(config, values.steps, values.warmup)
+        line = (
+            f"capt_jax train loop on {result['device']}: {result['loop_step_s']:.2f} s/step vs the bare step's "
+            f"{result['bare_step_s']:.2f} s (bare passes {result['bare_s'][0]:.1f} s and {result['bare_s'][1]:.1f} s): "
+            f"{100 * result['loop_overhead']:+.1f}%"
+        )
+        emit(result, [line])
+        return result
+    args = arguments(bench, config, values)
     if args.steps < 10:
         print(f"note: --steps {args.steps} < 10: the median is less reliable than the issue asks for")
-    result = bench_train(args) if args.bench == "train" else bench_generate(args)
+    result = bench_train(args) if bench == "train" else bench_generate(args)
     emit(result, human_lines(result))
     return result
+
+
+def arguments_from(argv: Sequence[str]) -> argparse.Namespace:
+    """The runners' arguments for a command line `train|generate [flags] [--config.*]`, for scripts that call the
+    runners themselves (benchmarks/qwen3b_cpu.py)."""
+    bench, *rest = argv
+    config, values = cli.parse(COMMANDS[bench][0], rest)
+    return arguments(bench, config, values)
+
+
+COMMANDS = {
+    bench: (
+        cli.Command(__doc__, functools.partial(_flags, bench=bench), TRAIN_KEYS if bench == "train" else MODEL_KEYS),
+        functools.partial(run, bench),
+    )
+    for bench in ("train", "generate")
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.run_group(__doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -392,6 +392,14 @@ def checkpoint_meta(config: ConfigDict) -> dict[str, Any]:
     }
 
 
+def step_batch(run: Run, step: int) -> dict[str, jax.Array]:
+    """The global batch of `step`, [grad_accum, micro_batch, ...]: this process builds only its own rows."""
+    data, accum = run.data, run.config.train.grad_accum
+    rows = data.stream.rows(step).reshape(accum, -1)
+    host = host_batch(data.train, rows, data.mine, data.pad_id)
+    return to_global(host, rows.shape[1], run.layout, batch_dim=1)
+
+
 def heldout_loss(run: Run, step: int) -> float:
     """Mean NLL of the held-out set under the current adapters, logged at `step`."""
     data, size = run.data, run.config.train.batch_size // run.config.train.grad_accum
@@ -447,8 +455,7 @@ def steps(run: Run) -> dict[str, float]:
     bar = tqdm(total=c.max_steps, initial=run.start, desc="training", disable=not run.lead, dynamic_ncols=True)
     last: dict[str, float] = {}
     pending = None  # (step, metrics still on the device, dispatch time) of the step not yet reported
-    rows = data.stream.rows(run.start).reshape(c.grad_accum, -1)
-    batch = to_global(host_batch(data.train, rows, data.mine, data.pad_id), rows.shape[1], run.layout, batch_dim=1)
+    batch = step_batch(run, run.start)
     with Interrupts(run.mgr) as interrupts:
         for step in range(run.start, c.max_steps):
             run.state, metrics = run.train_step(run.state, run.base, batch)
@@ -456,9 +463,7 @@ def steps(run: Run) -> dict[str, float]:
                 last = report(run, bar, *pending)
             pending = (step + 1, metrics, time.perf_counter())
             if step + 1 < c.max_steps:  # the next batch is built while this step runs
-                rows = data.stream.rows(step + 1).reshape(c.grad_accum, -1)
-                host = host_batch(data.train, rows, data.mine, data.pad_id)
-                batch = to_global(host, rows.shape[1], run.layout, batch_dim=1)
+                batch = step_batch(run, step + 1)
             checkpoint_now = (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == c.max_steps
             stop = interrupts.stop_at(step + 1)
             if checkpoint_now or stop:

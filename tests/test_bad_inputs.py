@@ -154,6 +154,17 @@ CASES = [
     ("data", ["show", "--config.data.dataset=imdb"], "config key 'data.dataset': 'imdb' is not one of"),
     ("data", ["shuffle"], "unknown subcommand 'shuffle'"),
     ("convert", ["--gguf={root}/missing.gguf", "--out={root}/converted"], "missing.gguf: GGUF file not found"),
+    (
+        "bench",
+        ["train", "--arch=tiny", "--config.lora.rnk=4"],
+        "unknown config key 'lora.rnk' (did you mean 'lora.rank'?)",
+    ),
+    ("bench", ["generate", "--arch=gpt5"], "--arch 'gpt5' is not one of"),
+    (
+        "bench",
+        ["train", "--arch=tiny", "--config.model.quantize=nf3"],
+        "config key 'model.quantize': 'nf3' is not one of",
+    ),
 ]
 
 

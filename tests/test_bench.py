@@ -9,10 +9,19 @@ import sys
 import pytest
 from conftest import REPO
 
-from capt_jax.bench import ARCHS, generate_flops, main, matmul_params, train_flops_per_token
+from capt_jax.architectures import ARCHS
+from capt_jax.bench import main
+from capt_jax.flops import generate_flops, matmul_params, train_flops_per_token
+from capt_jax.lora import DEFAULT_TARGETS
 from capt_jax.model import ModelConfig
 
 TRAIN_KEYS = {"tokens_per_second", "step_time_s", "mfu", "peak_memory_bytes", "compile_s", "first_loss"}
+
+
+def config(batch_size: int, seq_len: int | None = None, rank: int | None = None, alpha: int | None = None) -> list[str]:
+    """The bench's config overrides for a batch (and, for train, a row length and LoRA rank and alpha)."""
+    keys = {"train.batch_size": batch_size, "train.seq_len": seq_len, "lora.rank": rank, "lora.alpha": alpha}
+    return [f"--config.{k}={v}" for k, v in keys.items() if v is not None]
 
 
 def last_json(text: str) -> dict:
@@ -25,7 +34,7 @@ def test_flop_formula_by_hand():
     D, F, hd, L, V = 64, 128, 16, 2, 512
     n = L * (D * 4 * hd + 2 * D * 2 * hd + 4 * hd * D + 3 * D * F) + V * D
     assert matmul_params(cfg) == n
-    flops = train_flops_per_token(cfg, seq=255, rank=8)
+    flops = train_flops_per_token(cfg, seq=255, rank=8, targets=DEFAULT_TARGETS)
     assert flops["base"] == 4 * n
     assert flops["lora"] == 6 * L * 8 * ((D + 4 * hd) + 2 * (D + 2 * hd) + (4 * hd + D))
     assert flops["attention"] == 3 * 4 * L * 4 * hd * 128  # causal: (255 + 1) / 2 keys on average
@@ -33,7 +42,7 @@ def test_flop_formula_by_hand():
 
 
 def test_bench_train_and_generate_print_json_last(capsys):
-    main(["train", "--arch", "tiny", "--batch", "2", "--seq", "32", "--lora-rank", "4", "--steps", "10"])
+    main(["train", "--arch", "tiny", *config(batch_size=2, seq_len=32, rank=4), "--steps", "10"])
     result = last_json(capsys.readouterr().out)
     assert TRAIN_KEYS <= result.keys()
     assert result["tokens_per_second"] > 0 and result["tokens_per_step"] == 64
@@ -41,7 +50,9 @@ def test_bench_train_and_generate_print_json_last(capsys):
     assert 0 < result["mfu"] < 1.5  # of a matmul peak measured in the same (possibly busy) process
     assert abs(result["first_loss"] - 6.24) < 0.1  # ln(512): random weights, random tokens
 
-    main(["generate", "--arch", "tiny", "--batch", "2", "--prompt-len", "8", "--new-tokens", "4", "--steps", "10"])
+    main(
+        ["generate", "--arch", "tiny", *config(batch_size=2), "--prompt-len", "8", "--new-tokens", "4", "--steps", "10"]
+    )
     result = last_json(capsys.readouterr().out)
     assert result["new_tokens_per_call"] == 8 and result["tokens_per_second"] > 0
     assert result["ms_per_new_token"] > 0 and "compile_s" in result
@@ -87,8 +98,10 @@ def test_random_model_in_shards_loads_back_without_a_copy(tmp_path):
 def test_bench_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--arch", "no-such-arch"])
+    assert "error: --arch 'no-such-arch' is not one of" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["train", "--arch", "tiny", "--batch", "3", "--grad-accum", "2"])
+        main(["train", "--arch", "tiny", "--config.train.batch_size=3", "--config.train.grad_accum=2"])
+    assert "'train.batch_size'=3 is not divisible" in capsys.readouterr().err
 
 
 def peer(*args: str) -> dict:
@@ -107,17 +120,18 @@ def test_peer_and_bench_measure_the_same_loss_on_the_same_weights(tmp_path, caps
     """The peer saves its random tiny model; capt_jax.bench loads it: the first-step losses (the base model's,
     since a fresh adapter is zero) agree, so both sides time the same computation."""
     folder = tmp_path / "tiny"
-    small = ["--batch", "2", "--seq", "32", "--lora-rank", "4", "--steps", "2", "--warmup", "1"]
+    steps = ["--steps", "2", "--warmup", "1"]
+    small = ["--batch", "2", "--seq", "32", "--lora-rank", "4", *steps]
     theirs = peer("train", "--arch", "tiny", "--save-model", str(folder), "--gradient-checkpointing", *small)
     assert theirs["framework"] == "peft +ckpt" and theirs["tokens_per_second"] > 0
     assert TRAIN_KEYS - {"compile_s"} <= theirs.keys()
-    main(["train", "--model", str(folder), *small])
+    main(["train", f"--config.model.path={folder}", *config(batch_size=2, seq_len=32, rank=4, alpha=8), *steps])
     ours = last_json(capsys.readouterr().out)
     assert ours["first_loss"] == pytest.approx(theirs["first_loss"], abs=1e-4)
 
     gen = peer("generate", "--model", str(folder), "--batch", "2", "--prompt-len", "8", "--new-tokens", "4",
                "--steps", "2", "--warmup", "1")  # fmt: skip
-    main(["generate", "--model", str(folder), "--batch", "2", "--prompt-len", "8", "--new-tokens", "4"])
+    main(["generate", f"--config.model.path={folder}", *config(batch_size=2), "--prompt-len", "8", "--new-tokens", "4"])
     ours = last_json(capsys.readouterr().out)
     assert gen["new_tokens_per_call"] == ours["new_tokens_per_call"] == 8
     assert gen["first_tokens"][:4] == ours["first_tokens"][:4]  # greedy on the same weights: the same tokens
@@ -152,3 +166,14 @@ def test_port_table_compares_each_case_with_its_before_run():
     text = port_table(rows)
     assert "| t | capt_jax | 2100 (1000-1200) |" in text and "step 1.050x, compile 0.750x" in text
     assert "| c | capt_jax | - |" in text and "compile 1.100x" in text
+
+
+def test_bench_loop_times_the_real_loop_against_the_bare_step(tiny_chat_dir, capsys):
+    args = ["train", "--loop", "--steps", "2", "--warmup", "1", "--config", str(REPO / "configs" / "demo_prontoqa.py")]
+    args += [f"--config.model.path={tiny_chat_dir}", "--config.data.prontoqa_num_examples=40"]
+    args += ["--config.data.n_train=8", "--config.train.batch_size=2", "--config.train.seq_len=128"]
+    main(args)
+    result = last_json(capsys.readouterr().out)
+    assert result["bench"] == "train-loop" and result["steps"] == 2
+    assert result["loop_s"] > 0 and all(t > 0 for t in result["bare_s"])
+    assert result["loop_overhead"] == pytest.approx(result["loop_s"] / (sum(result["bare_s"]) / 2) - 1)

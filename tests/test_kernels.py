@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capt_jax.bench import ARCHS
+from capt_jax.architectures import ARCHS
 from capt_jax.generate import Sampling, decode
 from capt_jax.model import ModelConfig, forward, init_params
 from capt_jax.model import attention as attention_module

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from capt_jax.architectures import ARCHS
 from capt_jax.batches import batch_length, loss_width, make_batch, pack, tokenize_pairs
-from capt_jax.bench import ARCHS
 from capt_jax.config import default_config
 from capt_jax.lora import init_lora, make_optimizer, warmup_cosine
 from capt_jax.model import ModelConfig, hidden_states, init_params

@@ -194,16 +194,21 @@ def test_experiment_runner_on_an_nf4_base(tiny_chat_dir, tmp_path, capsys):
 
 
 def test_bench_runs_on_a_quantized_base(capsys):
-    from capt_jax.bench import ARCHS, main
+    from capt_jax.architectures import ARCHS
+    from capt_jax.bench import main
     from capt_jax.model import ModelConfig, param_shapes
 
-    small = ["--arch", "tiny", "--batch", "2", "--steps", "10", "--warmup", "1", "--peak-flops", "1e12"]
-    result = main(["train", *small, "--seq", "32", "--lora-rank", "4", "--quantize", "nf4", "--double-quant"])
+    def bench(*args: str) -> dict:
+        main(list(args))
+        return json.loads(capsys.readouterr().out.splitlines()[-1])
+
+    small = ["--arch", "tiny", "--config.train.batch_size=2", "--steps", "10", "--warmup", "1", "--peak-flops", "1e12"]
+    quantized = ["--config.model.quantize=nf4", "--config.model.double_quant=true"]
+    result = bench("train", *small, "--config.train.seq_len=32", "--config.lora.rank=4", *quantized)
     assert result["quantize"] == "nf4" and result["double_quant"]
     layers = param_shapes(ModelConfig.from_hf_dict(ARCHS["tiny"]))["layers"]
     bf16 = sum(2 * int(np.prod(layers[name]["weight"])) for name in PROJECTIONS)
     assert result["projection_bytes"] <= 0.30 * bf16
     assert abs(result["first_loss"] - 6.24) < 0.1  # ln(512): random weights, random tokens
-    result = main(["generate", *small, "--prompt-len", "8", "--new-tokens", "4", "--quantize", "int8"])
+    result = bench("generate", *small, "--prompt-len", "8", "--new-tokens", "4", "--config.model.quantize=int8")
     assert result["new_tokens_per_call"] == 8 and result["quantize"] == "int8"
-    capsys.readouterr()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import capt_jax
-from capt_jax.bench import ARCHS
+from capt_jax.architectures import ARCHS
 from capt_jax.config import default_config
 from capt_jax.lora import init_lora, make_optimizer, warmup_cosine
 from capt_jax.model import ModelConfig, forward, init_params
