@@ -145,7 +145,7 @@ def test_train_runs_packed(tmp_path, tiny_chat_dir):
     overrides += [f"--config.workdir={tmp_path / 'w'}", "--config.data.packing=true", "--config.train.max_steps=2"]
     overrides += ["--config.train.batch_size=2", "--config.train.seq_len=128", "--config.data.holdout_fraction=0"]
     last = train(load_config(str(REPO / "configs" / "smollm2_sft.py"), overrides))
-    assert last["step"] == 2 and np.isfinite(last["loss"])
+    assert last.step == 2 and np.isfinite(last.metrics["loss"])
 
 
 def test_packing_is_off_by_default():
