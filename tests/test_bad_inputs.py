@@ -186,3 +186,16 @@ def test_bad_input_is_one_clean_error_line(world, command, args, names, capsys):
     assert lines[-1].startswith("error: ") and names.format(**world) in lines[-1], err
     assert sum(line.startswith("error: ") for line in lines) == 1
     assert {name: snapshot(world[name]) for name in ("work", "corrupt")} == before
+
+
+@pytest.mark.parametrize(
+    "command, args",
+    [(c, []) for c in ("train", "evaluate", "experiment", "export", "generate", "demo", "convert")]
+    + [("data", ["show"]), ("data", ["export"]), ("data", ["report"]), ("bench", ["train"]), ("bench", ["generate"])],
+)
+def test_help_lists_the_flags_and_the_config_keys(command, args, capsys):
+    module = importlib.import_module("capt_jax.data.__main__" if command == "data" else f"capt_jax.{command}")
+    module.main([*args, "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith(module.__doc__.strip().splitlines()[0])
+    assert "Config (--config FILE, then --config.KEY=VALUE overrides" in out and "--config." in out
