@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import jax
@@ -17,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, write_sft_jsonl
-from test_train import losses, run, train_args
+from test_train import kill_once_step_6_is_committed, losses, run, train_args
 
 import capt_jax
 from capt_jax import checkpoint as ckpt
@@ -75,21 +72,7 @@ def test_training_on_an_nf4_base_lowers_the_loss(reference):
 def test_sigkill_on_an_nf4_base_then_restart_reproduces_every_loss(reference, tiny_chat_dir, data, tmp_path):
     """tests/test_train.py's kill test, on the quantized base: killed once step 6 is committed and step 7 ran."""
     workdir = tmp_path / "killed"
-    proc = subprocess.Popen(
-        train_args(tiny_chat_dir, data, workdir, *STEPS, *QLORA),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        committed = (workdir / "checkpoints" / "6").is_dir()
-        if committed and (workdir / "metrics.jsonl").exists() and max(losses(workdir), default=0) >= 7:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "training ended before the kill; it should be interrupted mid-run"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_step_6_is_committed(train_args(tiny_chat_dir, data, workdir, *STEPS, *QLORA), workdir)
     assert not (workdir / "checkpoints" / "30").is_dir()
     resumed = run(train_args(tiny_chat_dir, data, workdir, *STEPS, *QLORA))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -127,6 +127,20 @@ def test_relative_workdir_checkpoints_and_resumes(tmp_path, tiny_chat_dir, sft_f
     assert again.returncode == 0 and "already trained" in again.stdout, again.stderr[-3000:]
 
 
+def kill_once_step_6_is_committed(args: list[str], workdir: Path) -> None:
+    """Start a training command and SIGKILL it once checkpoint 6 is committed and step 7 has run."""
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        committed = (workdir / "checkpoints" / "6").is_dir()
+        if committed and (workdir / "metrics.jsonl").exists() and max(losses(workdir), default=0) >= 7:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before the kill; it should be interrupted mid-run"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_sigkill_then_restart_reproduces_uninterrupted_losses(tmp_path, tiny_chat_dir, sft_file):
     """Kill hard once step 6 is committed and step 7 has run: the restart replays the rest bit for bit.
 
@@ -138,21 +152,7 @@ def test_sigkill_then_restart_reproduces_uninterrupted_losses(tmp_path, tiny_cha
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     workdir = tmp_path / "killed"
-    proc = subprocess.Popen(
-        train_args(tiny_chat_dir, sft_file, workdir, *common),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        committed = (workdir / "checkpoints" / "6").is_dir()
-        if committed and (workdir / "metrics.jsonl").exists() and max(losses(workdir), default=0) >= 7:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "training ended before the kill; it should be interrupted mid-run"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_step_6_is_committed(train_args(tiny_chat_dir, sft_file, workdir, *common), workdir)
     checkpoints = workdir / "checkpoints"
     assert not (checkpoints / "30").is_dir()
     # What a kill in the middle of the next async save leaves behind (made here, so it is always there).
