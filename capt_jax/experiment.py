@@ -13,7 +13,11 @@ resumes training and reuses finished evaluations. The results:
 * W/predictions.jsonl: one line per answered question (method, estimator, seed, split, id, prompt, reply, ...);
 * W/summary.json: rows {method, estimator, split, n, seeds, accuracy_mean, ci_low, ci_high};
 * W/paired.json: CAPT (per estimator) vs SFT on every split, {split, a, b, a_better, b_better, p_value, test};
-* W/summary.md, W/accuracy.png (bars with 95% intervals) and W/loss.png (training loss per method).
+* W/summary.md, W/accuracy.png (bars with 95% intervals) and W/loss.png (training loss per method);
+* W/timing.json: seconds of training and of each evaluation per cell, summed over invocations, kept after each cell.
+
+`--report` trains and evaluates nothing: it summarises the evaluations already finished (each row over the seeds
+it has), to read a running experiment or one stopped before its grid was done.
 """
 
 from __future__ import annotations
@@ -110,6 +114,14 @@ def finished(out: Path, step: int | None) -> dict[str, Any] | None:
     return results if results.get("step") == step else None
 
 
+def checkpoint_step(cell: Cell) -> int | None:
+    """The step of the cell's latest checkpoint; None before its first."""
+    try:
+        return ckpt.read_meta(str(cell.workdir))[0]
+    except ckpt.CheckpointError:
+        return None
+
+
 def run_cell(
     config: ConfigDict,
     cell: Cell,
@@ -117,21 +129,27 @@ def run_cell(
     sets: dict[str, TestSplit],
     timing: dict[str, float],
     cache: dict[str, str],
+    report_only: bool = False,
 ) -> list[tuple[str | None, dict[str, Any], list[dict[str, Any]]]]:
-    """Train the cell's model (resuming), then evaluate it through each of its estimators, reusing finished ones.
-    `cache` holds this model's greedy replies by prompt (see `cached_reasoner`)."""
+    """Train the cell's model (resuming), then evaluate it through each of its estimators, reusing finished ones;
+    with `report_only`, only the finished evaluations of the latest checkpoint. `timing` gains the seconds spent
+    (summed with earlier invocations'); `cache` holds this model's greedy replies by prompt (`cached_reasoner`)."""
     from capt_jax.train import train
 
-    started = time.perf_counter()
-    step = None
-    if cell.trained:
+    step = checkpoint_step(cell) if cell.trained else None
+    if cell.trained and not report_only:
+        started, before = time.perf_counter(), step
         train(cell_config(config, cell, None))
-        step = ckpt.read_meta(str(cell.workdir))[0]
-    timing[f"{cell.method}/seed_{cell.seed}/train_s"] = time.perf_counter() - started
+        step = checkpoint_step(cell)
+        if step != before:  # a finished cell only reloads: that is not training time
+            key = f"{cell.method}/seed_{cell.seed}/train_s"
+            timing[key] = timing.get(key, 0.0) + time.perf_counter() - started
     outputs, models = [], None
     for estimator in estimators_of(cell, estimators):
         out = eval_dir(cell, estimator)
         results = finished(out, step)
+        if results is None and report_only:
+            continue
         if results is None:
             began = time.perf_counter()
             c = cell_config(config, cell, estimator)
@@ -139,7 +157,8 @@ def run_cell(
             base, reasoner, info = models
             results, predictions = evaluate_loaded(c, sets, base, reasoner, info, not cell.trained, cache)
             write_results(results, predictions, out)
-            timing[f"{cell.method}/seed_{cell.seed}/eval_{estimator or 'raw'}_s"] = time.perf_counter() - began
+            key = f"{cell.method}/seed_{cell.seed}/eval_{estimator or 'raw'}_s"
+            timing[key] = timing.get(key, 0.0) + time.perf_counter() - began
         predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
         outputs.append((estimator, results, predictions))
     return outputs
@@ -152,17 +171,20 @@ def outcomes(rows: list[dict[str, Any]], seeds: Sequence[int], ids: Sequence[str
 
 
 def summarise(
-    predictions: list[dict[str, Any]], sets: dict[str, TestSplit], seeds: Sequence[int]
+    predictions: list[dict[str, Any]], sets: dict[str, TestSplit]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(summary rows with bootstrap intervals, paired tests of CAPT per estimator vs SFT on every split)."""
+    """(summary rows with bootstrap intervals, paired tests of CAPT per estimator vs SFT on every split).
+
+    Each row is over the seeds its predictions have; a paired test over the seeds both sides have."""
     groups: dict[tuple[str, str | None, str], list[dict[str, Any]]] = {}
     for p in predictions:
         groups.setdefault((p["method"], p["estimator"], p["split"]), []).append(p)
     ids = {name: [e.id for e in split.examples] for name, split in sets.items()}
     rows, matrices = [], {}
     for (method, estimator, split), group in groups.items():
+        seeds = sorted({p["seed"] for p in group})
         matrix = outcomes(group, seeds, ids[split])
-        matrices[(method, estimator, split)] = matrix
+        matrices[(method, estimator, split)] = dict(zip(seeds, matrix))
         low, high = bootstrap_interval(matrix)
         rows.append(
             {
@@ -170,18 +192,21 @@ def summarise(
                 "estimator": estimator,
                 "split": split,
                 "n": matrix.shape[1],
-                "seeds": list(seeds),
+                "seeds": seeds,
                 "accuracy_mean": float(matrix.mean()),
                 "ci_low": low,
                 "ci_high": high,
             }
         )
     paired = []
-    for (method, estimator, split), matrix in matrices.items():
-        sft = matrices.get(("sft", None, split))
-        if method == "capt" and sft is not None:
-            test = paired_sign_test(matrix, sft)
-            paired.append({"split": split, "a": f"capt ({estimator})", "b": "sft", **test, "test": PAIRED_TEST})
+    for (method, estimator, split), by_seed in matrices.items():
+        sft = matrices.get(("sft", None, split), {})
+        common = sorted(set(by_seed) & set(sft))
+        if method == "capt" and common:
+            test = paired_sign_test(np.array([by_seed[s] for s in common]), np.array([sft[s] for s in common]))
+            paired.append(
+                {"split": split, "a": f"capt ({estimator})", "b": "sft", "seeds": common, **test, "test": PAIRED_TEST}
+            )
     return rows, paired
 
 
@@ -190,20 +215,27 @@ def markdown(rows: list[dict[str, Any]], paired: list[dict[str, Any]], splits: S
     labels = list(dict.fromkeys((r["method"], r["estimator"]) for r in rows))
     by_key = {(r["method"], r["estimator"], r["split"]): r for r in rows}
     n = {s: next((r["n"] for r in rows if r["split"] == s), 0) for s in splits}
-    lines = ["| method | " + " | ".join(f"{s} (n={n[s]})" for s in splits) + " |", "|---|" + "---|" * len(splits)]
+    lines = [
+        "| method | seeds | " + " | ".join(f"{s} (n={n[s]})" for s in splits) + " |",
+        "|---|---|" + "---|" * len(splits),
+    ]
     for method, estimator in labels:
-        cells = []
+        seeds = sorted(
+            {seed for r in rows if r["method"] == method and r["estimator"] == estimator for seed in r["seeds"]}
+        )
+        cells = [",".join(map(str, seeds))]
         for s in splits:
             r = by_key.get((method, estimator, s))
             cells.append(
                 f"{100 * r['accuracy_mean']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]" if r else "-"
             )
         lines.append(f"| {method}{f' ({estimator})' if estimator else ''} | " + " | ".join(cells) + " |")
-    lines += ["", f"Accuracy in %, mean over seeds {rows[0]['seeds'] if rows else []}; {INTERVAL}.", ""]
+    lines += ["", f"Accuracy in %, mean over the seeds; {INTERVAL}.", ""]
     if paired:
-        lines += ["| split | A | B | questions favouring A | favouring B | p |", "|---|---|---|---|---|---|"]
+        lines += ["| split | A | B | seeds | questions favouring A | favouring B | p |", "|---" * 7 + "|"]
         lines += [
-            f"| {p['split']} | {p['a']} | {p['b']} | {p['a_better']} | {p['b_better']} | {p['p_value']:.3g} |"
+            f"| {p['split']} | {p['a']} | {p['b']} | {','.join(map(str, p['seeds']))} | {p['a_better']} "
+            f"| {p['b_better']} | {p['p_value']:.3g} |"
             for p in paired
         ]
         lines += ["", f"Paired test: {PAIRED_TEST}.", ""]
@@ -263,9 +295,15 @@ def plot_losses(cells: Sequence[Cell], file: Path) -> None:
 
 
 def run_experiment(
-    config: ConfigDict, methods: Sequence[str], seeds: Sequence[int], estimators: Sequence[str], workdir: Path
+    config: ConfigDict,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    estimators: Sequence[str],
+    workdir: Path,
+    report_only: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The whole grid, resumable; returns (summary rows, paired tests) and writes every file under `workdir`."""
+    """The whole grid, resumable (or, with `report_only`, its finished evaluations); returns (summary rows, paired
+    tests) and writes every file under `workdir`."""
     for estimator in estimators:
         check_estimator(cell_config(config, Cell("capt", seeds[0], workdir), estimator), base_only=False)
     sets = evaluation_sets(config)  # data errors surface before anything trains
@@ -275,24 +313,25 @@ def run_experiment(
     sets = {name: found for name, found in sets.items() if not found.skipped}
     cells = [Cell(m, s, workdir / m / f"seed_{s}") for m in methods for s in seeds]
     workdir.mkdir(parents=True, exist_ok=True)
-    timing: dict[str, float] = {}
+    timing_file = workdir / "timing.json"
+    timing: dict[str, float] = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     predictions = []
-    began = time.perf_counter()
     caches: dict[str, dict[str, str]] = {}  # one per model: the base model is the same in every seed's cell
-    for cell in tqdm(cells, desc="experiment", unit="model", dynamic_ncols=True):
+    for cell in tqdm(cells, desc="report" if report_only else "experiment", unit="model", dynamic_ncols=True):
         cache = caches.setdefault("base" if not cell.trained else str(cell.workdir), {})
-        for estimator, _, cell_predictions in run_cell(config, cell, estimators, sets, timing, cache):
+        for estimator, _, cell_predictions in run_cell(config, cell, estimators, sets, timing, cache, report_only):
             predictions += [
                 {"method": cell.method, "estimator": estimator, "seed": cell.seed, **p} for p in cell_predictions
             ]
-    timing["this_invocation_s"] = time.perf_counter() - began
+        if not report_only:
+            timing_file.write_text(json.dumps(timing, indent=2))
+    if not predictions:
+        raise ConfigError(f"{workdir}: no finished evaluation of {list(methods)} x seeds {list(seeds)} to report")
     with open(workdir / "predictions.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
-    rows, paired = summarise(predictions, sets, seeds)
+    rows, paired = summarise(predictions, sets)
     (workdir / "summary.json").write_text(json.dumps(rows, indent=2))
     (workdir / "paired.json").write_text(json.dumps(paired, indent=2))
-    previous = json.loads((workdir / "timing.json").read_text()) if (workdir / "timing.json").exists() else {}
-    (workdir / "timing.json").write_text(json.dumps({**previous, **timing}, indent=2))
     excluded = {name: len(found.excluded_overlap) for name, found in sets.items()}
     note = f"Test questions removed by the contamination guard, per split: {excluded}."
     (workdir / "summary.md").write_text(markdown(rows, paired, list(sets), note) + "\n")
@@ -308,6 +347,9 @@ def define_flags(values: flags.FlagValues) -> None:
         "estimators", "oracle", "oracle,self,lm,openai: CAPT goes through each, ablations the first", flag_values=values
     )
     flags.DEFINE_string("workdir", None, "default: the config's workdir", flag_values=values)
+    flags.DEFINE_bool(
+        "report", False, "train and evaluate nothing: summarise the evaluations already finished", flag_values=values
+    )
 
 
 COMMAND = cli.Command(
@@ -337,7 +379,7 @@ def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
     except ValueError as e:
         raise ConfigError(f"--seeds: {values.seeds!r} must be comma-separated integers") from e
     workdir = Path(values.workdir or config.workdir)
-    run_experiment(config, methods, seeds, estimators, workdir)
+    run_experiment(config, methods, seeds, estimators, workdir, values.report)
     print((workdir / "summary.md").read_text())
     print(f"files: {workdir}/summary.json, paired.json, predictions.jsonl, accuracy.png, loss.png")
 

@@ -61,6 +61,20 @@ def test_two_methods_two_seeds_end_to_end(tiny_chat_dir, tmp_path, capsys):
     main(args)
     assert {p: p.stat().st_mtime_ns for p in work.glob("*/seed_*/eval_*/results.json")} == stamps
     assert "nothing to do" in capsys.readouterr().out
+    timing = json.loads((work / "timing.json").read_text())
+    expected = {f"{m}/seed_{s}/{t}_s" for s in (0, 1) for m, t in [("sft", "train"), ("sft", "eval_raw")]}
+    expected |= {f"capt/seed_{s}/{t}_s" for s in (0, 1) for t in ("train", "eval_oracle")}
+    assert set(timing) == expected and all(seconds > 0 for seconds in timing.values())
+
+    # --report summarises what has finished, trains nothing: capt seed 1 unevaluated, seed 2 never trained.
+    for path in (work / "capt" / "seed_1" / "eval_oracle").iterdir():
+        path.unlink()
+    main([*args[:2], "--seeds=0,1,2", *args[3:], "--report"])
+    assert not (work / "capt" / "seed_2").exists() and not (work / "sft" / "seed_2").exists()
+    rows = json.loads((work / "summary.json").read_text())
+    assert {(r["method"], tuple(r["seeds"])) for r in rows} == {("sft", (0, 1)), ("capt", (0,))}
+    assert all(p["seeds"] == [0] for p in json.loads((work / "paired.json").read_text()))
+    assert json.loads((work / "timing.json").read_text()) == timing
 
 
 @pytest.mark.parametrize(
