@@ -12,7 +12,8 @@ resumes training and reuses finished evaluations. The results:
 
 * W/predictions.jsonl: one line per answered question (method, estimator, seed, split, id, prompt, reply, ...);
 * W/summary.json: rows {method, estimator, split, n, seeds, accuracy_mean, ci_low, ci_high};
-* W/paired.json: CAPT (per estimator) vs SFT on every split, {split, a, b, a_better, b_better, p_value, test};
+* W/paired.json: CAPT (per estimator) vs SFT on every split, {split, a, b, seeds, a_better, b_better, p_value, test};
+* W/estimators.json: per model estimator and split, the rate of estimates passing the gold-free check;
 * W/summary.md, W/accuracy.png (bars with 95% intervals) and W/loss.png (training loss per method);
 * W/timing.json: seconds of training and of each evaluation per cell, summed over invocations, kept after each cell.
 
@@ -210,8 +211,35 @@ def summarise(
     return rows, paired
 
 
-def markdown(rows: list[dict[str, Any]], paired: list[dict[str, Any]], splits: Sequence[str], note: str) -> str:
-    """summary.md: accuracy with intervals per (method, estimator) and split, then the paired tests."""
+def estimator_rows(evaluations: list[tuple[str, str | None, int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """How often a model's estimate passed the gold-free check, per (method, estimator, split), over the seeds;
+    with how many accepted estimates still hold a gold name. The oracle is exact by construction: left out."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for method, estimator, seed, results in evaluations:
+        if estimator not in (None, "oracle"):
+            for split, found in results["splits"].items():
+                groups.setdefault((method, estimator, split), []).append({"seed": seed, **found})
+    return [
+        {
+            "method": method,
+            "estimator": estimator,
+            "split": split,
+            "seeds": sorted(f["seed"] for f in found),
+            "valid_rate_mean": float(np.mean([f["estimator_valid_rate"] for f in found])),
+            "gold_leftovers": int(sum(f["estimator_gold_leftovers"] for f in found)),
+        }
+        for (method, estimator, split), found in groups.items()
+    ]
+
+
+def markdown(
+    rows: list[dict[str, Any]],
+    paired: list[dict[str, Any]],
+    estimates: list[dict[str, Any]],
+    splits: Sequence[str],
+    note: str,
+) -> str:
+    """summary.md: accuracy with intervals per (method, estimator) and split, the paired tests, the estimators."""
     labels = list(dict.fromkeys((r["method"], r["estimator"]) for r in rows))
     by_key = {(r["method"], r["estimator"], r["split"]): r for r in rows}
     n = {s: next((r["n"] for r in rows if r["split"] == s), 0) for s in splits}
@@ -239,6 +267,17 @@ def markdown(rows: list[dict[str, Any]], paired: list[dict[str, Any]], splits: S
             for p in paired
         ]
         lines += ["", f"Paired test: {PAIRED_TEST}.", ""]
+    if estimates:
+        lines += [
+            "| method | estimator | split | seeds | valid estimates | accepted with a gold name |",
+            "|---" * 6 + "|",
+        ]
+        lines += [
+            f"| {e['method']} | {e['estimator']} | {e['split']} | {','.join(map(str, e['seeds']))} "
+            f"| {100 * e['valid_rate_mean']:.1f}% | {e['gold_leftovers']} |"
+            for e in estimates
+        ]
+        lines += ["", "Questions without a valid estimate are answered as raw prompts.", ""]
     return "\n".join(lines + [note])
 
 
@@ -315,11 +354,14 @@ def run_experiment(
     workdir.mkdir(parents=True, exist_ok=True)
     timing_file = workdir / "timing.json"
     timing: dict[str, float] = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-    predictions = []
+    predictions, evaluations = [], []
     caches: dict[str, dict[str, str]] = {}  # one per model: the base model is the same in every seed's cell
     for cell in tqdm(cells, desc="report" if report_only else "experiment", unit="model", dynamic_ncols=True):
         cache = caches.setdefault("base" if not cell.trained else str(cell.workdir), {})
-        for estimator, _, cell_predictions in run_cell(config, cell, estimators, sets, timing, cache, report_only):
+        for estimator, results, cell_predictions in run_cell(
+            config, cell, estimators, sets, timing, cache, report_only
+        ):
+            evaluations.append((cell.method, estimator, cell.seed, results))
             predictions += [
                 {"method": cell.method, "estimator": estimator, "seed": cell.seed, **p} for p in cell_predictions
             ]
@@ -332,9 +374,11 @@ def run_experiment(
     rows, paired = summarise(predictions, sets)
     (workdir / "summary.json").write_text(json.dumps(rows, indent=2))
     (workdir / "paired.json").write_text(json.dumps(paired, indent=2))
+    estimates = estimator_rows(evaluations)
+    (workdir / "estimators.json").write_text(json.dumps(estimates, indent=2))
     excluded = {name: len(found.excluded_overlap) for name, found in sets.items()}
     note = f"Test questions removed by the contamination guard, per split: {excluded}."
-    (workdir / "summary.md").write_text(markdown(rows, paired, list(sets), note) + "\n")
+    (workdir / "summary.md").write_text(markdown(rows, paired, estimates, list(sets), note) + "\n")
     plot_accuracy(rows, list(sets), workdir / "accuracy.png")
     plot_losses(cells, workdir / "loss.png")
     return rows, paired

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from capt_jax.experiment import main
+from capt_jax.experiment import estimator_rows, main
 
 TINY = [
     "--config.data.source=generate",
@@ -75,6 +75,7 @@ def test_two_methods_two_seeds_end_to_end(tiny_chat_dir, tmp_path, capsys):
     assert {(r["method"], tuple(r["seeds"])) for r in rows} == {("sft", (0, 1)), ("capt", (0,))}
     assert all(p["seeds"] == [0] for p in json.loads((work / "paired.json").read_text()))
     assert json.loads((work / "timing.json").read_text()) == timing
+    assert json.loads((work / "estimators.json").read_text()) == []  # the oracle only
 
 
 @pytest.mark.parametrize(
@@ -87,3 +88,24 @@ def test_bad_grid_flags_are_one_error_line(flag, message, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_estimator_rows_average_valid_rates_over_seeds_and_leave_out_the_oracle():
+    def results(valid: float, leftovers: int) -> dict:
+        return {"splits": {"id": {"estimator_valid_rate": valid, "estimator_gold_leftovers": leftovers}}}
+
+    evaluations = [
+        ("capt", "self", 0, results(0.2, 3)),
+        ("capt", "self", 1, results(0.4, 1)),
+        ("capt", "oracle", 0, results(1.0, 0)),
+        ("sft", None, 0, {"splits": {"id": {}}}),
+    ]
+    (row,) = estimator_rows(evaluations)
+    assert row == {
+        "method": "capt",
+        "estimator": "self",
+        "split": "id",
+        "seeds": [0, 1],
+        "valid_rate_mean": pytest.approx(0.3),
+        "gold_leftovers": 4,
+    }
