@@ -425,7 +425,10 @@ def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
     workdir = Path(values.workdir or config.workdir)
     run_experiment(config, methods, seeds, estimators, workdir, values.report)
     print((workdir / "summary.md").read_text())
-    print(f"files: {workdir}/summary.json, paired.json, predictions.jsonl, accuracy.png, loss.png")
+    print(
+        f"files: {workdir}/summary.json, paired.json, estimators.json, predictions.jsonl, accuracy.png, loss.png, "
+        "timing.json"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
