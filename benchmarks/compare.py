@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,9 +44,9 @@ def cpu_cases() -> list[tuple[str, str, list[str]]]:
             (group, "peft", PEER + common),
             (group, "peft +ckpt", PEER + common + ["--gradient-checkpointing"]),
         ]
-    gen = ["generate", "--arch", "smollm2-135m", "--dtype", "float32", "--batch", "4"]
-    gen += ["--prompt-len", "64", "--new-tokens", "32"]
-    group = "generate smollm2-135m f32 b4 p64 n32"
+    gen = ["generate", "--arch", "smollm2-135m", "--dtype", "float32", "--batch", "32"]
+    gen += ["--prompt-len", "64", "--new-tokens", "64"]
+    group = "generate smollm2-135m f32 b32 p64 n64"
     cases += [(group, "capt_jax", BENCH + gen), (group, "transformers", PEER + gen)]
     return cases
 
@@ -248,11 +249,15 @@ def bench_argv(argv: list[str]) -> list[str]:
     return out + [f"--config.{key}={value}" for key, value in keys.items()]
 
 
-def run_case(argv: list[str], timeout: float, env: dict[str, str], tree: Path = REPO) -> dict | None:
-    """One benchmark process on the code in `tree` (its cwd and first import path). The current tree's
-    capt_jax.bench takes the shared settings as config keys; a --before tree is run with its own flags."""
+def run_case(
+    argv: list[str], timeout: float, env: dict[str, str], tree: Path = REPO, pin: Sequence[str] = ()
+) -> dict | None:
+    """One benchmark process on the code in `tree` (its cwd and first import path), under the `pin` prefix
+    (taskset). The current tree's capt_jax.bench takes the shared settings as config keys; a --before tree is
+    run with its own flags."""
     if tree == REPO and argv[: len(BENCH)] == BENCH:
         argv = BENCH + bench_argv(argv[len(BENCH) :])
+    argv = [*pin, *argv]
     began = time.perf_counter()
     path = os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])  # carried wheels stay
     env = {**os.environ, "PYTHONPATH": path, "CAPT_JAX_CACHE": str(REPO / ".cache"), **env}
@@ -408,7 +413,7 @@ def main(argv=None) -> None:
             print(f"round {round_ + 1}/{args.rounds}: {group} | {label}", flush=True)
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
             env = MALLOC_SETTINGS[args.malloc]
-            r = run_case(pin + cmd + peak + extra, min(args.timeout, left), env, tree)
+            r = run_case(cmd + peak + extra, min(args.timeout, left), env, tree, pin)
             if r is None:
                 skipped.append(f"{group} | {label}: failed or ran past the budget (its output is above)")
                 continue

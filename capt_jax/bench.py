@@ -379,10 +379,15 @@ def bench_generate(args: argparse.Namespace, loaded: Loaded | None = None) -> di
     """The generate report; `loaded` as for bench_train."""
     jax = _jax()
 
-    from capt_jax.generate import Sampling, decode
+    from capt_jax.generate import Sampling, decode, split_layers
     from capt_jax.model.attention import attention_implementation
 
     cfg, params, name = loaded or load_model(args)
+    stored = quantization_fields(cfg, params)
+    # The per-layer layout decode runs on, made once before timing as generate() makes it once per call of it.
+    began = time.perf_counter()
+    params = jax.block_until_ready(split_layers(params))
+    split_s = time.perf_counter() - began
     prompt, _ = token_batch(args.seed, args.batch, args.prompt_len, cfg.vocab_size)
     prompt = jax.device_put(prompt)
     mask = jax.device_put(np.ones(prompt.shape, bool))
@@ -414,10 +419,11 @@ def bench_generate(args: argparse.Namespace, loaded: Loaded | None = None) -> di
             peak=peak_flops(args, info["backend"], info["device"]),
             memory=device_memory(),
         ),
-        **quantization_fields(cfg, params),
+        **stored,
         "xla_step_bytes": compiled_bytes(compiled),
         "lower_s": t1 - t0,
         "compile_s": t2 - t1,
+        "split_layers_s": split_s,
     }
 
 

@@ -19,6 +19,7 @@ from absl import flags
 
 from capt_jax.config import KEY_HELP, ConfigDict, ConfigError, load_config
 from capt_jax.errors import CaptError, Interrupted
+from capt_jax.host_memory import keep_freed_memory
 
 Define = Callable[[flags.FlagValues], None]
 Body = Callable[[ConfigDict, flags.FlagValues], None]
@@ -92,7 +93,13 @@ def help_text(command: Command, argv: Sequence[str]) -> str:
 
 
 def run(command: Command, body: Body, argv: Sequence[str] | None = None) -> None:
-    """Parse, then run `body(config, flags)`; a CaptError exits with code 2 and one `error:` line."""
+    """Parse, then run `body(config, flags)`; a CaptError exits with code 2 and one `error:` line.
+
+    A real command line (`argv` None) first sets the process's malloc to keep freed memory (capt_jax.host_memory);
+    a call from Python with its own `argv` leaves the caller's process as it is.
+    """
+    if argv is None:
+        keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--help" in argv or "-h" in argv:
         print(help_text(command, argv))
@@ -110,6 +117,8 @@ def run(command: Command, body: Body, argv: Sequence[str] | None = None) -> None
 
 def run_group(usage: str, commands: dict[str, tuple[Command, Body]], argv: Sequence[str] | None = None) -> None:
     """A command of subcommands (`python -m capt_jax.data show ...`): the first argument picks one."""
+    if argv is None:
+        keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in commands:
         command, body = commands[argv[0]]

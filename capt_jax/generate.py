@@ -24,7 +24,7 @@ from capt_jax import cli
 from capt_jax.config import ConfigDict, ConfigError, validate_model
 from capt_jax.errors import MissingFileError
 from capt_jax.model import KVCache, Lora, ModelConfig, Params, hidden_states, logits_from_hidden
-from capt_jax.model.decoder import lm_head
+from capt_jax.model.decoder import lm_head, unstack_layers
 from capt_jax.pretrained import Pretrained, load_pretrained
 from capt_jax.tokenization import bucket, chat_prompt, eos_token_ids, length_bucket, pad_id
 
@@ -65,7 +65,9 @@ def sample_next(logits: jax.Array, rng: jax.Array, sampling: Sampling, seen: jax
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "sampling", "eos_ids", "pad_id", "lora_scale"))
+@functools.partial(
+    jax.jit, static_argnames=("config", "max_new_tokens", "sampling", "eos_ids", "pad_id", "lora_scale", "scan_layers")
+)
 def decode(
     params: Params,
     prompt: jax.Array,
@@ -79,11 +81,21 @@ def decode(
     eos_ids: tuple[int, ...],
     pad_id: int,
     lora_scale: float = 1.0,
+    scan_layers: bool = False,
 ) -> jax.Array:
     """New tokens [B, max_new_tokens] for left-padded prompts [B, T]; rows that hit EOS are pad-filled after it.
 
     `adapters` (applied at `lora_scale`) are LoRA weights kept beside a quantized base (`Pretrained.adapters`).
+
+    The layers run unscanned by default, each on its own weights and KV-cache buffers, so no new token copies
+    each layer's weights out of the stacked arrays (on a CPU those copies were a third of a decode call; see
+    docs/PERFORMANCE.md). Stacked `params`/`adapters` are split here, once per call; `split_layers` them once
+    beforehand to decode many batches. `scan_layers=True` runs one scanned layer, which compiles faster.
     """
+    if not scan_layers:
+        config = config.replace(scan_layers=False)
+        params = unstack_layers(params) if "layers" in params else params
+        adapters = unstack_layers(adapters) if adapters is not None and "layers" in adapters else adapters
     batch, length = prompt.shape
     eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
     lora = None if adapters is None else Lora(adapters, lora_scale)
@@ -119,6 +131,9 @@ def decode(
     return jax.lax.while_loop(keep_going, next_token, state)[1]
 
 
+split_layers = jax.jit(unstack_layers)  # one copy of the weights, in the per-layer layout `decode` runs on
+
+
 def generate(
     model: Pretrained,
     prompts: Sequence[str | list[dict[str, str]]],
@@ -142,6 +157,8 @@ def generate(
     results: list[str] = [""] * len(encoded)
     rng = jax.random.key(seed)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    params = split_layers(model.params)  # once for every batch, instead of once per decode call
+    adapters = None if model.adapters is None else split_layers(model.adapters)
     for rows in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
         length = length_bucket(max(len(encoded[i]) for i in rows), MIN_LENGTH_BUCKET)
         ids = np.full((bucket(len(rows)), length), pad, np.int32)
@@ -152,11 +169,11 @@ def generate(
         rng, batch_rng = jax.random.split(rng)
         new = np.asarray(
             decode(
-                model.params,
+                params,
                 ids,
                 mask,
                 batch_rng,
-                model.adapters,
+                adapters,
                 config=model.config,
                 max_new_tokens=max_new_tokens,
                 sampling=sampling,

@@ -5,22 +5,28 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 import capt_jax
 from capt_jax.generate import Sampling, decode, sample_next
 from capt_jax.model import KVCache, forward
+from capt_jax.model.decoder import unstack_layers
 from capt_jax.tokenization import bucket, length_bucket
 
 
-def test_cached_decoding_equals_full_recomputation(tiny_llama_dir):
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_cached_decoding_equals_full_recomputation(tiny_llama_dir, scan_layers):
+    """Both cache layouts: stacked under the scanned layers, per-layer buffers under the unscanned ones."""
     model = capt_jax.load_pretrained(tiny_llama_dir, progress=False)
-    config, params = model.config, model.params
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 128, (2, 24)).astype(np.int32)
     mask = np.ones_like(ids, bool)
     mask[1, :5] = False  # left padding in the second row
-    full, _ = forward(params, jnp.asarray(ids), config, token_mask=jnp.asarray(mask))
+    full, _ = forward(model.params, jnp.asarray(ids), model.config, token_mask=jnp.asarray(mask))
+    config, params = model.config, model.params
+    if not scan_layers:
+        config, params = config.replace(scan_layers=False), unstack_layers(params)
 
     prefill = 10
     cache = KVCache.empty(config, batch=2, slots=32)
@@ -36,7 +42,8 @@ def test_cached_decoding_equals_full_recomputation(tiny_llama_dir):
     assert int(cache.index) == ids.shape[1]
 
 
-def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir, scan_layers):
     from transformers import AutoModelForCausalLM
 
     model = capt_jax.load_pretrained(tiny_qwen2_dir, progress=False)
@@ -58,6 +65,7 @@ def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir):
             sampling=Sampling(),
             eos_ids=(),
             pad_id=0,
+            scan_layers=scan_layers,
         )
     )
     for row, p in enumerate(prompts):

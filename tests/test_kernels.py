@@ -18,7 +18,7 @@ from capt_jax.generate import Sampling, decode
 from capt_jax.model import ModelConfig, forward, init_params
 from capt_jax.model import attention as attention_module
 from capt_jax.model.attention import attention_mask, grouped_attention, library_attention, recomputing_attention
-from capt_jax.model.kernels import dropout, swiglu
+from capt_jax.model.kernels import dropout, swiglu, threefry2x32
 from capt_jax.model.rope import apply_rotary
 from capt_jax.objective import token_nll
 
@@ -62,10 +62,32 @@ def test_recomputing_attention_matches_grouped_attention_with_left_padding():
         return lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent)
 
     ours = loss(lambda q, k, v: recomputing_attention(q, k, v, mask, 0.5))
-    plain = loss(lambda q, k, v: grouped_attention(q, [(k, v, mask)], 0.5))
+    plain = loss(lambda q, k, v: grouped_attention(q, [(jnp.swapaxes(k, 2, 3), v, mask)], 0.5))
     np.testing.assert_allclose(ours(q, k, v), plain(q, k, v), rtol=1e-5)
     for got, want in zip(jax.grad(ours, (0, 1, 2))(q, k, v), jax.grad(plain, (0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_written_out_threefry_is_jax_threefry_bit_for_bit():
+    from jax.extend.random import threefry_2x32
+
+    key = jax.random.PRNGKey(7)
+    x1 = jnp.arange(1000, dtype=jnp.uint32) * 7919
+    x2 = jnp.full((1000,), 5, jnp.uint32)
+    hi, lo = jax.jit(threefry2x32)(key, x1, x2)
+    np.testing.assert_array_equal(np.concatenate([hi, lo]), threefry_2x32(key, jnp.concatenate([x1, x2])))
+
+
+def test_dropout_draws_are_independent_across_the_four_per_block():
+    """Each cipher block gives four 16-bit draws, to positions j, j + w, j + 2w, j + 3w of a row (w = width / 4):
+    their keep decisions must not be correlated with one another or with the next row's."""
+    kept = np.asarray(dropout(jnp.ones((4096, 64)), 0.5, jax.random.PRNGKey(4)) != 0, np.float32)
+    quarters = [kept[:, q * 16 : (q + 1) * 16].ravel() for q in range(4)]
+    pairs = [(a, b) for i, a in enumerate(quarters) for b in quarters[i + 1 :]] + [
+        (kept[:-1].ravel(), kept[1:].ravel())
+    ]
+    for a, b in pairs:
+        assert abs(np.corrcoef(a, b)[0, 1]) < 0.02  # 65k pairs: sd of the estimate is 0.004
 
 
 def test_dropout_keeps_the_expectation_and_the_rate():

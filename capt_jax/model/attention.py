@@ -46,9 +46,16 @@ class Prefill(NamedTuple):
 
 
 class DecodeStep(NamedTuple):
-    """One query per row attends to the valid cached slots and to its own key, which the cache does not hold yet."""
+    """One query per row attends to the valid cached slots and to its own key, which the cache does not hold yet.
 
-    valid: jax.Array  # [B, 1, 1, S]
+    A scanned layer reads the cache as it is plus its own key (copying its slice of the stacked cache to insert
+    the key first would dominate the step); an unscanned layer owns its buffers, so it writes its key at `index`
+    in place and then attends to the slots `written` marks.
+    """
+
+    valid: jax.Array  # [B, 1, 1, S]: the cached slots before this token
+    index: jax.Array  # [] int32: this token's slot
+    written: jax.Array  # [B, 1, 1, S]: `valid` with this token's slot
 
 
 Mode = Full | Prefill | DecodeStep
@@ -81,32 +88,34 @@ def attention_implementation(config: ModelConfig) -> str:
 
 
 def grouped_attention(q: jax.Array, parts: list[tuple[jax.Array, jax.Array, jax.Array]], scale: float) -> jax.Array:
-    """Softmax attention for q [B, T, Hq, D] over one or more key/value parts: (k, v [B, Hk, S, D], mask
-    [B, 1, T, S]); each key head serves Hq / Hk query heads, and one softmax spans all parts.
+    """Softmax attention for q [B, T, Hq, D] over one or more key/value parts: (keys transposed [B, Hk, D, S],
+    values [B, Hk, S, D], mask [B, 1, T, S]); each key head serves Hq / Hk query heads, and one softmax spans all
+    parts. Keys come transposed because the KV cache stores them so (see `KVCache`).
 
-    The decode-step path. Query heads are grouped onto their key head instead of repeating keys, and scores are
-    float32.
-    Separate parts let a decode step attend to the cache as it is plus the new token, without copying the
-    cache to insert it first (on a CPU that copy, not the arithmetic, dominates a decode step).
+    The decode-step path. Query heads are stacked per key head (`_to_head_major`) instead of repeating keys, so
+    both products are plain batched matmuls over (B, Hk): with the key head between the batch and query axes
+    of the output instead, XLA:CPU ran the probabilities-by-values product as a generic dot, a sixth of a
+    decode step. Scores are float32. Separate parts let a scanned layer attend to the cache as it is plus the
+    new token, without copying its slice of the stacked cache to insert the token first.
     """
-    batch, seq, num_heads, dim = q.shape
-    kv_heads = parts[0][0].shape[1]
-    q = q.reshape(batch, seq, kv_heads, num_heads // kv_heads, dim)
+    batch, seq, num_heads, _ = q.shape
+    kv_heads = parts[0][1].shape[1]
+    qh = _to_head_major(q, kv_heads)
     scores = [
         jnp.where(
-            m[:, :, None],
-            jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * scale,
+            _grouped_mask(m, num_heads // kv_heads),
+            jnp.einsum("bkqd,bkds->bkqs", qh, k_t, preferred_element_type=jnp.float32) * scale,
             jnp.finfo(jnp.float32).min,
         )
-        for k, _, m in parts
+        for k_t, _, m in parts
     ]
     probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
-    bounds = np.cumsum([k.shape[2] for k, _, _ in parts])[:-1]
+    bounds = np.cumsum([v.shape[2] for _, v, _ in parts])[:-1]
     out = sum(
-        jnp.einsum("bkgts,bksd->btkgd", p.astype(v.dtype), v)
+        jnp.einsum("bkqs,bksd->bkqd", p.astype(v.dtype), v)
         for p, (_, v, _) in zip(jnp.split(probs, bounds, axis=-1), parts)
     )
-    return out.reshape(batch, seq, num_heads, dim)
+    return _from_head_major(out, seq)
 
 
 def _to_head_major(x: jax.Array, kv_heads: int) -> jax.Array:
@@ -202,8 +211,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: Mo
 class Attention(nn.Module):
     """q/k/v projections, rotary embeddings, attention in the call's mode, and the output projection.
 
-    Returns the output [B, T, D] and, with a cache, this call's keys/values [B, Hk, T, hd] in the cache's
-    dtype; the decoder writes them into the stacked cache once, after the scan over layers.
+    Returns the output [B, T, D] and, with a cache, this call's keys (transposed, [B, Hk, hd, T]) and values
+    ([B, Hk, T, hd]) in the cache's dtype, which the decoder writes into the stacked cache once, after the scan
+    over layers; an unscanned layer returns its whole updated cache buffers instead.
     """
 
     config: ModelConfig
@@ -238,18 +248,25 @@ class Attention(nn.Module):
         v = self.v_proj(x).reshape(batch, seq, c.num_kv_heads, c.head_dim)
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         q = constrain(q, QUERY_AXES, self.layout)
-        k = constrain(jnp.swapaxes(k, 1, 2), KEY_AXES, self.layout)
         v = constrain(jnp.swapaxes(v, 1, 2), KEY_AXES, self.layout)
+        scale, new = c.head_dim**-0.5, None
         if isinstance(mode, Full):
-            out = attend(q, k, v, mode.mask, c)
-        elif isinstance(mode, Prefill):
-            k_all = jax.lax.dynamic_update_slice_in_dim(cached[0], k.astype(cached[0].dtype), mode.index, axis=2)
-            v_all = jax.lax.dynamic_update_slice_in_dim(cached[1], v.astype(cached[1].dtype), mode.index, axis=2)
-            out = attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mode.mask, c)
-        else:
+            out = attend(q, constrain(jnp.swapaxes(k, 1, 2), KEY_AXES, self.layout), v, mode.mask, c)
+        else:  # the cache holds keys transposed, [B, Hk, hd, S]
+            k_t = k.transpose(0, 2, 3, 1).astype(cached[0].dtype)
+            v = v.astype(cached[1].dtype)
+        if isinstance(mode, DecodeStep) and c.scan_layers:
             self_mask = jnp.ones((batch, 1, 1, 1), bool)
-            parts = [(cached[0].astype(q.dtype), cached[1].astype(q.dtype), mode.valid), (k, v, self_mask)]
-            out = grouped_attention(q, parts, c.head_dim**-0.5)
+            parts = [(cached[0].astype(q.dtype), cached[1].astype(q.dtype), mode.valid), (k_t, v, self_mask)]
+            out = grouped_attention(q, parts, scale)
+            new = (k_t, v)  # the decoder writes every layer's at once, after the scan
+        elif not isinstance(mode, Full):  # write this call's keys/values into the cache, then attend to it
+            k_all = jax.lax.dynamic_update_slice_in_dim(cached[0], k_t, mode.index, axis=3)
+            v_all = jax.lax.dynamic_update_slice_in_dim(cached[1], v, mode.index, axis=2)
+            if isinstance(mode, Prefill):
+                out = attend(q, jnp.swapaxes(k_all, 2, 3).astype(q.dtype), v_all.astype(q.dtype), mode.mask, c)
+            else:
+                out = grouped_attention(q, [(k_all.astype(q.dtype), v_all.astype(q.dtype), mode.written)], scale)
+            new = (k_all, v_all) if not c.scan_layers else (k_t, v)
         out = constrain(out, QUERY_AXES, self.layout)
-        new = None if cached is None else (k.astype(cached[0].dtype), v.astype(cached[1].dtype))
         return self.o_proj(out.reshape(batch, seq, c.num_heads * c.head_dim)), new

@@ -44,6 +44,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations
     attention_impl: str | None = None  # None: cuDNN on GPU in bf16/fp16, else XLA; "xla"/"cudnn" force one
     remat_policy: str = "none"  # see capt_jax.model.decoder.REMAT_POLICIES
+    # False: the layers run as separate blocks over per-layer weights ("layers_0", ...: decoder.unstack_layers), as
+    # decoding does, so no step copies a layer's weights out of the stacked arrays; True: one scanned block.
+    scan_layers: bool = True
     # Storage of the seven projections of every layer (capt_jax.model.quant); it changes the params tree.
     quantize: str = "none"  # none | int8 | nf4
     double_quant: bool = False  # quantize the blockwise scales too

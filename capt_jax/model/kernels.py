@@ -6,6 +6,8 @@ autodiff of the expressions they replace (tests/test_kernels.py).
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -17,17 +19,46 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight.astype(x.dtype) * normed.astype(x.dtype)
 
 
-def dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
-    """Inverted dropout decided by 16-bit draws, two from each 32-bit random word.
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
-    Threefry makes one block per requested word, so this costs half of `jax.random.bernoulli`'s generator work
-    (a tenth of a CPU training step there). The drop probability is rate rounded to a multiple of 2^-16.
+
+def threefry2x32(key: jax.Array, x1: jax.Array, x2: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The Threefry-2x32 block cipher (20 rounds; Salmon et al. 2011) of counter words x1, x2 under key
+    uint32 [2]: the hash behind jax.random, bit for bit (tests/test_kernels.py), written out round by round.
+
+    jax lowers its own threefry on CPU as a loop of five steps, each a pass over the counters in memory; written
+    out, the 20 rounds are one fused elementwise loop.
+    """
+    k1, k2 = key[0], key[1]
+    ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
+    x = [x1 + ks[0], x2 + ks[1]]
+    for block in range(5):
+        for rotation in _ROTATIONS[block % 2]:
+            x[0] = x[0] + x[1]
+            x[1] = ((x[1] << rotation) | (x[1] >> (32 - rotation))) ^ x[0]
+        x = [x[0] + ks[(block + 1) % 3], x[1] + ks[(block + 2) % 3] + jnp.uint32(block + 1)]
+    return x[0], x[1]
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Inverted dropout decided by 16-bit draws, four from each Threefry block of two 32-bit words.
+
+    `jax.random.bits` makes one block per 32-bit word it returns (it xors the block's two words together), and
+    on CPU it runs the cipher as a loop over memory: drawing from both words of fused, written-out blocks costs
+    a quarter of that (docs/PERFORMANCE.md). The drop probability is rate rounded to a multiple of 2^-16.
     """
     *lead, width = x.shape
-    words = jax.random.bits(rng, (*lead, (width + 1) // 2), jnp.uint32)
-    draws = jnp.concatenate([words & 0xFFFF, words >> 16], axis=-1)[..., :width]
+    key = jax.random.key_data(rng) if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+    blocks = (width + 3) // 4
+    rows = math.prod(lead)
+    counter = jax.lax.broadcasted_iota(jnp.uint32, (rows, blocks), 0) * jnp.uint32(blocks)
+    counter = counter + jax.lax.broadcasted_iota(jnp.uint32, (rows, blocks), 1)
+    # The barrier keeps the cipher's output in memory: fused into the draws, each block would be hashed 4 times.
+    hi, lo = jax.lax.optimization_barrier(threefry2x32(key.astype(jnp.uint32), counter, jnp.zeros_like(counter)))
+    draws = jnp.concatenate([hi & 0xFFFF, hi >> 16, lo & 0xFFFF, lo >> 16], axis=-1).reshape(*lead, 4 * blocks)
     dropped = round(rate * 2**16)
-    return jnp.where(draws >= dropped, x * (2**16 / (2**16 - dropped)), 0).astype(x.dtype)
+    keep = draws[..., :width] >= dropped
+    return jnp.where(keep, x * (2**16 / (2**16 - dropped)), 0).astype(x.dtype)
 
 
 @jax.custom_vjp
