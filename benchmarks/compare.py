@@ -253,9 +253,9 @@ def run_case(
     argv: list[str], timeout: float, env: dict[str, str], tree: Path = REPO, pin: Sequence[str] = ()
 ) -> dict | None:
     """One benchmark process on the code in `tree` (its cwd and first import path), under the `pin` prefix
-    (taskset). The current tree's capt_jax.bench takes the shared settings as config keys; a --before tree is
-    run with its own flags."""
-    if tree == REPO and argv[: len(BENCH)] == BENCH:
+    (taskset). A capt_jax.bench with the one command-line shape (a tree with capt_jax/cli.py) takes the shared
+    settings as config keys; an older --before tree is run with its own flags."""
+    if (tree / "capt_jax" / "cli.py").exists() and argv[: len(BENCH)] == BENCH:
         argv = BENCH + bench_argv(argv[len(BENCH) :])
     argv = [*pin, *argv]
     began = time.perf_counter()

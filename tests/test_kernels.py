@@ -90,6 +90,15 @@ def test_dropout_draws_are_independent_across_the_four_per_block():
         assert abs(np.corrcoef(a, b)[0, 1]) < 0.02  # 65k pairs: sd of the estimate is 0.004
 
 
+def test_dropout_gradient_is_the_kept_and_scaled_cotangent():
+    x = jax.random.normal(jax.random.PRNGKey(5), (8, 33))
+    cotangent = jax.random.normal(jax.random.PRNGKey(6), (8, 33))
+    out, grad = jax.value_and_grad(lambda x: jnp.sum(dropout(x, 0.25, jax.random.PRNGKey(7)) * cotangent))(x)
+    kept = np.asarray(dropout(jnp.ones_like(x), 0.25, jax.random.PRNGKey(7)))  # scale where kept, else 0
+    np.testing.assert_allclose(grad, kept * np.asarray(cotangent), rtol=1e-6)
+    np.testing.assert_allclose(out, np.sum(kept * np.asarray(x) * np.asarray(cotangent)), rtol=1e-5)
+
+
 def test_dropout_keeps_the_expectation_and_the_rate():
     x = jnp.ones((64, 257))  # an odd width: the last 32-bit word is only half used
     out = dropout(x, 0.1, jax.random.PRNGKey(2))

@@ -249,24 +249,29 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         q = constrain(q, QUERY_AXES, self.layout)
         v = constrain(jnp.swapaxes(v, 1, 2), KEY_AXES, self.layout)
-        scale, new = c.head_dim**-0.5, None
         if isinstance(mode, Full):
-            out = attend(q, constrain(jnp.swapaxes(k, 1, 2), KEY_AXES, self.layout), v, mode.mask, c)
-        else:  # the cache holds keys transposed, [B, Hk, hd, S]
-            k_t = k.transpose(0, 2, 3, 1).astype(cached[0].dtype)
-            v = v.astype(cached[1].dtype)
-        if isinstance(mode, DecodeStep) and c.scan_layers:
-            self_mask = jnp.ones((batch, 1, 1, 1), bool)
-            parts = [(cached[0].astype(q.dtype), cached[1].astype(q.dtype), mode.valid), (k_t, v, self_mask)]
-            out = grouped_attention(q, parts, scale)
-            new = (k_t, v)  # the decoder writes every layer's at once, after the scan
-        elif not isinstance(mode, Full):  # write this call's keys/values into the cache, then attend to it
-            k_all = jax.lax.dynamic_update_slice_in_dim(cached[0], k_t, mode.index, axis=3)
-            v_all = jax.lax.dynamic_update_slice_in_dim(cached[1], v, mode.index, axis=2)
-            if isinstance(mode, Prefill):
-                out = attend(q, jnp.swapaxes(k_all, 2, 3).astype(q.dtype), v_all.astype(q.dtype), mode.mask, c)
-            else:
-                out = grouped_attention(q, [(k_all.astype(q.dtype), v_all.astype(q.dtype), mode.written)], scale)
-            new = (k_all, v_all) if not c.scan_layers else (k_t, v)
+            out, new = attend(q, constrain(jnp.swapaxes(k, 1, 2), KEY_AXES, self.layout), v, mode.mask, c), None
+        else:
+            out, new = self._attend_with_cache(q, k, v, cached, mode)
         out = constrain(out, QUERY_AXES, self.layout)
         return self.o_proj(out.reshape(batch, seq, c.num_heads * c.head_dim)), new
+
+    def _attend_with_cache(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, cached: tuple[jax.Array, jax.Array], mode: Prefill | DecodeStep
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """Attention through the cache (keys stored transposed, [B, Hk, hd, S]); the keys/values to return."""
+        c = self.config
+        scale = c.head_dim**-0.5
+        k_t, v = k.transpose(0, 2, 3, 1).astype(cached[0].dtype), v.astype(cached[1].dtype)
+        if isinstance(mode, DecodeStep) and c.scan_layers:
+            self_mask = jnp.ones((q.shape[0], 1, 1, 1), bool)
+            parts = [(cached[0].astype(q.dtype), cached[1].astype(q.dtype), mode.valid), (k_t, v, self_mask)]
+            return grouped_attention(q, parts, scale), (k_t, v)  # the decoder writes every layer's after the scan
+        # Write this call's keys/values into the cache, then attend to it.
+        k_all = jax.lax.dynamic_update_slice_in_dim(cached[0], k_t, mode.index, axis=3)
+        v_all = jax.lax.dynamic_update_slice_in_dim(cached[1], v, mode.index, axis=2)
+        if isinstance(mode, Prefill):
+            out = attend(q, jnp.swapaxes(k_all, 2, 3).astype(q.dtype), v_all.astype(q.dtype), mode.mask, c)
+        else:
+            out = grouped_attention(q, [(k_all.astype(q.dtype), v_all.astype(q.dtype), mode.written)], scale)
+        return out, (k_t, v) if c.scan_layers else (k_all, v_all)

@@ -230,7 +230,12 @@ class Decoder(nn.Module):
         return h, cache
 
     def _unscanned(
-        self, h: jax.Array, cache: KVCache | None, key_valid: jax.Array | None, rotary: Any, mode: Any
+        self,
+        h: jax.Array,
+        cache: KVCache | None,
+        key_valid: jax.Array | None,
+        rotary: tuple[jax.Array, jax.Array],
+        mode: Full | Prefill | DecodeStep,
     ) -> tuple[jax.Array, KVCache | None]:
         """The layers one after another, each on its own weights and, with a cache, its own key/value buffers,
         into which it writes its new keys/values in place (and returns them)."""
