@@ -205,8 +205,10 @@ def measure_cpu_peak(pin: list[str]) -> float:
 
 
 def before_tree(ref: str) -> Path:
-    """The code at git commit `ref`, unpacked once under .cache/ (a plain copy: no worktree to register)."""
-    folder = REPO / ".cache" / f"before-{ref}"
+    """The code at git commit `ref`, unpacked once under .cache/ (a plain copy: no worktree to register), in a
+    folder named by the commit it resolves to, so that a moving ref like HEAD never reuses older code."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", ref], capture_output=True, text=True, check=True)
+    folder = REPO / ".cache" / f"before-{commit.stdout.strip()[:12]}"
     if not (folder / "capt_jax").is_dir():
         folder.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True, check=True).stdout

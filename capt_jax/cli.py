@@ -33,6 +33,7 @@ class Command:
     define: Define = lambda values: None
     keys: tuple[str, ...] = ()
     default_config: str | None = None
+    keep_freed_memory: bool = False  # set glibc to keep freed memory first (capt_jax.host_memory): training runs
 
 
 def split_config_args(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
@@ -95,10 +96,10 @@ def help_text(command: Command, argv: Sequence[str]) -> str:
 def run(command: Command, body: Body, argv: Sequence[str] | None = None) -> None:
     """Parse, then run `body(config, flags)`; a CaptError exits with code 2 and one `error:` line.
 
-    A real command line (`argv` None) first sets the process's malloc to keep freed memory (capt_jax.host_memory);
-    a call from Python with its own `argv` leaves the caller's process as it is.
+    On a real command line (`argv` None) a command that trains first sets the process's malloc to keep freed
+    memory (capt_jax.host_memory); a call from Python with its own `argv` leaves the caller's process as it is.
     """
-    if argv is None:
+    if argv is None and command.keep_freed_memory:
         keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--help" in argv or "-h" in argv:
@@ -117,11 +118,12 @@ def run(command: Command, body: Body, argv: Sequence[str] | None = None) -> None
 
 def run_group(usage: str, commands: dict[str, tuple[Command, Body]], argv: Sequence[str] | None = None) -> None:
     """A command of subcommands (`python -m capt_jax.data show ...`): the first argument picks one."""
-    if argv is None:
-        keep_freed_memory()
+    real = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in commands:
         command, body = commands[argv[0]]
+        if real and command.keep_freed_memory:
+            keep_freed_memory()
         run(command, body, argv[1:])
     elif not argv or argv[0] in ("--help", "-h"):
         print(f"{usage.strip()}\n\nSubcommands (each takes --help): {', '.join(commands)}")

@@ -399,6 +399,7 @@ def define_flags(values: flags.FlagValues) -> None:
 COMMAND = cli.Command(
     __doc__,
     define_flags,
+    keep_freed_memory=True,
     keys=(
         "workdir",
         "model.path",

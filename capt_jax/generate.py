@@ -81,19 +81,23 @@ def decode(
     eos_ids: tuple[int, ...],
     pad_id: int,
     lora_scale: float = 1.0,
-    scan_layers: bool = False,
+    scan_layers: bool | None = None,
 ) -> jax.Array:
     """New tokens [B, max_new_tokens] for left-padded prompts [B, T]; rows that hit EOS are pad-filled after it.
 
     `adapters` (applied at `lora_scale`) are LoRA weights kept beside a quantized base (`Pretrained.adapters`).
 
-    The layers run unscanned by default, each on its own weights and KV-cache buffers, so no new token copies
-    each layer's weights out of the stacked arrays (on a CPU those copies were a third of a decode call; see
-    docs/PERFORMANCE.md). Stacked `params`/`adapters` are split here, once per call; `split_layers` them once
-    beforehand to decode many batches. `scan_layers=True` runs one scanned layer, which compiles faster.
+    The layers run unscanned by default (`scans_when_decoding`), each on its own weights and KV-cache buffers,
+    so no new token copies each layer's weights out of the stacked arrays (on a CPU those copies were a third
+    of a decode call; see docs/PERFORMANCE.md). Stacked `params`/`adapters` are then split here, once per call;
+    `split_layers` them once beforehand to decode many batches. `scan_layers=True` runs one scanned layer,
+    which compiles faster.
     """
+    scan_layers = scans_when_decoding(config) if scan_layers is None else scan_layers
+    config = config.replace(scan_layers=scan_layers)
+    if "layers" not in params and scan_layers:
+        raise ValueError("decode(scan_layers=True) runs on the stacked params, not on split_layers' per-layer ones")
     if not scan_layers:
-        config = config.replace(scan_layers=False)
         params = unstack_layers(params) if "layers" in params else params
         adapters = unstack_layers(adapters) if adapters is not None and "layers" in adapters else adapters
     batch, length = prompt.shape
@@ -134,6 +138,13 @@ def decode(
 split_layers = jax.jit(unstack_layers)  # one copy of the weights, in the per-layer layout `decode` runs on
 
 
+def scans_when_decoding(config: ModelConfig) -> bool:
+    """Whether `decode` keeps the scanned layers: only for a quantized base. Unscanned, each layer's dequantized
+    weight no longer depends on the loop, so XLA hoists it out of the token loop: a full-precision copy of the
+    projections for the whole call (SmolLM2 nf4: 814 MiB of temporaries instead of 18; tests/test_quant.py)."""
+    return config.quantization is not None
+
+
 def generate(
     model: Pretrained,
     prompts: Sequence[str | list[dict[str, str]]],
@@ -157,8 +168,14 @@ def generate(
     results: list[str] = [""] * len(encoded)
     rng = jax.random.key(seed)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    params = split_layers(model.params)  # once for every batch, instead of once per decode call
-    adapters = None if model.adapters is None else split_layers(model.adapters)
+    if not batches:
+        return results
+    # Once for all the batches of this call, instead of once per decode call: a second copy of the base while
+    # the call runs (kept only as long, so a process holds one copy between calls).
+    params, adapters = model.params, model.adapters
+    if not scans_when_decoding(model.config):
+        params = split_layers(params)
+        adapters = None if adapters is None else split_layers(adapters)
     for rows in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
         length = length_bucket(max(len(encoded[i]) for i in rows), MIN_LENGTH_BUCKET)
         ids = np.full((bucket(len(rows)), length), pad, np.int32)

@@ -511,6 +511,7 @@ def report(run: Run, bar: tqdm, step: int, metrics: dict[str, jax.Array], dispat
 
 COMMAND = cli.Command(
     __doc__,
+    keep_freed_memory=True,
     keys=(
         "workdir",
         "model.path",

@@ -100,7 +100,7 @@ def test_dropout_gradient_is_the_kept_and_scaled_cotangent():
 
 
 def test_dropout_keeps_the_expectation_and_the_rate():
-    x = jnp.ones((64, 257))  # an odd width: the last 32-bit word is only half used
+    x = jnp.ones((64, 257))  # a width that is not a multiple of 4: the last block's draws are mostly unused
     out = dropout(x, 0.1, jax.random.PRNGKey(2))
     dropped = float(jnp.mean(out == 0))
     assert abs(dropped - 0.1) < 0.01

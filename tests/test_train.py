@@ -250,3 +250,13 @@ def test_smollm2_sft_lowers_heldout_loss(tmp_path):
     assert evals[-1]["eval_loss"] < 0.5 * evals[0]["eval_loss"], evals
     assert last.metrics["loss"] < 1.0 and last.eval_loss == evals[-1]["eval_loss"]
     assert list((tmp_path / "w" / "tensorboard").iterdir())
+
+
+def test_training_commands_keep_freed_memory_and_can_be_told_not_to():
+    """The glibc settings of capt_jax.host_memory take on this host (glibc, no accelerator plugin), in a fresh
+    process as a command applies them, and the environment switch turns them off."""
+    code = "from capt_jax.host_memory import keep_freed_memory; print(keep_freed_memory())"
+    for switch, expected in (("1", "True"), ("0", "False")):
+        env = {**os.environ, "CAPT_JAX_KEEP_FREED_MEMORY": switch}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        assert out.stdout.strip() == expected

@@ -5,10 +5,12 @@ A call attends in one of three modes, each a small pytree carrying exactly what 
     Full        training and scoring: queries see this call's own keys (causal, blind to padding and, in a
                 packed row, to the row's other examples)
     Prefill     a prompt written into the KV cache at `index`; queries see every slot of the cache
-    DecodeStep  one new token per row: it sees the cache as it is, plus itself
+    DecodeStep  one new token per row: it sees the valid cached slots, plus itself
 
 Prefill and Full go through cuDNN flash attention on GPU in half precision and through `recomputing_attention`
-elsewhere; a decode step goes through `grouped_attention`, which reads the cache without copying it.
+elsewhere; a decode step goes through `grouped_attention`. The cache holds keys transposed ([B, Hk, hd, S]) and
+is never copied: a scanned layer reads its slice as it is and attends to its own key beside it, an unscanned
+layer (decoding's default) writes its key into its own buffer in place first.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
 QUERY_AXES = ("batch", "length", "heads", "head_dim")  # q and attention outputs [B, T, Hq, hd]
 KEY_AXES = ("batch", "kv_heads", "length", "head_dim")  # k and v [B, Hk, T, hd]
+CACHED_KEY_AXES = ("batch", "kv_heads", "head_dim", "length")  # keys as the KV cache holds them [B, Hk, hd, T]
 
 
 class Full(NamedTuple):
@@ -46,16 +49,16 @@ class Prefill(NamedTuple):
 
 
 class DecodeStep(NamedTuple):
-    """One query per row attends to the valid cached slots and to its own key, which the cache does not hold yet.
+    """One query per row attends to the valid cached slots and to its own key.
 
     A scanned layer reads the cache as it is plus its own key (copying its slice of the stacked cache to insert
     the key first would dominate the step); an unscanned layer owns its buffers, so it writes its key at `index`
-    in place and then attends to the slots `written` marks.
+    in place and then attends to the slots `with_self` marks.
     """
 
     valid: jax.Array  # [B, 1, 1, S]: the cached slots before this token
     index: jax.Array  # [] int32: this token's slot
-    written: jax.Array  # [B, 1, 1, S]: `valid` with this token's slot
+    with_self: jax.Array  # [B, 1, 1, S]: `valid` and this token's slot
 
 
 Mode = Full | Prefill | DecodeStep
@@ -262,10 +265,12 @@ class Attention(nn.Module):
         """Attention through the cache (keys stored transposed, [B, Hk, hd, S]); the keys/values to return."""
         c = self.config
         scale = c.head_dim**-0.5
-        k_t, v = k.transpose(0, 2, 3, 1).astype(cached[0].dtype), v.astype(cached[1].dtype)
+        k_t = constrain(k.transpose(0, 2, 3, 1), CACHED_KEY_AXES, self.layout).astype(cached[0].dtype)
+        v = v.astype(cached[1].dtype)
         if isinstance(mode, DecodeStep) and c.scan_layers:
             self_mask = jnp.ones((q.shape[0], 1, 1, 1), bool)
-            parts = [(cached[0].astype(q.dtype), cached[1].astype(q.dtype), mode.valid), (k_t, v, self_mask)]
+            own = (k_t.astype(q.dtype), v.astype(q.dtype), self_mask)
+            parts = [(cached[0].astype(q.dtype), cached[1].astype(q.dtype), mode.valid), own]
             return grouped_attention(q, parts, scale), (k_t, v)  # the decoder writes every layer's after the scan
         # Write this call's keys/values into the cache, then attend to it.
         k_all = jax.lax.dynamic_update_slice_in_dim(cached[0], k_t, mode.index, axis=3)
@@ -273,5 +278,5 @@ class Attention(nn.Module):
         if isinstance(mode, Prefill):
             out = attend(q, jnp.swapaxes(k_all, 2, 3).astype(q.dtype), v_all.astype(q.dtype), mode.mask, c)
         else:
-            out = grouped_attention(q, [(k_all.astype(q.dtype), v_all.astype(q.dtype), mode.written)], scale)
-        return out, (k_t, v) if c.scan_layers else (k_all, v_all)
+            out = grouped_attention(q, [(k_all.astype(q.dtype), v_all.astype(q.dtype), mode.with_self)], scale)
+        return out, ((k_t, v) if c.scan_layers else (k_all, v_all))

@@ -9,7 +9,10 @@ inside jit and grad its transforms require the merged state to be re-created at 
 
 Variables keep the Hugging Face layout (`weight` is [out, in]), so loading, merging LoRA and exporting need no
 transposes. The layers are one `Block` under `nn.scan` (stacked on a leading "layers" axis, rematerialised by
-`config.remat_policy`): a 36-layer model compiles as one layer.
+`config.remat_policy`): a 36-layer model compiles as one layer. That stacked tree is the contract of every
+loader, optimizer, checkpoint and size helper. Decoding alone runs the layers unscanned (`config.scan_layers`
+False), on the same weights split by `unstack_layers` into "layers_0" ... "layers_{L-1}", so that no new token
+copies a layer's weights out of the stacked arrays.
 
     {"params": {"embed": [V, D], "final_norm": [D], "lm_head": [V, D] (untied only),
                 "layers": {"input_norm": [L, D], "post_attention_norm": [L, D],
@@ -144,7 +147,8 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Token embedding, the scanned layers and the final norm: hidden states [B, T, D] and the updated cache.
+    """Token embedding, the layers (scanned, or one block each with `config.scan_layers` False) and the final
+    norm: hidden states [B, T, D] and the updated cache.
 
     The output embedding (`lm_head`, or `embed` when tied) is declared here and applied by `logits_from_hidden`
     and the fused cross-entropy, which project only the positions they need.
@@ -199,6 +203,7 @@ class Decoder(nn.Module):
         token_mask = jnp.ones((batch, seq), bool) if token_mask is None else token_mask.astype(bool)
         if segment_ids is not None and cache is not None:
             raise ValueError("segment_ids mark packed training rows; the KV-cache paths take one sequence per row")
+        key_valid = None
         if cache is None:
             slots = jnp.broadcast_to(jnp.arange(seq), (batch, seq))
             mode = Full(attention_mask(slots, token_mask, segment_ids))
@@ -219,7 +224,7 @@ class Decoder(nn.Module):
 
         h = jnp.take(self.embed, tokens, axis=0).astype(c.dtype)
         if not c.scan_layers:
-            return self._unscanned(h, cache, key_valid if cache is not None else None, rotary, mode)
+            return self._unscanned(h, cache, key_valid, rotary, mode)
         kv = None if cache is None else (cache.k, cache.v)
         h, new_kv = self.layers(h, kv, rotary, mode)
         h = constrain(rms_norm(h, self.final_norm, c.rms_norm_eps), HIDDEN_AXES, self.layout)

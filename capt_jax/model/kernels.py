@@ -1,4 +1,5 @@
-"""Elementwise pieces of a decoder layer: RMSNorm, 16-bit dropout and SwiGLU with a hand-written gradient.
+"""Elementwise pieces of a decoder layer: RMSNorm, 16-bit dropout on a written-out Threefry, and SwiGLU with a
+hand-written gradient.
 
 Plain functions of arrays, so the Flax modules stay about parameters and the kernels can be tested against
 autodiff of the expressions they replace (tests/test_kernels.py).
@@ -44,8 +45,8 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
     """Inverted dropout decided by 16-bit draws, four from each Threefry block of two 32-bit words.
 
     `jax.random.bits` makes one block per 32-bit word it returns (it xors the block's two words together), and
-    on CPU it runs the cipher as a loop over memory: drawing from both words of fused, written-out blocks costs
-    a quarter of that (docs/PERFORMANCE.md). The drop probability is rate rounded to a multiple of 2^-16.
+    on CPU it runs the cipher as a loop of passes over memory. Here a block serves twice as many draws and its
+    rounds fuse into one loop (docs/PERFORMANCE.md). The drop probability is rate rounded to a multiple of 2^-16.
     """
     *lead, width = x.shape
     key = jax.random.key_data(rng) if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
@@ -54,8 +55,10 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
     counter = jax.lax.broadcasted_iota(jnp.uint32, (rows, blocks), 0) * jnp.uint32(blocks)
     counter = counter + jax.lax.broadcasted_iota(jnp.uint32, (rows, blocks), 1)
     # The barrier keeps the cipher's output in memory: fused into the draws, each block would be hashed 4 times.
-    hi, lo = jax.lax.optimization_barrier(threefry2x32(key.astype(jnp.uint32), counter, jnp.zeros_like(counter)))
-    draws = jnp.concatenate([hi & 0xFFFF, hi >> 16, lo & 0xFFFF, lo >> 16], axis=-1).reshape(*lead, 4 * blocks)
+    first, second = threefry2x32(key.astype(jnp.uint32), counter, jnp.zeros_like(counter))
+    first, second = jax.lax.optimization_barrier((first, second))
+    halves = [first & 0xFFFF, first >> 16, second & 0xFFFF, second >> 16]
+    draws = jnp.concatenate(halves, axis=-1).reshape(*lead, 4 * blocks)
     dropped = round(rate * 2**16)
     keep = draws[..., :width] >= dropped
     return jnp.where(keep, x * (2**16 / (2**16 - dropped)), 0).astype(x.dtype)

@@ -25,7 +25,8 @@ int8 code is simpler and, for values near a block's maximum, finer (steps of 1/1
 `quantized_matmul` is x @ dequantize(W).T with a custom VJP whose residuals are the codes themselves: autodiff of
 the plain expression would keep each layer's dequantized weight for the backward pass, stacked over the scanned
 layers into a full-precision copy of the model. So a layer's weight exists in compute precision only inside its
-step of the scan, in training, prefill and decode alike.
+step of the scan, in training, prefill and decode alike. (That is why a quantized base decodes on the scanned
+layers: unscanned, XLA hoists every dequantized weight out of the token loop; `generate.scans_when_decoding`.)
 """
 
 from __future__ import annotations
