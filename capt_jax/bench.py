@@ -387,7 +387,7 @@ def bench_generate(args: argparse.Namespace, loaded: Loaded | None = None) -> di
     # The per-layer layout decode runs on, made once before timing as generate() makes it once per call of it
     # (split_layers_s includes compiling the split).
     began = time.perf_counter()
-    if not scans_when_decoding(cfg):
+    if not scans_when_decoding(cfg, params):
         params = jax.block_until_ready(split_layers(params))
     split_s = time.perf_counter() - began
     prompt, _ = token_batch(args.seed, args.batch, args.prompt_len, cfg.vocab_size)

@@ -87,13 +87,14 @@ def decode(
 
     `adapters` (applied at `lora_scale`) are LoRA weights kept beside a quantized base (`Pretrained.adapters`).
 
-    The layers run unscanned by default (`scans_when_decoding`), each on its own weights and KV-cache buffers,
+    By default (`scans_when_decoding`) the layers run unscanned, each on its own weights and KV-cache buffers,
     so no new token copies each layer's weights out of the stacked arrays (on a CPU those copies were a third
     of a decode call; see docs/PERFORMANCE.md). Stacked `params`/`adapters` are then split here, once per call;
-    `split_layers` them once beforehand to decode many batches. `scan_layers=True` runs one scanned layer,
-    which compiles faster.
+    `split_layers` them once beforehand to decode many batches (split params always run unscanned).
+    `scan_layers=True` runs one scanned layer, which compiles faster.
     """
-    scan_layers = scans_when_decoding(config) if scan_layers is None else scan_layers
+    if scan_layers is None:
+        scan_layers = "layers" in params and scans_when_decoding(config, params)
     config = config.replace(scan_layers=scan_layers)
     if "layers" not in params and scan_layers:
         raise ValueError("decode(scan_layers=True) runs on the stacked params, not on split_layers' per-layer ones")
@@ -138,11 +139,19 @@ def decode(
 split_layers = jax.jit(unstack_layers)  # one copy of the weights, in the per-layer layout `decode` runs on
 
 
-def scans_when_decoding(config: ModelConfig) -> bool:
-    """Whether `decode` keeps the scanned layers: only for a quantized base. Unscanned, each layer's dequantized
-    weight no longer depends on the loop, so XLA hoists it out of the token loop: a full-precision copy of the
-    projections for the whole call (SmolLM2 nf4: 814 MiB of temporaries instead of 18; tests/test_quant.py)."""
-    return config.quantization is not None
+def scans_when_decoding(config: ModelConfig, params: Params) -> bool:
+    """Whether `decode` keeps the scanned layers for these stacked `params`: whenever a projection's weight must be
+    converted for its matmul (a quantized base, storage in another dtype than the compute dtype, or bf16 on a
+    CPU, whose dots run in float32). Unscanned, each layer's converted weight no longer depends on the token
+    loop, and XLA hoists the conversions out of it or keeps them all alive: a full-precision copy of the
+    projections for the whole call (SmolLM2 in nf4: 814 MiB of temporaries instead of 18, tests/test_quant.py;
+    Qwen2.5-3B in bf16 on a CPU: 11.5 GiB instead of 1.45)."""
+    if config.quantization is not None:
+        return True
+    weight = params["layers"]["q_proj"]["weight"]
+    if weight.dtype != jnp.dtype(config.dtype):
+        return True
+    return jax.default_backend() == "cpu" and weight.dtype != jnp.float32
 
 
 def generate(
@@ -173,7 +182,7 @@ def generate(
     # Once for all the batches of this call, instead of once per decode call: a second copy of the base while
     # the call runs (kept only as long, so a process holds one copy between calls).
     params, adapters = model.params, model.adapters
-    if not scans_when_decoding(model.config):
+    if not scans_when_decoding(model.config, params):
         params = split_layers(params)
         adapters = None if adapters is None else split_layers(adapters)
     for rows in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
