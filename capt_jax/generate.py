@@ -93,14 +93,15 @@ def decode(
     `split_layers` them once beforehand to decode many batches (split params always run unscanned).
     `scan_layers=True` runs one scanned layer, which compiles faster.
     """
+    stacked = "layers" in params
     if scan_layers is None:
-        scan_layers = "layers" in params and scans_when_decoding(config, params)
-    config = config.replace(scan_layers=scan_layers)
-    if "layers" not in params and scan_layers:
+        scan_layers = stacked and scans_when_decoding(config, params)
+    if scan_layers and not stacked:
         raise ValueError("decode(scan_layers=True) runs on the stacked params, not on split_layers' per-layer ones")
     if not scan_layers:
-        params = unstack_layers(params) if "layers" in params else params
+        params = unstack_layers(params) if stacked else params
         adapters = unstack_layers(adapters) if adapters is not None and "layers" in adapters else adapters
+    config = config.replace(scan_layers=scan_layers)
     batch, length = prompt.shape
     eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
     lora = None if adapters is None else Lora(adapters, lora_scale)
