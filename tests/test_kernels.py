@@ -48,24 +48,57 @@ def test_fused_cross_entropy_refuses_gradients_for_the_frozen_head():
         jax.grad(lambda head: jnp.sum(token_nll(h, head, targets)))(head)
 
 
-def test_recomputing_attention_matches_grouped_attention_with_left_padding():
+@pytest.mark.parametrize("causal_block", [None, 1, 2, 3, 8])  # one block; every query alone; uneven blocks
+@pytest.mark.parametrize("masking", ["padding", "packed"])
+def test_recomputing_attention_matches_grouped_attention(causal_block, masking):
     batch, seq, q_heads, kv_heads, dim = 2, 5, 6, 2, 4
     keys = jax.random.split(jax.random.PRNGKey(1), 4)
     q = jax.random.normal(keys[0], (batch, seq, q_heads, dim))
     k = jax.random.normal(keys[1], (batch, kv_heads, seq, dim))
     v = jax.random.normal(keys[2], (batch, kv_heads, seq, dim))
     cotangent = jax.random.normal(keys[3], (batch, seq, q_heads, dim))
-    valid = jnp.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], bool)
-    mask = attention_mask(jnp.broadcast_to(jnp.arange(seq), (batch, seq)), valid)
+    slots = jnp.broadcast_to(jnp.arange(seq), (batch, seq))
+    if masking == "packed":
+        segments = jnp.array([[1, 1, 2, 2, 2], [1, 1, 1, 2, 0]])
+        mask = attention_mask(slots, segments > 0, segments)
+    else:
+        mask = attention_mask(slots, jnp.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], bool))
 
     def loss(fn):
         return lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent)
 
-    ours = loss(lambda q, k, v: recomputing_attention(q, k, v, mask, 0.5))
+    ours = loss(lambda q, k, v: recomputing_attention(q, k, v, mask, 0.5, causal_block))
     plain = loss(lambda q, k, v: grouped_attention(q, [(jnp.swapaxes(k, 2, 3), v, mask)], 0.5))
     np.testing.assert_allclose(ours(q, k, v), plain(q, k, v), rtol=1e-5)
     for got, want in zip(jax.grad(ours, (0, 1, 2))(q, k, v), jax.grad(plain, (0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_causal_blocks_cover_every_query_once_and_need_a_query_per_key_slot():
+    assert attention_module.query_blocks(5, 5, 2) == [(0, 2, 2), (2, 4, 4), (4, 5, 5)]
+    assert len(attention_module.query_blocks(1024, 1024, 64)) == attention_module.MAX_CAUSAL_BLOCKS
+    assert attention_module.query_blocks(5, 12, None) == [(0, 5, 12)]
+    with pytest.raises(ValueError, match="as many queries as key slots"):
+        attention_module.query_blocks(5, 12, 2)
+
+
+def test_decoder_logits_are_the_same_in_causal_blocks():
+    """Training logits of the whole decoder, left-padded and packed, with the queries in blocks of 4 or in one."""
+    config = ModelConfig.from_hf_dict(ARCHS["tiny"])
+    params = init_params(config, jax.random.PRNGKey(0))
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 14), 0, config.vocab_size)
+    mask = jnp.arange(14)[None] >= jnp.array([[0], [5]])
+    segments = jnp.array([[1] * 6 + [2] * 8, [1] * 9 + [2] * 3 + [0] * 2])
+    one, four = config.replace(causal_block=None), config.replace(causal_block=4)
+
+    def products(config: ModelConfig) -> int:
+        return str(jax.make_jaxpr(lambda t: forward(params, t, config, token_mask=mask))(tokens)).count("dot_general")
+
+    assert products(four) == products(one) + 2 * 3  # 4 blocks instead of 1, two products each
+    for kwargs in ({"token_mask": mask}, {"token_mask": segments > 0, "segment_ids": segments}):
+        np.testing.assert_allclose(
+            forward(params, tokens, four, **kwargs)[0], forward(params, tokens, one, **kwargs)[0], atol=1e-5
+        )
 
 
 def test_written_out_threefry_is_jax_threefry_bit_for_bit():

@@ -44,6 +44,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations
     attention_impl: str | None = None  # None: cuDNN on GPU in bf16/fp16, else XLA; "xla"/"cudnn" force one
     remat_policy: str = "none"  # see capt_jax.model.decoder.REMAT_POLICIES
+    # Queries per block of the XLA path's causal attention in training and scoring: each block is computed against
+    # only the keys up to its last query (attention.recomputing_attention); None: every query against every key.
+    causal_block: int | None = 64
     # False: the layers run as separate blocks over per-layer weights ("layers_0", ...: decoder.unstack_layers), as
     # decoding does, so no step copies a layer's weights out of the stacked arrays; True: one scanned block.
     scan_layers: bool = True
@@ -54,6 +57,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.quantize not in QUANTIZE_KINDS:
             raise ModelConfigError(f"quantize {self.quantize!r} is not one of {list(QUANTIZE_KINDS)}")
+        if self.causal_block is not None and self.causal_block < 1:
+            raise ModelConfigError(f"causal_block must be a number of queries or None, got {self.causal_block}")
         if self.double_quant and self.quantize == "none":
             raise ModelConfigError("double_quant quantizes the scales of int8 or nf4 weights; quantize is 'none'")
 
