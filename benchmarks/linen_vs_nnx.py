@@ -84,7 +84,7 @@ class NnxBlock(nnx.Module):
         k = self.k_proj(x, rngs).reshape(batch, seq, c.num_kv_heads, c.head_dim)
         v = self.v_proj(x, rngs).reshape(batch, seq, c.num_kv_heads, c.head_dim)
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        out = attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask, c)
+        out = attend(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask, c, c.causal_block)
         h = h + self.o_proj(out.reshape(batch, seq, -1), rngs)
         x = rms_norm(h, self.post_attention_norm[...], c.rms_norm_eps)
         return h + self.down_proj(swiglu(self.gate_proj(x, rngs), self.up_proj(x, rngs)), rngs)

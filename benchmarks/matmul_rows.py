@@ -38,7 +38,7 @@ def main() -> None:
         return [jnp.einsum("mi,oi->mo", x, w) for w in weights]
 
     @jax.jit
-    def cached(x, weight):  # x + i: 30 distinct products, so XLA cannot merge them
+    def cached(x, weight):  # x + i: 30 distinct products, which XLA cannot fold into one as common subexpressions
         return [jnp.einsum("mi,oi->mo", x + i, weight) for i in range(LAYERS)]
 
     print("rows | 30 weights, streamed | one weight, in cache")

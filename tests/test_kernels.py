@@ -48,7 +48,7 @@ def test_fused_cross_entropy_refuses_gradients_for_the_frozen_head():
         jax.grad(lambda head: jnp.sum(token_nll(h, head, targets)))(head)
 
 
-@pytest.mark.parametrize("causal_block", [None, 1, 2, 3, 8])  # one block; every query alone; uneven blocks
+@pytest.mark.parametrize("causal_block", [None, 1, 2, 3, 4, 8])  # one block; every query alone; uneven blocks
 @pytest.mark.parametrize("masking", ["padding", "packed"])
 def test_recomputing_attention_matches_grouped_attention(causal_block, masking):
     batch, seq, q_heads, kv_heads, dim = 2, 5, 6, 2, 4
@@ -200,15 +200,20 @@ def test_cudnn_call_site_with_xla_matches_recomputing_attention(dtype, tolerance
     q, k, v, cotangent, mask = call_site_inputs(dtype, query_len, slots, masking)
     out = library_attention(q, k, v, mask, 0.25, "xla")
     assert out.dtype == dtype and out.shape == q.shape
-    want = recomputing_attention(q, k, v, mask, 0.25)
-    np.testing.assert_allclose(out.astype(jnp.float32), want.astype(jnp.float32), atol=tolerance)
+    # Full (a query per key slot) also in causal blocks of 4 queries, as training runs it on the XLA path.
+    for causal_block in (None, 4) if query_len == slots else (None,):
+        ours = functools.partial(recomputing_attention, causal_block=causal_block)
+        want = ours(q, k, v, mask, 0.25)
+        assert want.dtype == dtype
+        np.testing.assert_allclose(out.astype(jnp.float32), want.astype(jnp.float32), atol=tolerance)
 
-    def loss(fn):
-        return lambda q, k, v: jnp.sum((fn(q, k, v, mask, 0.25) * cotangent).astype(jnp.float32))
+        def loss(fn):
+            return lambda q, k, v: jnp.sum((fn(q, k, v, mask, 0.25) * cotangent).astype(jnp.float32))
 
-    library = jax.grad(loss(functools.partial(library_attention, implementation="xla")), (0, 1, 2))
-    for got, want in zip(library(q, k, v), jax.grad(loss(recomputing_attention), (0, 1, 2))(q, k, v)):
-        np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32), atol=grad_tolerance)
+        library = jax.grad(loss(functools.partial(library_attention, implementation="xla")), (0, 1, 2))
+        for got, want in zip(library(q, k, v), jax.grad(loss(ours), (0, 1, 2))(q, k, v)):
+            assert want.dtype == dtype
+            np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32), atol=grad_tolerance)
 
 
 def test_decoder_through_the_cudnn_branch_matches_the_xla_path(monkeypatch):

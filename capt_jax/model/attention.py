@@ -37,7 +37,11 @@ CACHED_KEY_AXES = ("batch", "kv_heads", "head_dim", "length")  # keys as the KV 
 
 
 class Full(NamedTuple):
-    """Queries attend to this call's own keys; `mask` [B, 1, T, T] (see `attention_mask`)."""
+    """Queries attend to this call's own keys; `mask` [B, 1, T, T] (see `attention_mask`).
+
+    Query t sits at key slot t and the mask hides every later slot, which is what lets `recomputing_attention`
+    take the queries in causal blocks.
+    """
 
     mask: jax.Array
 
@@ -155,8 +159,9 @@ def recomputing_attention(
     query, as flash attention does, for one more QK^T matmul.
 
     `causal_block`: the caller promises that query t sits at key slot t (T = S) and that the mask hides every
-    later slot. Queries then go in blocks of that many positions, each block against only the keys up to its
-    last query, so the masked upper triangle is mostly never computed (see `query_blocks`).
+    later slot (the `Full` mode). Queries then go in blocks of at least that many positions (at most
+    MAX_CAUSAL_BLOCKS blocks), each block against only the keys up to its last query, so most of the masked
+    upper triangle is never computed (see `query_blocks`).
     """
     return _attention_forward(q, k, v, mask, scale, causal_block)[0]
 
@@ -178,15 +183,15 @@ def query_blocks(seq: int, slots: int, causal_block: int | None) -> list[tuple[i
     return [(start, min(start + size, seq), min(start + size, seq)) for start in range(0, seq, size)]
 
 
-def _sum_over_blocks(parts: list[jax.Array], slots: int) -> jax.Array:
-    """Key or value gradients [B, Hk, S, D] from each block's [B, Hk, keys, D], summed in float32."""
+def _sum_over_blocks(parts: list[jax.Array], slots: int, dtype: jnp.dtype) -> jax.Array:
+    """Key or value gradients [B, Hk, S, D] in `dtype` from each block's [B, Hk, keys, D], summed in float32."""
     if len(parts) == 1:
-        return parts[0]
+        return parts[0].astype(dtype)
     batch, kv_heads, _, dim = parts[0].shape
     total = jnp.zeros((batch, kv_heads, slots, dim), jnp.float32)
     for part in parts:  # in place: each block adds into the slots it saw
         total = total.at[:, :, : part.shape[2]].add(part.astype(jnp.float32))
-    return total.astype(parts[0].dtype)
+    return total.astype(dtype)
 
 
 def _block_scores(qb, k, mask, groups, start, end, keys, scale):
@@ -194,11 +199,6 @@ def _block_scores(qb, k, mask, groups, start, end, keys, scale):
     visible = _grouped_mask(mask[:, :, start:end, :keys], groups)
     scores = jnp.einsum("bkqd,bksd->bkqs", qb, k[:, :, :keys], preferred_element_type=jnp.float32) * scale
     return jnp.where(visible, scores, jnp.finfo(jnp.float32).min), visible
-
-
-def _concat_queries(blocks: list[jax.Array]) -> jax.Array:
-    """[B, T, Hq, D] from the [B, block, Hq, D] blocks of queries, in order."""
-    return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=1)
 
 
 def _attention_forward(q, k, v, mask, scale, causal_block):
@@ -217,7 +217,7 @@ def _attention_forward(q, k, v, mask, scale, causal_block):
         qbs.append(qb)
         outs.append(jnp.einsum("bkqs,bksd->bkqd", (unnormalised / total).astype(v.dtype), v[:, :, :keys]))
         lses.append((top + jnp.log(total))[..., 0])
-    out = _concat_queries([_from_head_major(o, end - start) for o, (start, end, _) in zip(outs, blocks)])
+    out = jnp.concatenate([_from_head_major(o, end - start) for o, (start, end, _) in zip(outs, blocks)], axis=1)
     return out, (qbs, k, v, mask, outs, lses)
 
 
@@ -225,18 +225,22 @@ def _attention_bwd(scale, causal_block, residuals, d_out):
     qbs, k, v, mask, outs, lses = residuals
     seq, kv_heads, slots = d_out.shape[1], k.shape[1], k.shape[2]
     groups = d_out.shape[2] // kv_heads
+    blocks = query_blocks(seq, slots, causal_block)
+    # Several blocks add into the same key slots: their parts stay float32 until the sum (bf16 rounds once).
+    parts = jnp.float32 if len(blocks) > 1 else None
     d_qs, d_ks, d_vs = [], [], []
-    for qb, ob, lse, (start, end, keys) in zip(qbs, outs, lses, query_blocks(seq, slots, causal_block)):
+    for qb, ob, lse, (start, end, keys) in zip(qbs, outs, lses, blocks):
         d_ob = _to_head_major(d_out[:, start:end], kv_heads)
         scores, visible = _block_scores(qb, k, mask, groups, start, end, keys, scale)
         probs = jnp.where(visible, jnp.exp(scores - lse[..., None]), 0.0)
-        d_vs.append(jnp.einsum("bkqs,bkqd->bksd", probs.astype(v.dtype), d_ob))
+        d_vs.append(jnp.einsum("bkqs,bkqd->bksd", probs.astype(v.dtype), d_ob, preferred_element_type=parts))
         d_probs = jnp.einsum("bkqd,bksd->bkqs", d_ob, v[:, :, :keys], preferred_element_type=jnp.float32)
         delta = jnp.sum(d_ob.astype(jnp.float32) * ob.astype(jnp.float32), axis=-1, keepdims=True)
         d_scores = (probs * (d_probs - delta) * scale).astype(qb.dtype)
         d_qs.append(_from_head_major(jnp.einsum("bkqs,bksd->bkqd", d_scores, k[:, :, :keys]), end - start))
-        d_ks.append(jnp.einsum("bkqs,bkqd->bksd", d_scores, qb))
-    return _concat_queries(d_qs), _sum_over_blocks(d_ks, slots), _sum_over_blocks(d_vs, slots), None
+        d_ks.append(jnp.einsum("bkqs,bkqd->bksd", d_scores, qb, preferred_element_type=parts))
+    d_q = jnp.concatenate(d_qs, axis=1)
+    return d_q, _sum_over_blocks(d_ks, slots, k.dtype), _sum_over_blocks(d_vs, slots, v.dtype), None
 
 
 recomputing_attention.defvjp(_attention_forward, _attention_bwd)
@@ -256,17 +260,17 @@ def library_attention(
 
 
 def attend(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: ModelConfig, causal: bool = False
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: ModelConfig, causal_block: int | None = None
 ) -> jax.Array:
     """q [B, T, Hq, D], k/v [B, Hk, S, D], boolean mask [B, 1, T, S] -> [B, T, Hq, D], for Full and Prefill.
 
     On GPU in half precision through jax.nn.dot_product_attention's cuDNN flash kernel; elsewhere through
-    recomputing_attention, in `config.causal_block` blocks of queries when `causal` (Full: query t at slot t).
+    recomputing_attention, in causal blocks of queries when the caller passes `causal_block` (Full mode only).
     """
     scale = config.head_dim**-0.5
     if attention_implementation(config) == "cudnn" and q.shape[1] > 1:
         return library_attention(q, k, v, mask, scale, "cudnn")
-    return recomputing_attention(q, k, v, mask, scale, config.causal_block if causal else None)
+    return recomputing_attention(q, k, v, mask, scale, causal_block)
 
 
 class Attention(nn.Module):
@@ -312,7 +316,7 @@ class Attention(nn.Module):
         v = constrain(jnp.swapaxes(v, 1, 2), KEY_AXES, self.layout)
         if isinstance(mode, Full):
             k = constrain(jnp.swapaxes(k, 1, 2), KEY_AXES, self.layout)
-            out, new = attend(q, k, v, mode.mask, c, causal=True), None
+            out, new = attend(q, k, v, mode.mask, c, c.causal_block), None
         else:
             out, new = self._attend_with_cache(q, k, v, cached, mode)
         out = constrain(out, QUERY_AXES, self.layout)

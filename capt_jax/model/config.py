@@ -44,8 +44,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations
     attention_impl: str | None = None  # None: cuDNN on GPU in bf16/fp16, else XLA; "xla"/"cudnn" force one
     remat_policy: str = "none"  # see capt_jax.model.decoder.REMAT_POLICIES
-    # Queries per block of the XLA path's causal attention in training and scoring: each block is computed against
-    # only the keys up to its last query (attention.recomputing_attention); None: every query against every key.
+    # The XLA path's attention in training and scoring takes the queries in blocks of at least this many (at most 8
+    # blocks), each against only the keys up to its last query (attention.query_blocks); None: one block.
     causal_block: int | None = 64
     # False: the layers run as separate blocks over per-layer weights ("layers_0", ...: decoder.unstack_layers), as
     # decoding does, so no step copies a layer's weights out of the stacked arrays; True: one scanned block.

@@ -314,7 +314,9 @@ def unstack_layers(tree: Params) -> Params:
 def _architecture(config: ModelConfig) -> ModelConfig:
     """The config without the runtime choices that leave shapes and axes alone (quantization changes them): the
     stacked layout is the contract every loader, optimizer and checkpoint sees."""
-    return config.replace(dtype="float32", attention_impl="xla", remat_policy="none", scan_layers=True)
+    return config.replace(
+        dtype="float32", attention_impl="xla", remat_policy="none", scan_layers=True, causal_block=None
+    )
 
 
 def _init(config: ModelConfig, adapter: AdapterConfig | None, dtype: str, rng: jax.Array) -> dict[str, Any]:
