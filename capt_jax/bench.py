@@ -379,7 +379,7 @@ def bench_generate(args: argparse.Namespace, loaded: Loaded | None = None) -> di
     """The generate report; `loaded` as for bench_train."""
     jax = _jax()
 
-    from capt_jax.generate import Sampling, decode, scans_when_decoding, split_layers
+    from capt_jax.generate import Sampling, decode, decoding_layout
     from capt_jax.model.attention import attention_implementation
 
     cfg, params, name = loaded or load_model(args)
@@ -387,8 +387,7 @@ def bench_generate(args: argparse.Namespace, loaded: Loaded | None = None) -> di
     # The per-layer layout decode runs on, made once before timing as generate() makes it once per call of it
     # (split_layers_s includes compiling the split).
     began = time.perf_counter()
-    if not scans_when_decoding(cfg, params):
-        params = jax.block_until_ready(split_layers(params))
+    params = jax.block_until_ready(decoding_layout(cfg, params)[0])
     split_s = time.perf_counter() - began
     prompt, _ = token_batch(args.seed, args.batch, args.prompt_len, cfg.vocab_size)
     prompt = jax.device_put(prompt)

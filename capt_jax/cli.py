@@ -99,9 +99,13 @@ def run(command: Command, body: Body, argv: Sequence[str] | None = None) -> None
     On a real command line (`argv` None) a command that trains first sets the process's malloc to keep freed
     memory (capt_jax.host_memory); a call from Python with its own `argv` leaves the caller's process as it is.
     """
-    if argv is None and command.keep_freed_memory:
+    _run(command, body, list(sys.argv[1:] if argv is None else argv), real=argv is None)
+
+
+def _run(command: Command, body: Body, argv: list[str], real: bool) -> None:
+    """`run` on the command's own arguments; `real`: they come from the process's command line."""
+    if real and command.keep_freed_memory:
         keep_freed_memory()
-    argv = list(sys.argv[1:] if argv is None else argv)
     if "--help" in argv or "-h" in argv:
         print(help_text(command, argv))
         return
@@ -121,10 +125,7 @@ def run_group(usage: str, commands: dict[str, tuple[Command, Body]], argv: Seque
     real = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in commands:
-        command, body = commands[argv[0]]
-        if real and command.keep_freed_memory:
-            keep_freed_memory()
-        run(command, body, argv[1:])
+        _run(*commands[argv[0]], argv[1:], real)
     elif not argv or argv[0] in ("--help", "-h"):
         print(f"{usage.strip()}\n\nSubcommands (each takes --help): {', '.join(commands)}")
     else:

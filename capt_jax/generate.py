@@ -90,7 +90,7 @@ def decode(
     By default (`scans_when_decoding`) the layers run unscanned, each on its own weights and KV-cache buffers,
     so no new token copies each layer's weights out of the stacked arrays (on a CPU those copies were a third
     of a decode call; see docs/PERFORMANCE.md). Stacked `params`/`adapters` are then split here, once per call;
-    `split_layers` them once beforehand to decode many batches (split params always run unscanned).
+    `decoding_layout` them once beforehand to decode many batches (split params always run unscanned).
     `scan_layers=True` runs one scanned layer, which compiles faster.
     """
     stacked = "layers" in params
@@ -140,6 +140,16 @@ def decode(
 split_layers = jax.jit(unstack_layers)  # one copy of the weights, in the per-layer layout `decode` runs on
 
 
+def decoding_layout(
+    config: ModelConfig, params: Params, adapters: Params | None = None
+) -> tuple[Params, Params | None]:
+    """Stacked `params`/`adapters` as `decode` runs them, for callers that decode many times: split once per layer
+    (a second copy of the base, kept as long as the caller keeps it), or as they are when `scans_when_decoding`."""
+    if scans_when_decoding(config, params):
+        return params, adapters
+    return split_layers(params), None if adapters is None else split_layers(adapters)
+
+
 def scans_when_decoding(config: ModelConfig, params: Params) -> bool:
     """Whether `decode` keeps the scanned layers for these stacked `params`: whenever a projection's weight must be
     converted for its matmul (a quantized base, storage in another dtype than the compute dtype, or bf16 on a
@@ -180,12 +190,9 @@ def generate(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if not batches:
         return results
-    # Once for all the batches of this call, instead of once per decode call: a second copy of the base while
-    # the call runs (kept only as long, so a process holds one copy between calls).
-    params, adapters = model.params, model.adapters
-    if not scans_when_decoding(model.config, params):
-        params = split_layers(params)
-        adapters = None if adapters is None else split_layers(adapters)
+    # Once for all the batches of this call, instead of once per decode call, and dropped when it returns, so a
+    # process holds one copy of the base between calls.
+    params, adapters = decoding_layout(model.config, model.params, model.adapters)
     for rows in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
         length = length_bucket(max(len(encoded[i]) for i in rows), MIN_LENGTH_BUCKET)
         ids = np.full((bucket(len(rows)), length), pad, np.int32)

@@ -36,5 +36,5 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to set
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    taken = [mallopt(param, value) == 1 for param, value in _SETTINGS]
+    taken = [mallopt(param, value) == 1 for param, value in _SETTINGS]  # a list: every setting is tried
     return all(taken)
