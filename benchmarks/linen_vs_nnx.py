@@ -4,11 +4,11 @@
 
 `linen` is capt_jax's own decoder (capt_jax.model). `nnx` is a prototype of the same decoder in Flax NNX, kept
 here only to make that decision reproducible: the same kernels (recomputing attention, SwiGLU, RoPE, 16-bit
-dropout), layers stacked by `nnx.vmap` and run by `nnx.scan`, and the adapters in their own Variable type, taken
-out with `nnx.split` and put back with `nnx.merge` inside the differentiated function. Both steps are: forward
-with LoRA dropout, fused cross-entropy over every position, gradient of the adapters only, capt_jax's AdamW.
-Each is traced and compiled twice, in both orders (the faster of the two counts), then their steps are timed
-alternately, so a busy machine slows both alike. The last line printed is one JSON object.
+dropout, the LoRA product), layers stacked by `nnx.vmap` and run by `nnx.scan`, and the adapters in their own
+Variable type, taken out with `nnx.split` and put back with `nnx.merge` inside the differentiated function. Both
+steps are: forward with LoRA dropout, fused cross-entropy over every position, gradient of the adapters only,
+capt_jax's AdamW. Each is traced and compiled twice, in both orders (the faster of the two counts), then their
+steps are timed alternately, so a busy machine slows both alike. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from capt_jax.lora import init_lora, lora_scale, make_optimizer
 from capt_jax.model import Lora, ModelConfig, hidden_states, init_params
 from capt_jax.model.attention import attend, attention_mask
 from capt_jax.model.decoder import REMAT_POLICIES, lm_head
-from capt_jax.model.kernels import dropout, rms_norm, swiglu
+from capt_jax.model.kernels import dropout, lora_delta, rms_norm, swiglu
 from capt_jax.model.layers import INIT_STD, AdapterConfig, _lora_a_init, adapter_for
 from capt_jax.model.rope import apply_rotary, rotary_tables
 from capt_jax.objective import token_nll
@@ -57,8 +57,7 @@ class NnxLinear(nnx.Module):
             return y
         if self.adapter.dropout > 0:
             x = dropout(x, self.adapter.dropout, rngs.dropout())
-        down = jnp.einsum("...i,ri->...r", x, self.a[...].astype(x.dtype))
-        return y + self.adapter.scale * jnp.einsum("...r,or->...o", down, self.b[...].astype(x.dtype))
+        return y + lora_delta(x, self.a[...].astype(x.dtype), self.b[...].astype(x.dtype), self.adapter.scale)
 
 
 class NnxBlock(nnx.Module):

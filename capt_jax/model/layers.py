@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from capt_jax.model.config import ModelConfig
-from capt_jax.model.kernels import dropout, swiglu
+from capt_jax.model.kernels import dropout, lora_delta, swiglu
 from capt_jax.model.quant import Quantization, leaf_axes, quantize, quantized_matmul
 
 if TYPE_CHECKING:
@@ -116,8 +116,7 @@ class Linear(nn.Module):
         b = self.variable("lora", "b", lambda: b_init(self.make_rng("params"), (self.features, rank))).value
         if self.adapter.dropout > 0 and self.has_rng("dropout"):
             x = dropout(x, self.adapter.dropout, self.make_rng("dropout"))
-        down = jnp.einsum("...i,ri->...r", x, a.astype(x.dtype))
-        return y + self.adapter.scale * jnp.einsum("...r,or->...o", down, b.astype(x.dtype))
+        return y + lora_delta(x, a.astype(x.dtype), b.astype(x.dtype), self.adapter.scale)
 
 
 class MLP(nn.Module):
