@@ -225,7 +225,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cha
 
 
 def test_smollm2_sft_lowers_heldout_loss(tmp_path):
-    """A couple of hundred CPU steps of configs/smollm2_sft.py on a learnable task."""
+    """Eighty CPU steps of configs/smollm2_sft.py on a learnable task (the held-out loss falls from 4.4 to 0.13
+    in 100 steps, 0.52 at step 50)."""
     from capt_jax.config import load_config
     from capt_jax.train import train
 
@@ -235,7 +236,7 @@ def test_smollm2_sft_lowers_heldout_loss(tmp_path):
         [
             f"--config.data.path={data}",
             f"--config.workdir={tmp_path / 'w'}",
-            "--config.train.max_steps=200",
+            "--config.train.max_steps=80",
             "--config.train.batch_size=2",
             "--config.data.chat_template=false",
             "--config.train.seq_len=64",
@@ -246,7 +247,7 @@ def test_smollm2_sft_lowers_heldout_loss(tmp_path):
     evals = [
         json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line
     ]
-    assert evals[0]["step"] == 0 and evals[-1]["step"] == 200
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 80
     assert evals[-1]["eval_loss"] < 0.5 * evals[0]["eval_loss"], evals
     assert last.metrics["loss"] < 1.0 and last.eval_loss == evals[-1]["eval_loss"]
     assert list((tmp_path / "w" / "tensorboard").iterdir())
