@@ -225,8 +225,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cha
 
 
 def test_smollm2_sft_lowers_heldout_loss(tmp_path):
-    """Eighty CPU steps of configs/smollm2_sft.py on a learnable task (the held-out loss falls from 4.4 to 0.13
-    in 100 steps, 0.52 at step 50)."""
+    """Eighty CPU steps of configs/smollm2_sft.py on a learnable task (measured once with evaluations every 20
+    steps: held-out loss 4.44, 0.51, 0.41, 0.18, 0.12; last training loss 0.08)."""
     from capt_jax.config import load_config
     from capt_jax.train import train
 
