@@ -35,6 +35,7 @@ setup(
         "gguf": ["gguf>=0.10", "accelerate>=1.0", "torch"],
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # make test runs on two workers
             "torch==2.13.0",
             "gguf>=0.10",
             "accelerate>=1.0",

@@ -8,6 +8,7 @@ writes (config, safetensors, tokenizer, generation config) then loads like any o
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -75,9 +76,16 @@ def converted_gguf(gguf_file: str | Path) -> Path:
     gguf_file = Path(gguf_file)
     stat = gguf_file.stat()
     out = cache_root() / "gguf" / f"{gguf_file.stem}-{stat.st_size}"
-    if not (out / "config.json").is_file():
-        print(f"converting {gguf_file} -> {out} (once)")
-        convert_gguf(gguf_file, out)
+    if (out / "config.json").is_file():
+        return out
+    # Several processes may start at once (parallel test workers, a launcher's hosts): one converts, the others
+    # wait on the lock and then find the folder, so none replaces a folder another is reading.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "config.json").is_file():
+            print(f"converting {gguf_file} -> {out} (once)")
+            convert_gguf(gguf_file, out)
     return out
 
 

@@ -63,3 +63,31 @@ def test_cli_prints_one_completion_per_prompt(smollm2_dir, capsys):
     )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == 2 and "Paris" in lines[0]
+
+
+def test_concurrent_first_conversions_convert_once(tmp_path, monkeypatch):
+    """Parallel test workers, or several hosts, reach the cache at once: one converts, the rest reuse its folder."""
+    import threading
+    import time
+
+    from capt_jax import convert
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"not read: the conversion is replaced below")
+    monkeypatch.setenv("CAPT_JAX_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def slow_convert(_gguf, out):
+        calls.append(out)
+        time.sleep(0.3)  # long enough for every other thread to find no folder and wait on the lock
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(convert, "convert_gguf", slow_convert)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(convert.converted_gguf(gguf))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and len(set(results)) == 1 and (results[0] / "config.json").is_file()
