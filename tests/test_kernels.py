@@ -18,7 +18,7 @@ from capt_jax.generate import Sampling, decode
 from capt_jax.model import ModelConfig, forward, init_params
 from capt_jax.model import attention as attention_module
 from capt_jax.model.attention import attention_mask, grouped_attention, library_attention, recomputing_attention
-from capt_jax.model.kernels import dropout, lora_delta, swiglu, threefry2x32
+from capt_jax.model.kernels import FEW_ROWS, dropout, lora_delta, matmul_weight_t, swiglu, threefry2x32
 from capt_jax.model.rope import apply_rotary
 from capt_jax.objective import token_nll
 
@@ -176,6 +176,23 @@ def test_lora_delta_gradient_matches_autodiff(dtype, tolerance):
         assert got.dtype == want.dtype and got.shape == want.shape
         scale = float(jnp.max(jnp.abs(want.astype(jnp.float32))))
         np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32), atol=tolerance * scale)
+
+
+@pytest.mark.parametrize("rows", [3, FEW_ROWS, FEW_ROWS + 1, 200])
+def test_matmul_weight_t_is_x_times_the_weight_transposed_in_either_operand_order(rows):
+    """Both orders give x @ W.T and its gradients; up to FEW_ROWS rows the compiled dot on a CPU has the weight on
+    the left (its result [out, rows]), so the test fails if XLA folds the transpose back or the order is lost."""
+    keys = jax.random.split(jax.random.PRNGKey(6), 3)
+    x, weight = jax.random.normal(keys[0], (1, rows, 8)), jax.random.normal(keys[1], (16, 8))
+    cotangent = jax.random.normal(keys[2], (1, rows, 16))
+    out, pullback = jax.vjp(matmul_weight_t, x, weight)
+    want, want_pullback = jax.vjp(lambda x, w: jnp.einsum("...i,oi->...o", x, w), x, weight)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(pullback(cotangent), want_pullback(cotangent)):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    hlo = jax.jit(matmul_weight_t).lower(x, weight).compile().as_text()
+    dots = [line.split(" = ")[1].split("{")[0] for line in hlo.splitlines() if " dot(" in line]
+    assert dots == (["f32[16," + str(rows) + "]"] if rows <= FEW_ROWS else [f"f32[{rows},16]"])
 
 
 def test_rotary_gradient_is_the_inverse_rotation():

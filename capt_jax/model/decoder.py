@@ -42,7 +42,7 @@ from flax.core import meta
 
 from capt_jax.model.attention import Attention, DecodeStep, Full, Prefill, attention_mask
 from capt_jax.model.config import ModelConfig
-from capt_jax.model.kernels import rms_norm
+from capt_jax.model.kernels import matmul_weight_t, rms_norm
 from capt_jax.model.layers import INIT_STD, MLP, AdapterConfig, constrain
 from capt_jax.model.quant import dequantize
 from capt_jax.model.rope import rotary_tables
@@ -293,7 +293,7 @@ def lm_head(params: Params) -> jax.Array:
 
 
 def logits_from_hidden(params: Params, h: jax.Array) -> jax.Array:
-    return jnp.einsum("...d,vd->...v", h, lm_head(params).astype(h.dtype))
+    return matmul_weight_t(h, lm_head(params).astype(h.dtype))
 
 
 def forward(params: Params, tokens: jax.Array, config: ModelConfig, **kwargs: Any) -> tuple[jax.Array, KVCache | None]:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from capt_jax.model.config import ModelConfig
-from capt_jax.model.kernels import dropout, lora_delta, swiglu
+from capt_jax.model.kernels import dropout, lora_delta, matmul_weight_t, swiglu
 from capt_jax.model.quant import Quantization, leaf_axes, quantize, quantized_matmul
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class Linear(nn.Module):
         if self.quant is None:
             normal = nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), self.axes)
             weight = self.param("weight", normal, shape, self.param_dtype)
-            y = jnp.einsum("...i,oi->...o", x, weight.astype(x.dtype))
+            y = matmul_weight_t(x, weight.astype(x.dtype))
         else:
             leaves = self.param("weight", _quantized_init(self.quant, self.axes), shape)
             y = quantized_matmul(x, leaves, self.quant, x.shape[-1])

@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from capt_jax.model.kernels import matmul_weight_t
+
 QUANTIZE_KINDS = ("none", "int8", "nf4")
 BLOCK = 64
 SCALE_BLOCK = 256
@@ -165,7 +167,7 @@ def dequantize(leaves: dict[str, jax.Array], quant: Quantization, in_features: i
 def quantized_matmul(x: jax.Array, leaves: dict[str, jax.Array], quant: Quantization, in_features: int) -> jax.Array:
     """x [..., in] @ W.T -> [..., out] in x's dtype, W dequantized from `leaves`; gradients flow to x only (the
     base is frozen), and the backward pass dequantizes W again instead of keeping it."""
-    return jnp.einsum("...i,oi->...o", x, dequantize(leaves, quant, in_features, x.dtype))
+    return matmul_weight_t(x, dequantize(leaves, quant, in_features, x.dtype))
 
 
 def _matmul_fwd(x, leaves, quant, in_features):
