@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import capt_jax
-from capt_jax.generate import Sampling, decode, sample_next
+from capt_jax.generate import Sampling, decode, first_argmax, sample_next
 from capt_jax.model import KVCache, forward
 from capt_jax.model.decoder import unstack_layers
 from capt_jax.tokenization import bucket, length_bucket
@@ -103,6 +103,17 @@ def test_sampling_rules():
     assert abs((draws[:, 0] == 0).mean() - 2 / 3) < 0.08
     same = [np.asarray(sample_next(logits, key, Sampling(temperature=1.0))).tolist() for _ in range(2)]
     assert same[0] == same[1]
+
+
+def test_first_argmax_is_jnp_argmax_with_ties_nans_and_infinities():
+    nan, inf = jnp.nan, jnp.inf
+    logits = jnp.array(
+        [[1, 3, 3, 0], [nan, 1, nan, 5], [2, nan, 9, 9], [-inf] * 4, [inf, 0, inf, 1], [0, 0, 0, 0], [-1, -2, -3, -0.5]]
+    )
+    random = jax.random.normal(jax.random.key(0), (16, 1000))
+    for case in (logits, random, random.astype(jnp.bfloat16)):
+        for got in (first_argmax(case), first_argmax(case.T, axis=0)):
+            assert got.dtype == jnp.int32 and got.tolist() == jnp.argmax(case, axis=-1).tolist()
 
 
 def test_buckets_are_powers_of_two_and_length_buckets_add_half_steps():
