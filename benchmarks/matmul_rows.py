@@ -4,8 +4,9 @@
     taskset -c 0 python benchmarks/matmul_rows.py
 
 For each row count M, 30 products [M, 576] @ W^T with W [1536, 576] (SmolLM2-135M's gate projection, one per
-layer), either over 30 different weights (streamed from memory, as decoding does) or 30 times over one weight
-(which stays in cache). Prints the median of 9 calls per case, in ms and GFLOP/s.
+layer): over 30 different weights (streamed from memory, as decoding does), with x on the left (x @ W^T) and with
+the weight on the left ((W @ x^T)^T, as `capt_jax.model.kernels.matmul_weight_t` computes it up to FEW_ROWS rows),
+and 30 times over one weight (which stays in cache). Prints the median of 9 calls per case, in ms and GFLOP/s.
 """
 
 from __future__ import annotations
@@ -38,17 +39,23 @@ def main() -> None:
         return [jnp.einsum("mi,oi->mo", x, w) for w in weights]
 
     @jax.jit
+    def weight_first(x, weights):  # the barrier keeps XLA from folding the transpose back into x @ W^T
+        return [jax.lax.optimization_barrier(jnp.einsum("oi,mi->om", w, x)).T for w in weights]
+
+    @jax.jit
     def cached(x, weight):  # x + i: 30 distinct products, which XLA cannot fold into one as common subexpressions
         return [jnp.einsum("mi,oi->mo", x + i, weight) for i in range(LAYERS)]
 
-    print("rows | 30 weights, streamed | one weight, in cache")
-    for rows in (32, 64, 128, 256):
+    print("rows | 30 weights, streamed, x @ W^T | streamed, (W @ x^T)^T | one weight, in cache, x @ W^T")
+    for rows in (8, 32, 64, 128, 256):
         x = jnp.asarray(rng.standard_normal((rows, IN), np.float32))
         gflop = 2 * rows * IN * OUT * LAYERS / 1e9
         ms_streamed, ms_cached = median_ms(streamed, x, weights), median_ms(cached, x, weights[0])
+        ms_weight_first = median_ms(weight_first, x, weights)
         weight_gbs = LAYERS * OUT * IN * 4 / ms_streamed / 1e6
         print(
             f"{rows:4d} | {ms_streamed:6.1f} ms, {gflop / ms_streamed * 1e3:4.0f} GFLOP/s, {weight_gbs:4.1f} GB/s "
+            f"| {ms_weight_first:6.1f} ms, {gflop / ms_weight_first * 1e3:4.0f} GFLOP/s "
             f"| {ms_cached:6.1f} ms, {gflop / ms_cached * 1e3:4.0f} GFLOP/s"
         )
 
