@@ -21,9 +21,9 @@ def matmul_weight_t(x: jax.Array, weight: jax.Array) -> jax.Array:
     """x [..., in] @ weight.T for weight [out, in] (the Hugging Face layout of a projection) -> [..., out].
 
     On a CPU with at most FEW_ROWS rows (a decode step), it is computed as (weight @ x^T)^T: XLA:CPU's dot with
-    the weight on the left ran 1.2-1.7x faster at 8-32 rows (`benchmarks/matmul_rows.py`; a decode call at batch
-    32 took 1.4x less time, docs/PERFORMANCE.md). The barrier keeps XLA's simplifier from folding the transpose
-    back into x @ weight^T. More rows, and other backends, take the plain product.
+    the weight on the left ran 1.2-1.7x faster at 8-32 rows on an AMD EPYC core (`benchmarks/matmul_rows.py`),
+    and a decode call at batch 32 took 22% less time (docs/PERFORMANCE.md). The barrier keeps XLA's simplifier
+    from folding the transpose back into x @ weight^T. More rows, and other backends, take the plain product.
     """
     rows = math.prod(x.shape[:-1])
     if rows > FEW_ROWS or jax.default_backend() != "cpu":
