@@ -37,9 +37,10 @@ def test_fresh_adapter_leaves_logits_identical(tiny_llama_dir):
     ids = jnp.arange(20, dtype=jnp.int32)[None] % 128
     base, _ = forward(model.params, ids, model.config)
     adapted, _ = forward(model.params, ids, model.config, lora=Lora(adapters, lora_scale(8, 16.0)))
-    # B = 0 adds exact zeros, but the adapter's terms change XLA:CPU's fusions around the few-row weight-first
-    # products (kernels.matmul_weight_t), and with them the dot kernels' summation order: equal to float32
-    # rounding. A nonzero B (the bug this guards against) moves the logits by orders of magnitude more.
+    # B = 0 adds exact zeros: with adapters on v/o/gate/up/down the logits are bit-identical, and with them on q or
+    # k layer 0's q and k still are; XLA:CPU then compiles the adapter's add into the RoPE and attention fusions,
+    # and those round differently (about 1e-6 here). A nonzero B (the bug this guards against) moves the logits by
+    # orders of magnitude more.
     np.testing.assert_allclose(np.asarray(adapted), np.asarray(base), rtol=0, atol=1e-6 * float(jnp.abs(base).max()))
 
 
