@@ -193,6 +193,8 @@ def test_matmul_weight_t_is_x_times_the_weight_transposed_in_either_operand_orde
     hlo = jax.jit(matmul_weight_t).lower(x, weight).compile().as_text()
     dots = [line.split(" = ")[1].split("{")[0] for line in hlo.splitlines() if " dot(" in line]
     assert dots == (["f32[16," + str(rows) + "]"] if rows <= FEW_ROWS else [f"f32[{rows},16]"])
+    half = jax.jit(matmul_weight_t).lower(x.astype(jnp.bfloat16), weight.astype(jnp.bfloat16)).compile().as_text()
+    assert f"[{rows},16]" in half and f"[16,{rows}]" not in half  # other dtypes keep the plain order
 
 
 def test_rotary_gradient_is_the_inverse_rotation():

@@ -20,13 +20,16 @@ FEW_ROWS = 64  # up to this many rows, XLA:CPU multiplies faster with the weight
 def matmul_weight_t(x: jax.Array, weight: jax.Array) -> jax.Array:
     """x [..., in] @ weight.T for weight [out, in] (the Hugging Face layout of a projection) -> [..., out].
 
-    On a CPU with at most FEW_ROWS rows (a decode step), it is computed as (weight @ x^T)^T: XLA:CPU's dot with
-    the weight on the left ran 1.2-1.7x faster at 8-32 rows on an AMD EPYC core (`benchmarks/matmul_rows.py`),
-    and a decode call at batch 32 took 22% less time (docs/PERFORMANCE.md). The barrier keeps XLA's simplifier
-    from folding the transpose back into x @ weight^T. More rows, and other backends, take the plain product.
+    On a CPU with at most FEW_ROWS float32 rows (a decode step), it is computed as (weight @ x^T)^T: XLA:CPU's
+    dot with the weight on the left ran 1.2-1.7x faster at 8-32 rows on an AMD EPYC core
+    (`benchmarks/matmul_rows.py`), and a decode call at batch 32 took 22% less time (docs/PERFORMANCE.md). On an
+    Intel Xeon core the product alone is slower that way, but the decode call measured no slower, so one order
+    serves both. The barrier keeps XLA's simplifier from folding the transpose back into x @ weight^T. More rows,
+    other backends and other dtypes take the plain product: only float32 was measured, and bf16 training at
+    2 x 32 rows on the Xeon left tests/test_bf16.py's bound (1.09 of it at one step, 0.55 with the plain order).
     """
     rows = math.prod(x.shape[:-1])
-    if rows > FEW_ROWS or jax.default_backend() != "cpu":
+    if rows > FEW_ROWS or x.dtype != jnp.float32 or jax.default_backend() != "cpu":
         return jnp.einsum("...i,oi->...o", x, weight)
     product = jnp.einsum("oi,mi->om", weight, x.reshape(rows, x.shape[-1]))
     return jax.lax.optimization_barrier(product).T.reshape(*x.shape[:-1], weight.shape[0])
