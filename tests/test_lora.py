@@ -38,9 +38,9 @@ def test_fresh_adapter_leaves_logits_identical(tiny_llama_dir):
     base, _ = forward(model.params, ids, model.config)
     adapted, _ = forward(model.params, ids, model.config, lora=Lora(adapters, lora_scale(8, 16.0)))
     # B = 0 adds exact zeros: with adapters on v/o/gate/up/down the logits are bit-identical, and with them on q or
-    # k layer 0's q and k still are; XLA:CPU then compiles the adapter's add into the RoPE and attention fusions,
-    # and those round differently (about 1e-6 here). A nonzero B (the bug this guards against) moves the logits by
-    # orders of magnitude more.
+    # k layer 0's q and k still are (a barrier before RoPE does not remove the rest): the difference arises after
+    # them, in fusions XLA:CPU compiles differently once the adapter's add is there (about 1e-6 here). A nonzero B
+    # (the bug this guards against) moves the logits by orders of magnitude more.
     np.testing.assert_allclose(np.asarray(adapted), np.asarray(base), rtol=0, atol=1e-6 * float(jnp.abs(base).max()))
 
 
