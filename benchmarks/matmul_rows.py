@@ -6,7 +6,8 @@
 For each row count M, 30 products [M, 576] @ W^T with W [1536, 576] (SmolLM2-135M's gate projection, one per
 layer): over 30 different weights (streamed from memory, as decoding does), with x on the left (x @ W^T) and with
 the weight on the left ((W @ x^T)^T, as `capt_jax.model.kernels.matmul_weight_t` computes it up to FEW_ROWS rows),
-and 30 times over one weight (which stays in cache). Prints the median of 9 calls per case, in ms and GFLOP/s.
+and 30 times over one weight (which stays in cache). Prints the median of 9 calls per case, in ms and GFLOP/s,
+and first the time a plain sum takes to read the 30 weights: the memory floor of a streamed product at any row count.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def main() -> None:
     def cached(x, weight):  # x + i: 30 distinct products, which XLA cannot fold into one as common subexpressions
         return [jnp.einsum("mi,oi->mo", x + i, weight) for i in range(LAYERS)]
 
+    @jax.jit
+    def read(weights):  # one pass over the weights' bytes, at the core's memory bandwidth
+        return [jnp.sum(w) for w in weights]
+
+    ms_read = median_ms(read, weights)
+    print(f"reading the 30 weights (a sum): {ms_read:.1f} ms, {LAYERS * OUT * IN * 4 / ms_read / 1e6:.1f} GB/s")
     print("rows | 30 weights, streamed, x @ W^T | streamed, (W @ x^T)^T | one weight, in cache, x @ W^T")
     for rows in (8, 32, 64, 128, 256):
         x = jnp.asarray(rng.standard_normal((rows, IN), np.float32))
