@@ -51,15 +51,16 @@ def main() -> None:
     def read(weights):  # one pass over the weights' bytes, at the core's memory bandwidth
         return [jnp.sum(w) for w in weights]
 
+    weight_bytes = LAYERS * OUT * IN * 4
     ms_read = median_ms(read, weights)
-    print(f"reading the 30 weights (a sum): {ms_read:.1f} ms, {LAYERS * OUT * IN * 4 / ms_read / 1e6:.1f} GB/s")
+    print(f"reading the 30 weights (a sum): {ms_read:.1f} ms, {weight_bytes / ms_read / 1e6:.1f} GB/s")
     print("rows | 30 weights, streamed, x @ W^T | streamed, (W @ x^T)^T | one weight, in cache, x @ W^T")
     for rows in (8, 32, 64, 128, 256):
         x = jnp.asarray(rng.standard_normal((rows, IN), np.float32))
         gflop = 2 * rows * IN * OUT * LAYERS / 1e9
         ms_streamed, ms_cached = median_ms(streamed, x, weights), median_ms(cached, x, weights[0])
         ms_weight_first = median_ms(weight_first, x, weights)
-        weight_gbs = LAYERS * OUT * IN * 4 / ms_streamed / 1e6
+        weight_gbs = weight_bytes / ms_streamed / 1e6
         print(
             f"{rows:4d} | {ms_streamed:6.1f} ms, {gflop / ms_streamed * 1e3:4.0f} GFLOP/s, {weight_gbs:4.1f} GB/s "
             f"| {ms_weight_first:6.1f} ms, {gflop / ms_weight_first * 1e3:4.0f} GFLOP/s "
