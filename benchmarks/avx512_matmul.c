@@ -1,6 +1,6 @@
 /* Hand-written float32 products at few rows, for benchmarks/avx512_matmul.py: how much faster than XLA:CPU a
  * decode step's projections could be with a kernel of our own (docs/PERFORMANCE.md, "A hand-written 32-row
- * kernel"). Not used by capt_jax.
+ * kernel, measured"). Not used by capt_jax.
  *
  * y[M, N] = x[M, K] @ W^T for W [N, K] (the Hugging Face layout), computed 48 outputs at a time: 8 rows of x
  * times one [K, 48] panel of W^T, in 24 AVX-512 accumulators. The next panel is prefetched into L2 while the

@@ -1,5 +1,5 @@
 """How much a hand-written AVX-512 kernel would buy a decode step's float32 products, against the XLA:CPU products
-that `capt_jax.model.kernels.matmul_weight_t` runs (docs/PERFORMANCE.md, "A hand-written 32-row kernel").
+that `capt_jax.model.kernels.matmul_weight_t` runs (docs/PERFORMANCE.md, "A hand-written 32-row kernel, measured").
 
     taskset -c 0 python benchmarks/avx512_matmul.py [--arch smollm2-135m] [--rows 32]
 
@@ -8,7 +8,7 @@ per layer, then the LM head), timed three ways in interleaved rounds, median of 
 - XLA: one jitted call of `matmul_weight_t` per product, the code `decode` runs;
 - `matmul_packed` (avx512_matmul.c) on a second copy of the weights laid out as [N / 48][K][48] panels;
 - `matmul_transposing` on the weights as they are, transposing each panel on the fly.
-Compiles avx512_matmul.c with the system C compiler; says why and exits 2 without one or without AVX-512.
+Compiles avx512_matmul.c with the system C compiler; without one, or on a CPU without AVX-512, it says so and exits.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def compile_kernels(build_dir: str) -> ctypes.CDLL:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         sys.exit("avx512_matmul: no C compiler (cc or gcc) on PATH, so there is no kernel to time")
-    if "avx512f" not in pathlib.Path("/proc/cpuinfo").read_text():
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    if not cpuinfo.exists() or "avx512f" not in cpuinfo.read_text():
         sys.exit("avx512_matmul: this CPU has no AVX-512 (no avx512f in /proc/cpuinfo); the kernels need it")
     library = f"{build_dir}/avx512_matmul.so"
     subprocess.run([compiler, "-O3", "-march=native", "-shared", "-fPIC", str(SOURCE), "-o", library], check=True)
