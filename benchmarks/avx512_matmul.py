@@ -20,18 +20,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
+from matmul_rows import median_ms  # benchmarks/, on the path when this runs as a script
 
 from capt_jax.architectures import ARCHS
 from capt_jax.model.kernels import matmul_weight_t
 
 SOURCE = pathlib.Path(__file__).with_name("avx512_matmul.c")
-PANEL, MAX_K, ROUNDS, CALLS = 48, 8192, 3, 9
+PANEL, MAX_K, ROUNDS = 48, 8192, 3
 
 
 def compile_kernels(build_dir: str) -> ctypes.CDLL:
@@ -63,16 +63,6 @@ def step_shapes(arch: str) -> list[tuple[str, int, int]]:
         ("down", ffn, hidden),
     ]
     return layer * hf["num_hidden_layers"] + [("lm_head", hidden, hf["vocab_size"])]
-
-
-def median_ms(fn) -> float:
-    fn()
-    times = []
-    for _ in range(CALLS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
 
 
 def main() -> None:
@@ -127,14 +117,14 @@ def main() -> None:
         ws = [device_weights[j] for j in chosen]
         xla = xla_products if len(set(chosen)) == len(chosen) else xla_repeats
         return {
-            "XLA (matmul_weight_t)": lambda: jax.block_until_ready(xla(device_inputs, ws)),
+            "XLA (matmul_weight_t)": lambda: xla(device_inputs, ws),
             "matmul_packed": kernel_run(kernels.matmul_packed, panels),
             "matmul_transposing": kernel_run(kernels.matmul_transposing, weights),
         }
 
     step = list(range(len(shapes)))
     step_cases = cases(step)
-    reference = step_cases["XLA (matmul_weight_t)"]()
+    reference = [np.asarray(y) for y in step_cases["XLA (matmul_weight_t)"]()]
     for name in ("matmul_packed", "matmul_transposing"):
         step_cases[name]()
         error = max(float(np.abs(y - r).max() / np.abs(r).max()) for y, r in zip(outputs, reference))
@@ -144,7 +134,7 @@ def main() -> None:
     gates = [j for j, (name, _, _) in enumerate(shapes) if name == "gate"]
     _, gate_in, gate_out = shapes[gates[0]]
     gate_label = f"{len(gates)} gate products [{args.rows}, {gate_in}] x [{gate_out}, {gate_in}]^T"
-    print(f"ms per call (GFLOP/s), median of {CALLS} calls, in {ROUNDS} interleaved rounds")
+    print(f"ms per call (GFLOP/s), median of 9 calls (matmul_rows.median_ms), in {ROUNDS} interleaved rounds")
     for label, chosen in (
         (f"one decode step of {args.arch}: {len(shapes)} products at {args.rows} rows, {weight_mb:.0f} MB", step),
         # The gates alone, over the layers' own weights (a fifth of the step's bytes), and as many times over one
@@ -154,16 +144,17 @@ def main() -> None:
     ):
         flop = sum(2 * args.rows * shapes[j][1] * shapes[j][2] for j in chosen)
         print(f"{label}: {flop / 1e9:.2f} GFLOP")
-        times = {name: [] for name in step_cases}
+        runs = cases(chosen)
+        times = {name: [] for name in runs}
         for _ in range(ROUNDS):
-            for name, run in cases(chosen).items():
+            for name, run in runs.items():
                 times[name].append(median_ms(run))
-        xla = np.median(times["XLA (matmul_weight_t)"])
+        xla_ms = np.median(times["XLA (matmul_weight_t)"])
         for name, ms in times.items():
             print(
                 f"  {name:22s} "
                 + "  ".join(f"{t:6.1f} ({flop / t / 1e6:3.0f})" for t in ms)
-                + f"   median {np.median(ms):6.1f} ms, {xla / np.median(ms):.2f}x XLA"
+                + f"   median {np.median(ms):6.1f} ms, {xla_ms / np.median(ms):.2f}x XLA"
             )
 
 
