@@ -199,7 +199,7 @@ MALLOC_SETTINGS = {
 
 
 def measure_cpu_peak(pin: list[str]) -> float:
-    code = "from capt_jax.bench import measured_matmul_peak as m; print(max(m('float32') for _ in range(3)))"
+    code = "from capt_jax.bench import measured_matmul_peak as m; print(max(m('float32')[0] for _ in range(3)))"
     out = subprocess.run(pin + [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 

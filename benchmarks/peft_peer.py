@@ -44,6 +44,7 @@ from capt_jax.bench import (  # noqa: E402
     generate_report,
     host_peak_rss_bytes,
     human_lines,
+    matmul_peak,
     measure,
     token_batch,
     train_report,
@@ -77,18 +78,23 @@ def device_info(device: torch.device) -> dict[str, Any]:
     }
 
 
-def measured_matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        t = time.perf_counter()
+def measured_matmul_peak(dtype: torch.dtype, device: torch.device, reps: int = 5) -> tuple[float, int]:
+    """capt_jax.bench.matmul_peak for torch.matmul: the same sizes and timing as capt_jax's own denominator."""
+
+    def best_seconds(n: int) -> float:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
         torch.matmul(a, b)
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n**3 / best
+        best = float("inf")
+        for _ in range(reps):
+            sync(device)
+            t = time.perf_counter()
+            torch.matmul(a, b)
+            sync(device)
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    return matmul_peak(best_seconds)
 
 
 def peak_flops(args: argparse.Namespace, device: torch.device, kind: str) -> Peak:
@@ -98,8 +104,8 @@ def peak_flops(args: argparse.Namespace, device: torch.device, kind: str) -> Pea
     if peak is not None:
         return peak, f"datasheet dense {args.dtype} peak of {kind}"
     if device.type == "cpu":
-        peak = measured_matmul_peak(DTYPES[args.dtype], device)
-        return peak, f"measured 2048^3 {args.dtype} torch.matmul on this CPU"
+        peak, n = measured_matmul_peak(DTYPES[args.dtype], device)
+        return peak, f"measured {n}^3 {args.dtype} torch.matmul on this CPU"
     return None, f"unknown peak for {kind} {args.dtype}: pass --peak-flops"
 
 

@@ -214,21 +214,40 @@ def device_info() -> dict[str, Any]:
     return {"backend": dev.platform, "device": kind, "jax": jax.__version__}
 
 
-def measured_matmul_peak(dtype: str, n: int = 2048, reps: int = 5) -> float:
-    """Best FLOP/s of an n x n x n matmul in this process: the CPU's MFU denominator."""
+def matmul_peak(best_seconds: Callable[[int], float], n_max: int = 2048, budget_s: float = 1.0) -> tuple[float, int]:
+    """Best FLOP/s of an n x n x n product, and the n it was measured at: the CPU's MFU denominator.
+
+    n doubles from 256 to n_max while the next size (8x this one's time) fits in budget_s. On a dtype the CPU
+    has no fast kernel for (torch's bf16 on an AMD EPYC runs at about 1 GFLOP/s) 2048^3 would take minutes per
+    product and stall a short benchmark; on a fast path this ends at n_max, as a fixed 2048 did.
+    best_seconds(n) is the best of a few timed products at size n, after a warm-up.
+    """
+    n, seconds = 256, best_seconds(256)
+    while n < n_max and 8 * seconds <= budget_s:
+        n *= 2
+        seconds = best_seconds(n)
+    return 2.0 * n**3 / seconds, n
+
+
+def measured_matmul_peak(dtype: str, reps: int = 5) -> tuple[float, int]:
+    """matmul_peak for jnp.matmul in this process."""
     jax = _jax()
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
-    b = jax.random.normal(jax.random.PRNGKey(2), (n, n), jnp.float32).astype(dtype)
     f = jax.jit(jnp.matmul)
-    f(a, b).block_until_ready()
-    best = math.inf
-    for _ in range(reps):
-        t = time.perf_counter()
+
+    def best_seconds(n: int) -> float:
+        a = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
+        b = jax.random.normal(jax.random.PRNGKey(2), (n, n), jnp.float32).astype(dtype)
         f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n**3 / best
+        best = math.inf
+        for _ in range(reps):
+            t = time.perf_counter()
+            f(a, b).block_until_ready()
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    return matmul_peak(best_seconds)
 
 
 def peak_flops(args: argparse.Namespace, backend: str, device_kind: str) -> Peak:
@@ -238,7 +257,8 @@ def peak_flops(args: argparse.Namespace, backend: str, device_kind: str) -> Peak
     if peak is not None:
         return peak, f"datasheet dense {args.dtype} peak of {device_kind}"
     if backend == "cpu":
-        return measured_matmul_peak(args.dtype), f"measured 2048^3 {args.dtype} jnp.matmul on this CPU"
+        peak, n = measured_matmul_peak(args.dtype)
+        return peak, f"measured {n}^3 {args.dtype} jnp.matmul on this CPU"
     return None, f"unknown peak for {device_kind} {args.dtype}: pass --peak-flops"
 
 

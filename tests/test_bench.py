@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 
 from capt_jax.architectures import ARCHS
-from capt_jax.bench import main
+from capt_jax.bench import main, matmul_peak
 from capt_jax.flops import generate_flops, matmul_params, train_flops_per_token
 from capt_jax.lora import DEFAULT_TARGETS
 from capt_jax.model import ModelConfig
@@ -39,6 +39,23 @@ def test_flop_formula_by_hand():
     assert flops["lora"] == 6 * L * 8 * ((D + 4 * hd) + 2 * (D + 2 * hd) + (4 * hd + D))
     assert flops["attention"] == 3 * 4 * L * 4 * hd * 128  # causal: (255 + 1) / 2 keys on average
     assert generate_flops(cfg, 2, 4, 1) == 2 * (4 * (2 * (n - V * D) + 4 * L * 4 * hd * 2.5) + 2 * V * D)
+
+
+def test_cpu_peak_shrinks_its_product_on_a_slow_kernel_only():
+    """A kernel at 100 GFLOP/s is measured at 2048^3; one at 1 GFLOP/s (torch's bf16 on an AMD EPYC) stops at
+    512^3, where 2048^3 would take 17 s per product and stall the device check's toy run."""
+    sizes = []
+
+    def at(rate: float):
+        def best_seconds(n: int) -> float:
+            sizes.append(n)
+            return 2.0 * n**3 / rate
+
+        return best_seconds
+
+    assert matmul_peak(at(100e9)) == (pytest.approx(100e9), 2048) and sizes == [256, 512, 1024, 2048]
+    sizes.clear()
+    assert matmul_peak(at(1e9)) == (pytest.approx(1e9), 512) and sizes == [256, 512]
 
 
 def test_bench_train_and_generate_print_json_last(capsys):
