@@ -8,7 +8,7 @@ and prints one markdown table from their last-line JSON.
     python benchmarks/compare.py --preset port --before bccce74 --rounds 3 --out port.jsonl   # before vs after
 
 Every run's JSON is appended to --out. With several rounds the table shows, per case, the fastest run. On a
-CPU the MFU denominator is measured once here (a 2048^3 matmul) and passed to every run.
+CPU the MFU denominator is measured once here (a float32 matmul, 2048^3 on any fast kernel) and passed to every run.
 
 `--before REF` also runs every capt_jax case on the code at git commit REF (unpacked once under .cache/ with
 `git archive`), interleaved with the current code, and the table compares each case with its REF run.
@@ -198,10 +198,12 @@ MALLOC_SETTINGS = {
 }
 
 
-def measure_cpu_peak(pin: list[str]) -> float:
-    code = "from capt_jax.bench import measured_matmul_peak as m; print(max(m('float32')[0] for _ in range(3)))"
+def measure_cpu_peak(pin: list[str]) -> tuple[float, int]:
+    """The best of three float32 capt_jax.bench.measured_matmul_peak runs: (FLOP/s, the n of its n^3 product)."""
+    code = "from capt_jax.bench import measured_matmul_peak as m; print(*max(m('float32') for _ in range(3)))"
     out = subprocess.run(pin + [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    rate, n = out.stdout.strip().splitlines()[-1].split()
+    return float(rate), int(n)
 
 
 def before_tree(ref: str) -> Path:
@@ -403,8 +405,9 @@ def main(argv=None) -> None:
     peak = []
     pin = ["taskset", "-c", args.taskset] if args.taskset else []
     if args.preset == "cpu" and not args.before:
-        peak = ["--peak-flops", f"{measure_cpu_peak(pin):.4g}"]
-        print(f"CPU MFU denominator (best 2048^3 float32 matmul): {float(peak[1]) / 1e9:.0f} GFLOP/s", flush=True)
+        rate, n = measure_cpu_peak(pin)
+        peak = ["--peak-flops", f"{rate:.4g}"]
+        print(f"CPU MFU denominator (best {n}^3 float32 matmul): {rate / 1e9:.0f} GFLOP/s", flush=True)
     results, skipped, began = [], [], time.perf_counter()
     for round_ in range(args.rounds):
         for group, label, cmd, tree in cases:

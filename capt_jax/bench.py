@@ -218,13 +218,14 @@ def matmul_peak(best_seconds: Callable[[int], float], n_max: int = 2048, budget_
     """Best FLOP/s of an n x n x n product, and the n it was measured at: the CPU's MFU denominator.
 
     n doubles from 256 to n_max while the next size (8x this one's time) fits in budget_s. On a dtype the CPU
-    has no fast kernel for (torch's bf16 on an AMD EPYC runs at about 1 GFLOP/s) 2048^3 would take minutes per
-    product and stall a short benchmark; on a fast path this ends at n_max, as a fixed 2048 did.
+    has no fast kernel for (torch's bf16 on an AMD EPYC runs at about 1 GFLOP/s), 2048^3 takes about 17 s per
+    product, minutes with the warm-up and the timed repeats, and stalls a short benchmark; on a fast kernel this
+    ends at n_max, as a fixed 2048 did.
     best_seconds(n) is the best of a few timed products at size n, after a warm-up.
     """
     n, seconds = 256, best_seconds(256)
     while n < n_max and 8 * seconds <= budget_s:
-        n *= 2
+        n = min(2 * n, n_max)
         seconds = best_seconds(n)
     return 2.0 * n**3 / seconds, n
 

@@ -53,9 +53,14 @@ def test_cpu_peak_shrinks_its_product_on_a_slow_kernel_only():
 
         return best_seconds
 
-    assert matmul_peak(at(100e9)) == (pytest.approx(100e9), 2048) and sizes == [256, 512, 1024, 2048]
+    assert matmul_peak(at(100e9)) == (pytest.approx(100e9), 2048)
+    assert sizes == [256, 512, 1024, 2048]
     sizes.clear()
-    assert matmul_peak(at(1e9)) == (pytest.approx(1e9), 512) and sizes == [256, 512]
+    assert matmul_peak(at(1e13)) == (pytest.approx(1e13), 2048)  # n_max caps a kernel that would allow more
+    assert sizes == [256, 512, 1024, 2048]
+    sizes.clear()
+    assert matmul_peak(at(1e9)) == (pytest.approx(1e9), 512)
+    assert sizes == [256, 512]
 
 
 def test_bench_train_and_generate_print_json_last(capsys):
