@@ -84,15 +84,9 @@ def measured_matmul_peak(dtype: torch.dtype, device: torch.device, reps: int = 5
     def best_seconds(n: int) -> float:
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
-        torch.matmul(a, b)
-        best = float("inf")
-        for _ in range(reps):
-            sync(device)
-            t = time.perf_counter()
-            torch.matmul(a, b)
-            sync(device)
-            best = min(best, time.perf_counter() - t)
-        return best
+        product = functools.partial(torch.matmul, a, b)
+        time_calls(device, product, 1)
+        return min(time_calls(device, product, reps))
 
     return matmul_peak(best_seconds)
 

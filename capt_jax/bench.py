@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import math
 import os
 import platform
 import resource
@@ -240,13 +239,12 @@ def measured_matmul_peak(dtype: str, reps: int = 5) -> tuple[float, int]:
     def best_seconds(n: int) -> float:
         a = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
         b = jax.random.normal(jax.random.PRNGKey(2), (n, n), jnp.float32).astype(dtype)
-        f(a, b).block_until_ready()
-        best = math.inf
-        for _ in range(reps):
-            t = time.perf_counter()
+
+        def product() -> None:
             f(a, b).block_until_ready()
-            best = min(best, time.perf_counter() - t)
-        return best
+
+        time_calls(product, 1)  # compiles for this n
+        return min(time_calls(product, reps))
 
     return matmul_peak(best_seconds)
 
