@@ -80,16 +80,23 @@ def test_bench_train_and_generate_print_json_last(capsys):
     assert result["ms_per_new_token"] > 0 and "compile_s" in result
 
 
-def test_random_init_one_leaf_at_a_time_equals_the_whole_tree():
+@pytest.mark.parametrize("group_bytes", [0, 40_000, 256 * 2**20])  # one leaf per program, a few, all in one
+def test_random_init_in_groups_equals_the_whole_tree(group_bytes, monkeypatch):
     import jax
     from flax.core import meta
 
-    from capt_jax.model import init_params
+    from capt_jax.model import decoder, init_params
     from capt_jax.model.decoder import _init
 
     config = ModelConfig.from_hf_dict(ARCHS["tiny"], dtype="bfloat16")
     whole = meta.unbox(jax.jit(_init, static_argnums=(0, 1, 2))(config, None, "bfloat16", jax.random.PRNGKey(4)))
+    monkeypatch.setattr(decoder, "INIT_GROUP_BYTES", group_bytes)
+    decoder._init_leaves.clear_cache()  # an earlier test may have compiled these groups
     leaves = init_params(config, jax.random.PRNGKey(4), "bfloat16")
+    count = len(jax.tree.leaves(leaves))
+    expected = {0: count, 256 * 2**20: 1}.get(group_bytes)
+    made = decoder._init_leaves._cache_size()
+    assert made == expected if expected else 1 < made < count
     assert jax.tree.structure(leaves) == jax.tree.structure(whole["params"])
     for got, want in zip(jax.tree.leaves(leaves), jax.tree.leaves(whole["params"])):
         assert got.dtype == want.dtype and (got == want).all()

@@ -89,32 +89,34 @@ def test_bad_jsonl_names_file_and_line(tmp_path, tiny_chat_dir, capsys):
     assert f"{data}:2: field 'completion' is missing or not a string" in capsys.readouterr().err
 
 
-def test_eight_devices_match_one_device(tmp_path, tiny_chat_dir, sft_file):
-    common = ["--config.train.max_steps=4", "--config.checkpoint.every_steps=100"]
-    one = run(train_args(tiny_chat_dir, sft_file, tmp_path / "one", *common))
-    assert one.returncode == 0, one.stderr[-3000:]
-    eight = run(
-        train_args(
-            tiny_chat_dir, sft_file, tmp_path / "eight", *common, "--config.mesh.data=4", "--config.mesh.fsdp=2"
-        ),
-        devices=8,
-    )
+SHARDED_STEPS = ["--config.train.max_steps=4", "--config.checkpoint.every_steps=100"]
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory, tiny_chat_dir, sft_file) -> Path:
+    """Workdir of the uninterrupted one-device run that every sharded mesh must reproduce."""
+    workdir = tmp_path_factory.mktemp("one_device")
+    result = run(train_args(tiny_chat_dir, sft_file, workdir, *SHARDED_STEPS))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_eight_devices_match_one_device(tmp_path, tiny_chat_dir, sft_file, one_device):
+    mesh = ["--config.mesh.data=4", "--config.mesh.fsdp=2"]
+    eight = run(train_args(tiny_chat_dir, sft_file, tmp_path / "eight", *SHARDED_STEPS, *mesh), devices=8)
     assert eight.returncode == 0, eight.stderr[-3000:]
-    a, b = losses(tmp_path / "one"), losses(tmp_path / "eight")
+    a, b = losses(one_device), losses(tmp_path / "eight")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     assert b == pytest.approx(a, rel=1e-5)
 
 
-def test_tensor_parallel_mesh_matches_one_device(tmp_path, tiny_chat_dir, sft_file):
+def test_tensor_parallel_mesh_matches_one_device(tmp_path, tiny_chat_dir, sft_file, one_device):
     """data=2 x fsdp=2 x tensor=2: heads, MLP and vocabulary split over tensor by config.mesh.rules."""
-    common = ["--config.train.max_steps=3", "--config.checkpoint.every_steps=100"]
-    one = run(train_args(tiny_chat_dir, sft_file, tmp_path / "one", *common))
-    assert one.returncode == 0, one.stderr[-3000:]
     mesh = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
-    eight = run(train_args(tiny_chat_dir, sft_file, tmp_path / "eight", *common, *mesh), devices=8)
+    eight = run(train_args(tiny_chat_dir, sft_file, tmp_path / "eight", *SHARDED_STEPS, *mesh), devices=8)
     assert eight.returncode == 0, eight.stderr[-3000:]
     assert "sharding:" not in eight.stderr  # every axis of the tiny model divides
-    assert losses(tmp_path / "eight") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    assert losses(tmp_path / "eight") == pytest.approx(losses(one_device), rel=1e-5)
 
 
 def test_relative_workdir_checkpoints_and_resumes(tmp_path, tiny_chat_dir, sft_file):

@@ -387,26 +387,41 @@ def axis_sizes(config: ModelConfig, rank: int | None = None) -> dict[str, int]:
     return sizes if rank is None else {**sizes, "lora_rank": rank}
 
 
+# The float32 draws one init program may hold: small leaves share a program (each program traces the whole init and
+# compiles, about 0.6 s apiece on a CPU whatever its size), a large one has its own.
+INIT_GROUP_BYTES = 256 * 2**20
+
+
 def init_params(config: ModelConfig, rng: jax.Array, dtype: str = "float32") -> Params:
     """Random weights (normal 0.02, biases 0, norms 1) for benchmarks and tests that need no checkpoint.
 
-    One leaf at a time, each its own jitted init. One program for the whole Qwen2.5-3B tree in bf16 plans 5.3 GB
-    of temporaries next to its 6.2 GB of weights, and XLA:CPU asked for 29.8 GB at once running it; one leaf
-    plans at most 5.0 GB (the embedding's float32 draws) and the others under 0.6 GB. The values are those of the
-    whole-tree init (the same RNG streams).
+    A few leaves at a time, each group its own jitted init of at most INIT_GROUP_BYTES of float32 draws (or one
+    larger leaf). One program for the whole Qwen2.5-3B tree in bf16 plans 5.3 GB of temporaries next to its 6.2 GB
+    of weights, and XLA:CPU asked for 29.8 GB at once running it; one leaf plans at most 5.0 GB (the embedding's
+    float32 draws) and the others under 0.6 GB. The values are those of the whole-tree init (the same RNG streams).
     """
     arch = _architecture(config)
-    leaves = traverse_util.flatten_dict(param_shapes(arch))
-    return traverse_util.unflatten_dict({path: _init_leaf(arch, path, dtype, rng) for path in leaves})
+    shapes = traverse_util.flatten_dict(param_shapes(arch))
+    groups: list[list[tuple[str, ...]]] = [[]]
+    group_bytes = 0
+    for path, shape in shapes.items():
+        draw_bytes = 4 * int(np.prod(shape))
+        if groups[-1] and group_bytes + draw_bytes > INIT_GROUP_BYTES:
+            groups.append([])
+            group_bytes = 0
+        groups[-1].append(path)
+        group_bytes += draw_bytes
+    leaves = {}
+    for paths in groups:
+        leaves.update(zip(paths, _init_leaves(arch, tuple(paths), dtype, rng)))
+    return traverse_util.unflatten_dict(leaves)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _init_leaf(config: ModelConfig, path: tuple[str, ...], dtype: str, rng: jax.Array) -> jax.Array:
-    """The leaf at `path` of the whole init: XLA drops every other draw, and the forward pass `init` traces."""
-    tree = meta.unbox(_init(config, None, dtype, rng)["params"])
-    for key in path:
-        tree = tree[key]
-    return tree
+def _init_leaves(config: ModelConfig, paths: tuple[tuple[str, ...], ...], dtype: str, rng: jax.Array) -> tuple:
+    """The leaves at `paths` of the whole init: XLA drops every other draw, and the forward pass `init` traces."""
+    tree = traverse_util.flatten_dict(meta.unbox(_init(config, None, dtype, rng)["params"]))
+    return tuple(tree[path] for path in paths)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
