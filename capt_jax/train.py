@@ -427,12 +427,13 @@ def train(config: ConfigDict) -> TrainResult:
     Raises TrainingDiverged when a loss is not finite (the last good checkpoint is kept) and Interrupted after
     saving when SIGTERM or Ctrl-C asked to stop (rerunning the same command resumes).
     """
-    run = setup(config)
     c = config.train
-    if run.start >= c.max_steps:
-        if run.lead:
+    done = finished_position(config)
+    if done is not None:
+        if jax.process_index() == 0:
             print(f"{config.workdir}: already trained to train.max_steps={c.max_steps}; nothing to do")
-        return TrainResult(run.start, {}, None)
+        return TrainResult(done, {}, None)
+    run = setup(config)
     eval_loss = heldout_loss(run, 0) if run.data.heldout is not None and run.start == 0 else None
     metrics = steps(run)
     if run.data.heldout is not None:
@@ -441,6 +442,20 @@ def train(config: ConfigDict) -> TrainResult:
     run.mgr.close()
     run.writer.close()
     return TrainResult(c.max_steps, metrics, eval_loss)
+
+
+def finished_position(config: ConfigDict) -> int | None:
+    """The data position of a workdir that has already reached train.max_steps, from its latest checkpoint's
+    metadata alone: rerunning a finished command (or an experiment's finished cell) loads no model and builds
+    nothing. None when there is more to train, or no readable checkpoint (setup then resumes or says why)."""
+    validate(config)
+    try:
+        _, meta = ckpt.read_meta(config.workdir)
+    except ckpt.CheckpointError:
+        return None
+    ckpt.check_base_quantization(config.workdir, base_quantization(config))
+    position = int(meta["data_position"])
+    return position if position >= config.train.max_steps else None
 
 
 def steps(run: Run) -> dict[str, float]:

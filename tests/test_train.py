@@ -127,6 +127,7 @@ def test_relative_workdir_checkpoints_and_resumes(tmp_path, tiny_chat_dir, sft_f
     assert (tmp_path / "rel" / "w" / "checkpoints" / "2").is_dir()
     again = run(train_args(tiny_chat_dir, sft_file, Path("rel/w"), *common), cwd=tmp_path)
     assert again.returncode == 0 and "already trained" in again.stdout, again.stderr[-3000:]
+    assert "loading " in first.stderr and "loading " not in again.stderr  # a finished run loads no model
 
 
 def kill_once_step_6_is_committed(args: list[str], workdir: Path) -> None:
