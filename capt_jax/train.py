@@ -447,8 +447,10 @@ def train(config: ConfigDict) -> TrainResult:
 def finished_position(config: ConfigDict) -> int | None:
     """The data position of a workdir that has already reached train.max_steps, from its latest checkpoint's
     metadata alone: rerunning a finished command (or an experiment's finished cell) loads no model and builds
-    nothing. None when there is more to train, or no readable checkpoint (setup then resumes or says why)."""
+    nothing. None when there is more to train, or no readable checkpoint (setup then resumes or says why). Joins
+    the multi-host runtime first: reading a checkpoint starts jax's backend."""
     validate(config)
+    maybe_initialize_distributed(config)
     try:
         _, meta = ckpt.read_meta(config.workdir)
     except ckpt.CheckpointError:
