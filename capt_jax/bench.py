@@ -577,6 +577,7 @@ def bench_loop(config: ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
         run_config.workdir = workdir
         run_config.train.max_steps = warmup + steps
         run_config.checkpoint.every_steps = warmup + steps
+        training.prepare(run_config)
         run = training.setup(run_config)
         batches = [training.step_batch(run, step) for step in range(warmup + steps)]
 

@@ -2,11 +2,11 @@
 
     python -m capt_jax.train --config configs/NAME.py [--config.key=value ...]
 
-`setup(config)` builds a `Run` from one function per concern: checks, the runtime and mesh, the data, the base
-model, the optimizer state, the checkpoints and logs. `train` then loops over steps: one jitted, donated,
-sharded step (loss, grads of the trainable tree only, the optax update), with logging, held-out evaluation and
-checkpoints every N steps. Orbax checkpoints resume automatically; SIGTERM/Ctrl-C save before stopping; a
-non-finite loss stops the run and keeps the last good checkpoint.
+`prepare(config)` checks the config and joins the runtime; `setup(config)` then builds a `Run` from one function
+per concern: the mesh, the data, the base model, the optimizer state, the checkpoints and logs. `train` then
+loops over steps: one jitted, donated, sharded step (loss, grads of the trainable tree only, the optax update),
+with logging, held-out evaluation and checkpoints every N steps. Orbax checkpoints resume automatically;
+SIGTERM/Ctrl-C save before stopping; a non-finite loss stops the run and keeps the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -249,10 +249,8 @@ class TrainResult:
 
 
 def setup(config: ConfigDict) -> Run:
-    """Validate, join the runtime, then build the data, model, optimizer state and checkpoints: every error a
-    user can make surfaces before anything compiles."""
-    validate(config)
-    maybe_initialize_distributed(config)
+    """Build the data, model, optimizer state and checkpoints of a `prepare`d config: every error a user can
+    make surfaces before anything compiles."""
     mesh = make_mesh(training_mesh(config, jax.device_count()))
     pairs = training_pairs(config)  # data errors surface before the model loads
     folder = resolve_model_dir(config.model.path)
@@ -428,6 +426,7 @@ def train(config: ConfigDict) -> TrainResult:
     saving when SIGTERM or Ctrl-C asked to stop (rerunning the same command resumes).
     """
     c = config.train
+    prepare(config)
     done = finished_position(config)
     if done is not None:
         if jax.process_index() == 0:
@@ -444,13 +443,18 @@ def train(config: ConfigDict) -> TrainResult:
     return TrainResult(c.max_steps, metrics, eval_loss)
 
 
-def finished_position(config: ConfigDict) -> int | None:
-    """The data position of a workdir that has already reached train.max_steps, from its latest checkpoint's
-    metadata alone: rerunning a finished command (or an experiment's finished cell) loads no model and builds
-    nothing. None when there is more to train, or no readable checkpoint (setup then resumes or says why). Joins
-    the multi-host runtime first: reading a checkpoint starts jax's backend."""
+def prepare(config: ConfigDict) -> None:
+    """Check the config, then join the multi-host runtime, before anything starts jax's backend (reading a
+    checkpoint does, and `jax.distributed.initialize` must come first)."""
     validate(config)
     maybe_initialize_distributed(config)
+
+
+def finished_position(config: ConfigDict) -> int | None:
+    """The data position of a `prepare`d workdir that has already reached train.max_steps, from its latest
+    checkpoint's metadata alone: rerunning a finished command (or an experiment's finished cell) loads no model
+    and builds nothing. None when there is more to train, or no readable checkpoint (setup then resumes or says
+    why)."""
     try:
         _, meta = ckpt.read_meta(config.workdir)
     except ckpt.CheckpointError:
