@@ -6,8 +6,8 @@
         --new-tokens 256
 
 The model is built from the same config.json that capt_jax.bench uses (random weights, no download) or loaded from
-`--model DIR`; `--save-model DIR` writes the random model, so `capt_jax.bench --model DIR` can run on the very same
-weights (then both `first_loss` values, the base model's loss on the same token batch, must agree).
+`--model DIR`; `--save-model DIR` writes the random model, so `capt_jax.bench --config.model.path=DIR` can run on
+the very same weights (then both `first_loss` values, the base model's loss on the same token batch, must agree).
 
 train: peft LoRA (same rank, alpha, dropout, targets) on the base in `--dtype` (peft keeps the adapters in float32),
 sdpa attention, torch AdamW on the adapters (fused on CUDA) with the same lr / weight decay / betas and global-norm

@@ -79,6 +79,7 @@ class TokenizedSet:
     lengths: np.ndarray  # per row: input positions (tokens - 1) after truncation to seq_len + 1 tokens
     loss_starts: np.ndarray  # per row: the first input position whose next token counts in the loss
     truncated: int
+    unsupervised: int = 0  # rows whose truncation left no token in the loss
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -170,15 +171,21 @@ def tokenize_pairs(
     strided shards make the stacked values, read column by column, come out in row order.
     """
     encode = pair_encoder(tokenizer, chat_template, loss_on)
-    shard = np.full((-(-len(pairs) // process_count), 2), -1, np.int32)
+    shard = np.full((-(-len(pairs) // process_count), 3), -1, np.int32)
     for i, pair in enumerate(pairs[process_index::process_count]):
         ids, mask = encode(pair)
         counted = np.flatnonzero(mask[1 : seq_len + 1])
-        shard[i] = len(ids), counted[0] if len(counted) else 0
-    stats = np.asarray(gather(shard)).transpose(1, 0, 2).reshape(-1, 2)[: len(pairs)]
+        shard[i] = len(ids), counted[0] if len(counted) else 0, len(counted) > 0
+    stats = np.asarray(gather(shard)).transpose(1, 0, 2).reshape(-1, 3)[: len(pairs)]
     tokens = stats[:, 0]
     return TokenizedSet(
-        pairs, encode, seq_len, np.minimum(tokens, seq_len + 1) - 1, stats[:, 1], int(np.sum(tokens > seq_len + 1))
+        pairs,
+        encode,
+        seq_len,
+        np.minimum(tokens, seq_len + 1) - 1,
+        stats[:, 1],
+        truncated=int(np.sum(tokens > seq_len + 1)),
+        unsupervised=int(np.sum(stats[:, 2] == 0)),
     )
 
 

@@ -1,4 +1,4 @@
-"""Throughput benchmark of the real LoRA train step and of KV-cache generation.
+r"""Throughput benchmark of the real LoRA train step and of KV-cache generation.
 
     python -m capt_jax.bench train --arch qwen2.5-3b --config.model.dtype=bfloat16 --config.train.batch_size=8 \
         --config.train.seq_len=1024 --config.lora.rank=64
@@ -40,9 +40,8 @@ from absl import flags
 
 from capt_jax import cli
 from capt_jax.architectures import ARCHS, hf_config_dict
-from capt_jax.config import ConfigDict, ConfigError, validate_model
+from capt_jax.config import ConfigDict, validate_batch, validate_lora, validate_model
 from capt_jax.flops import datasheet_peak, generate_flops, train_flops_per_token
-from capt_jax.lora import check_targets
 
 GIB = 1024**3
 Peak = tuple[float | None, str]  # (FLOP/s, where that number comes from)
@@ -531,12 +530,8 @@ TRAIN_KEYS = (
 def arguments(bench: str, config: ConfigDict, values: flags.FlagValues) -> argparse.Namespace:
     """What the runners read, from the config and the bench's flags (checked by key)."""
     validate_model(config)
-    check_targets(config.lora.targets)
-    if config.train.batch_size % config.train.grad_accum:
-        raise ConfigError(
-            f"config key 'train.batch_size'={config.train.batch_size} is not divisible by "
-            f"'train.grad_accum'={config.train.grad_accum}"
-        )
+    validate_batch(config)
+    validate_lora(config)
     if values.arch is not None:
         hf_config_dict(arch=values.arch)  # an unknown architecture fails here, by name
     args = argparse.Namespace(

@@ -12,6 +12,7 @@ extra). The adapters themselves are stored identically in both, so export and ev
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -24,6 +25,18 @@ from capt_jax.errors import CaptError
 STATE_LAYOUT = 2
 # What a checkpoint's `base_quantization` meta defaults to: before QLoRA every base was full precision.
 FULL_PRECISION_BASE = {"quantize": "none", "double_quant": False}
+
+
+class _ReadOnlyNotices(logging.Filter):
+    """Drops the two warnings orbax logs for every read-only manager: reading is all capt_jax asks of it there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(
+            ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+        )
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotices())
 
 
 class CheckpointError(CaptError, ValueError):
@@ -70,6 +83,7 @@ def restore(mgr: ocp.CheckpointManager, like: Any, step: int | None = None) -> t
             "and evaluate (python -m capt_jax.export / capt_jax.evaluate); to resume it, use capt_jax at commit "
             "bccce74, or start a new workdir"
         )
+    check_trainable_shapes(mgr.directory, step, like["lora"], where)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
     try:
         restored = mgr.restore(
@@ -81,6 +95,35 @@ def restore(mgr: ocp.CheckpointManager, like: Any, step: int | None = None) -> t
             f"lora.extra_trainable?): {type(e).__name__}: {e}"
         ) from e
     return restored.state, dict(restored.meta)
+
+
+def check_trainable_shapes(directory: epath.Path, step: int, like: Any, where: str) -> None:
+    """The stored trainable tree has `like`'s leaves and shapes, read from the metadata alone. A failed restore
+    would say only the first leaf that differs, and leave orbax's other reads to fail again at exit."""
+    try:
+        stored = _metadata_reader(directory).item_metadata(step).state.tree["lora"]
+    except Exception:  # unreadable metadata: the restore that follows says what is wrong with the folder
+        return
+
+    def shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+        return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    have, want = shapes(stored), shapes(like)
+    differ = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: stored {have.get(k, 'absent')}, this run {want.get(k, 'absent')}" for k in differ[:3])
+        raise CheckpointError(
+            f"{where}: cannot be restored into this run (different model, lora.rank, lora.targets or "
+            f"lora.extra_trainable?): {len(differ)} trainable leaves differ, {shown}"
+        )
+
+
+def _metadata_reader(directory: epath.Path) -> ocp.CheckpointManager:
+    """A read-only manager that knows the items' handlers, so `item_metadata` gives the stored tree's shapes."""
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(
+        directory, item_handlers=handlers, options=ocp.CheckpointManagerOptions(read_only=True, create=False)
+    )
 
 
 def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any]]:
@@ -123,9 +166,7 @@ def restore_adapters(workdir: str, step: int | None = None) -> tuple[dict[str, A
     checkpoint of either state layout, for export and evaluation: an orbax partial restore reads the "lora"
     subtree alone, never the optimizer moments."""
     step, meta = read_meta(workdir, step)
-    handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    mgr = ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=handlers, options=options)
+    mgr = _metadata_reader(checkpoint_dir(workdir))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     try:
         stored = mgr.item_metadata(step).state.tree["lora"]

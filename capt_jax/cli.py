@@ -126,8 +126,11 @@ def run_group(usage: str, commands: dict[str, tuple[Command, Body]], argv: Seque
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in commands:
         _run(*commands[argv[0]], argv[1:], real)
-    elif not argv or argv[0] in ("--help", "-h"):
+    elif argv and argv[0] in ("--help", "-h"):
         print(f"{usage.strip()}\n\nSubcommands (each takes --help): {', '.join(commands)}")
+    elif not argv:
+        print(f"error: a subcommand is needed, one of {list(commands)} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
     else:
         print(f"error: unknown subcommand {argv[0]!r}; expected one of {list(commands)}", file=sys.stderr)
         raise SystemExit(2)

@@ -167,6 +167,8 @@ KEY_HELP = {
     "data.keep_overlap": "keep test questions whose question or template is trained on (the paper did not check)",
     "data.estimation_weight": "w_est of the two-stage objective; > 0 trains the model as its own estimator",
     "data.estimation_form": "map (slot -> phrase, the template by substitution) or template (the rewritten prompt)",
+    "data.prontoqa_num_examples": "questions PrOntoQA's own generator makes (data.source=generate)",
+    "data.prontoqa_hops": "(fewest, most) reasoning hops of the generated PrOntoQA questions",
     "data.packing": "pack several examples into each row of train.seq_len (batch_size counts rows); default off",
     "train.max_steps": "optimizer steps",
     "train.batch_size": "global batch in sequences",
@@ -337,13 +339,10 @@ def validate(config: ConfigDict) -> None:
     _choice(config, "data.loss_on", ("completion", "all"))
     _choice(config, "data.packing", (False, True))
     _choice(config, "distributed.initialize", ("auto", "always", "never"))
+    validate_batch(config)
+    validate_lora(config)
     for key in (
-        "lora.rank",
-        "lora.alpha",
         "train.max_steps",
-        "train.batch_size",
-        "train.grad_accum",
-        "train.seq_len",
         "train.learning_rate",
         "train.log_every",
         "checkpoint.every_steps",
@@ -358,21 +357,37 @@ def validate(config: ConfigDict) -> None:
         "data.estimation_weight",
     ):
         _positive(config, key, allow_zero=True)
-    _positive(config, "lora.b_lr_ratio")
+    if config.train.warmup_ratio > 1:
+        raise ConfigError(f"config key 'train.warmup_ratio': {config.train.warmup_ratio} must be in [0, 1]")
     check_rules(config.mesh.rules)
-    lora.extra_trainable_paths(config.lora.extra_trainable)
-    lora.check_targets(config.lora.targets)
-    if not 0 <= config.lora.dropout < 1:
-        raise ConfigError(f"config key 'lora.dropout': {config.lora.dropout} must be in [0, 1)")
     if not 0 <= config.data.holdout_fraction < 1:
         raise ConfigError(f"config key 'data.holdout_fraction': {config.data.holdout_fraction} must be in [0, 1)")
+    if config.data.kind == "jsonl" and not config.data.path:
+        raise ConfigError("config key 'data.path' is not set: give a JSONL file of {prompt, completion} lines")
     if config.data.kind == "jsonl" and not Path(config.data.path).is_file():
-        raise ConfigError(f"config key 'data.path': JSONL file {config.data.path!r} not found")
+        what = "is a folder, not a file" if Path(config.data.path).is_dir() else "not found"
+        raise ConfigError(f"config key 'data.path': JSONL file {config.data.path!r} {what}")
+
+
+def validate_batch(config: ConfigDict) -> None:
+    """The step's shape: what `validate` and `python -m capt_jax.bench` both read."""
+    for key in ("train.batch_size", "train.grad_accum", "train.seq_len"):
+        _positive(config, key)
     if config.train.batch_size % config.train.grad_accum:
         raise ConfigError(
             f"config key 'train.batch_size'={config.train.batch_size} is not divisible by "
             f"'train.grad_accum'={config.train.grad_accum}"
         )
+
+
+def validate_lora(config: ConfigDict) -> None:
+    """The adapters' keys: what `validate` and `python -m capt_jax.bench train` both read."""
+    for key in ("lora.rank", "lora.alpha", "lora.b_lr_ratio"):
+        _positive(config, key)
+    if not 0 <= config.lora.dropout < 1:
+        raise ConfigError(f"config key 'lora.dropout': {config.lora.dropout} must be in [0, 1)")
+    lora.extra_trainable_paths(config.lora.extra_trainable)
+    lora.check_targets(config.lora.targets)
 
 
 def training_mesh(config: ConfigDict, device_count: int) -> dict[str, int]:
@@ -454,16 +469,27 @@ def validate_model(config: ConfigDict) -> None:
         )
 
 
-def validate_eval(config: ConfigDict) -> None:
-    """The checks evaluation needs (it trains nothing, so no data file or mesh is required)."""
-    validate_data(config)
-    _choice(config, "eval.estimator", ("oracle", "lm", "openai", "self"))
+def validate_decoding(config: ConfigDict) -> None:
+    """The model and the eval keys that any generation reads (evaluation, `python -m capt_jax.generate`)."""
+    validate_model(config)
     _positive(config, "eval.temperature", allow_zero=True)
     _positive(config, "eval.repetition_penalty")
     if not 0 < config.eval.top_p <= 1:
         raise ConfigError(f"config key 'eval.top_p': {config.eval.top_p} must be in (0, 1]")
-    validate_model(config)
-    for key in ("eval.max_new_tokens", "eval.batch_size", "eval.estimator_max_new_tokens"):
+    for key in ("eval.max_new_tokens", "eval.batch_size"):
         _positive(config, key)
+
+
+def validate_eval(config: ConfigDict) -> None:
+    """The checks evaluation needs (it trains nothing, so no data file or mesh is required)."""
+    validate_data(config)
+    validate_decoding(config)
+    _choice(config, "eval.estimator", ("oracle", "lm", "openai", "self"))
+    _positive(config, "eval.estimator_max_new_tokens")
     for key in ("eval.max_examples", "eval.estimator_retries", "eval.estimator_shots"):
         _positive(config, key, allow_zero=True)
+    from capt_jax.data import SPLITS
+
+    splits = [config.eval.splits] if isinstance(config.eval.splits, str) else list(config.eval.splits)
+    if not splits or not set(splits) <= set(SPLITS) or len(set(splits)) < len(splits):
+        raise ConfigError(f"config key 'eval.splits': {splits} must be distinct names among {list(SPLITS)}")

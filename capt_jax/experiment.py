@@ -39,7 +39,16 @@ from capt_jax import checkpoint as ckpt
 from capt_jax import cli
 from capt_jax.config import ConfigDict, ConfigError
 from capt_jax.data import TestSplit
-from capt_jax.evaluate import check_estimator, evaluate_loaded, evaluation_sets, load_reasoner_model, write_results
+from capt_jax.errors import MissingFileError
+from capt_jax.evaluate import (
+    check_estimator,
+    evaluate_loaded,
+    evaluation_sets,
+    finished_results,
+    load_reasoner_model,
+    write_results,
+)
+from capt_jax.outputs import check_output_dir
 from capt_jax.stats import bootstrap_interval, paired_sign_test
 
 METHOD_MODES = {
@@ -76,9 +85,10 @@ class Cell:
 def parse_list(text: str, allowed: Sequence[str] | None, flag: str) -> list[str]:
     items = [item.strip() for item in text.split(",") if item.strip()]
     bad = sorted(set(items) - set(allowed)) if allowed is not None else []
-    if not items or bad:
+    if not items or bad or len(set(items)) < len(items):
         raise ConfigError(
-            f"{flag}: {text!r} must be a comma-separated list" + (f" of {list(allowed)}" if allowed else "")
+            f"{flag}: {text!r} must be a comma-separated list of distinct items"
+            + (f" among {list(allowed)}" if allowed else "")
         )
     return items
 
@@ -104,15 +114,6 @@ def estimators_of(cell: Cell, estimators: Sequence[str]) -> list[str | None]:
 
 def eval_dir(cell: Cell, estimator: str | None) -> Path:
     return cell.workdir / f"eval_{estimator or 'raw'}"
-
-
-def finished(out: Path, step: int | None) -> dict[str, Any] | None:
-    """The results already written for this checkpoint step, if any."""
-    file = out / "results.json"
-    if not file.exists():
-        return None
-    results = json.loads(file.read_text())
-    return results if results.get("step") == step else None
 
 
 def checkpoint_step(cell: Cell) -> int | None:
@@ -148,12 +149,12 @@ def run_cell(
     outputs, models = [], None
     for estimator in estimators_of(cell, estimators):
         out = eval_dir(cell, estimator)
-        results = finished(out, step)
+        c = cell_config(config, cell, estimator)
+        results = finished_results(out, c, not cell.trained, step)
         if results is None and report_only:
             continue
         if results is None:
             began = time.perf_counter()
-            c = cell_config(config, cell, estimator)
             models = models or load_reasoner_model(c, str(cell.workdir) if cell.trained else None)
             base, reasoner, info = models
             results, predictions = evaluate_loaded(c, sets, base, reasoner, info, not cell.trained, cache)
@@ -419,11 +420,15 @@ COMMAND = cli.Command(
 def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
     methods = parse_list(values.methods, tuple(METHOD_MODES), "--methods")
     estimators = parse_list(values.estimators, ("oracle", "lm", "openai", "self"), "--estimators")
+    seed_items = parse_list(values.seeds, None, "--seeds")
     try:
-        seeds = [int(s) for s in parse_list(values.seeds, None, "--seeds")]
+        seeds = [int(s) for s in seed_items]
     except ValueError as e:
         raise ConfigError(f"--seeds: {values.seeds!r} must be comma-separated integers") from e
     workdir = Path(values.workdir or config.workdir)
+    check_output_dir(workdir, "--workdir" if values.workdir else "--config.workdir")
+    if values.report and not workdir.is_dir():
+        raise MissingFileError(f"{workdir}: no experiment here to report on; run it first, without --report")
     run_experiment(config, methods, seeds, estimators, workdir, values.report)
     print((workdir / "summary.md").read_text())
     print(

@@ -34,8 +34,8 @@ from capt_jax import cli
 from capt_jax.config import ConfigDict
 from capt_jax.convert import SMOLLM2_ALIAS
 from capt_jax.errors import CaptError
-from capt_jax.lora import flat, lora_scale, merge_lora, split_trainable
-from capt_jax.model import ModelConfig, Params, param_shapes
+from capt_jax.lora import check_adapters, flat, lora_scale, merge_lora, split_trainable
+from capt_jax.model import ModelConfig, Params
 from capt_jax.model.decoder import dequantized
 from capt_jax.pretrained import resolve_model_dir
 from capt_jax.weights import hf_state_dict, hf_tensor_name, load_params, save_safetensors
@@ -131,28 +131,6 @@ def find_base(base_model: str, source: str) -> Path:
         ) from e
 
 
-def check_adapters(trainable: Params, config: ModelConfig, rank: int, source: str, folder: Path) -> None:
-    """Adapters (or extra trained leaves) from another model would fail deep inside a matmul; say which tensor and
-    which base."""
-    adapters, extras = split_trainable(trainable)
-    shapes = param_shapes(config)
-    for name, adapter in adapters["layers"].items():
-        num_layers, out_dim, in_dim = shapes["layers"][name]["weight"]
-        for key, expected in (("a", (num_layers, rank, in_dim)), ("b", (num_layers, out_dim, rank))):
-            if tuple(adapter[key].shape) != expected:
-                raise ExportError(
-                    f"{source}: adapter {name}.{key} has shape {tuple(adapter[key].shape)}, but base "
-                    f"model {folder} needs {expected}: was it trained on another model?"
-                )
-    base = flat(shapes)
-    for path, leaf in flat(extras).items():
-        if base.get(path) != tuple(leaf.shape):
-            raise ExportError(
-                f"{source}: trained leaf {'.'.join(path)} has shape {tuple(leaf.shape)}, but base model {folder} "
-                f"has {base.get(path, 'no such leaf')}: was it trained on another model?"
-            )
-
-
 @contextlib.contextmanager
 def staged(out: Path) -> Iterator[Path]:
     """A hidden sibling folder to write into, renamed to `out` (replacing what is there) once all is written."""
@@ -241,7 +219,7 @@ def export(
     config = ModelConfig.from_pretrained_dir(folder)
     lora = meta["lora"]
     trainable, _ = ckpt.restore_adapters(workdir, step)
-    check_adapters(trainable, config, lora["rank"], source, folder)
+    check_adapters(trainable, config, lora["rank"], source, str(folder))
     adapters, extras = split_trainable(trainable)
     trained_on = config.replace(**ckpt.base_quantization(meta))  # the base as the adapters were trained on it
     if kind == "peft" and extras:

@@ -21,7 +21,7 @@ from absl import flags
 from tqdm.auto import tqdm
 
 from capt_jax import cli
-from capt_jax.config import ConfigDict, ConfigError, validate_model
+from capt_jax.config import ConfigDict, ConfigError, validate_decoding
 from capt_jax.errors import MissingFileError
 from capt_jax.model import KVCache, Lora, ModelConfig, Params, hidden_states, logits_from_hidden
 from capt_jax.model.decoder import lm_head, unstack_layers
@@ -274,12 +274,7 @@ def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
     e = config.eval
     if not values.prompt:
         raise ConfigError("--prompt is required: --prompt TEXT [--prompt TEXT ...]")
-    if e.max_new_tokens < 1 or e.temperature < 0 or not 0 < e.top_p <= 1 or e.repetition_penalty <= 0:
-        raise ConfigError(
-            "config keys 'eval': max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1 and repetition_penalty > 0; "
-            f"got {e.max_new_tokens}, {e.temperature}, {e.top_p}, {e.repetition_penalty}"
-        )
-    validate_model(config)
+    validate_decoding(config)
     model = load_pretrained(
         config.model.path,
         dtype=config.model.dtype,

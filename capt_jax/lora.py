@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from capt_jax.errors import ConfigError
-from capt_jax.model import ModelConfig, Params
+from capt_jax.model import ModelConfig, Params, param_shapes
 from capt_jax.model.decoder import PROJECTIONS, init_adapters
 from capt_jax.model.layers import AdapterConfig
 
@@ -48,9 +48,9 @@ Path = tuple[str, ...]
 
 def check_targets(targets: Sequence[str]) -> tuple[str, ...]:
     unknown = sorted(set(targets) - set(PROJECTIONS))
-    if unknown or not targets:
+    if unknown or not targets or len(set(targets)) < len(targets):
         raise ConfigError(
-            f"config key 'lora.targets': {list(targets)} must be a non-empty subset of {list(PROJECTIONS)}"
+            f"config key 'lora.targets': {list(targets)} must be distinct names among {list(PROJECTIONS)}"
         )
     return tuple(targets)
 
@@ -176,3 +176,25 @@ def warmup_cosine(peak: float, max_steps: int, warmup_ratio: float) -> optax.Sch
     return optax.warmup_cosine_decay_schedule(
         0.0, peak, warmup_steps=warmup, decay_steps=max(max_steps, warmup + 1), end_value=0.0
     )
+
+
+def check_adapters(trainable: Params, config: ModelConfig, rank: int, source: str, base: str) -> None:
+    """Adapters (or extra trained leaves) from another model would fail deep inside a matmul; say which tensor and
+    which base."""
+    adapters, extras = split_trainable(trainable)
+    shapes = param_shapes(config)
+    for name, adapter in adapters["layers"].items():
+        num_layers, out_dim, in_dim = shapes["layers"][name]["weight"]
+        for key, expected in (("a", (num_layers, rank, in_dim)), ("b", (num_layers, out_dim, rank))):
+            if tuple(adapter[key].shape) != expected:
+                raise ConfigError(
+                    f"{source}: adapter {name}.{key} has shape {tuple(adapter[key].shape)}, but base "
+                    f"model {base} needs {expected}: was it trained on another model?"
+                )
+    base_shapes = flat(shapes)
+    for path, leaf in flat(extras).items():
+        if base_shapes.get(path) != tuple(leaf.shape):
+            raise ConfigError(
+                f"{source}: trained leaf {'.'.join(path)} has shape {tuple(leaf.shape)}, but base model {base} "
+                f"has {base_shapes.get(path, 'no such leaf')}: was it trained on another model?"
+            )

@@ -10,7 +10,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from capt_jax.convert import SMOLLM2_ALIAS, converted_gguf, packaged_smollm2_gguf
 from capt_jax.errors import MissingFileError
 from capt_jax.lora import merge_lora, put_extras, split_trainable
 from capt_jax.model import Lora, ModelConfig, Params, forward
@@ -69,6 +68,10 @@ class Pretrained:
 
 def resolve_model_dir(path_or_id: str | Path) -> Path:
     """A folder as is; a .gguf file or 'smollm2' converted once into the cache; anything else from the hub."""
+    # Imported here, not at the top: `import capt_jax` would otherwise load capt_jax.convert before
+    # `python -m capt_jax.convert` runs it, and runpy warns about that.
+    from capt_jax.convert import SMOLLM2_ALIAS, converted_gguf, packaged_smollm2_gguf
+
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
@@ -95,7 +98,11 @@ def load_tokenizer(folder: Path) -> Any | None:
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder)
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e:  # e.g. only tokenizer_config.json, or a slow tokenizer without its package
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise MissingFileError(f"{folder}: its tokenizer cannot be loaded: {reason}") from None
 
 
 def load_pretrained(

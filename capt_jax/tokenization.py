@@ -8,15 +8,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from capt_jax.errors import ConfigError
+
+
+def check_chat_template(tokenizer: Any) -> None:
+    """A base (not instruct) model often has no template; transformers would fail with a traceback."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ConfigError(
+            f"{tokenizer.name_or_path}: the tokenizer has no chat template; train it on plain text with "
+            "--config.data.chat_template=False, or generate without --chat"
+        )
+
 
 def chat_prompt(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
     """A prompt (one user turn) or a whole conversation in the tokenizer's chat template, ready for the reply."""
+    check_chat_template(tokenizer)
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def end_of_turn(tokenizer: Any) -> str:
     """What the chat template writes after an assistant message (e.g. '<|im_end|>'), so training teaches stopping."""
+    check_chat_template(tokenizer)
     marker = "\x00CAPT\x00"
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}], tokenize=False

@@ -41,7 +41,7 @@ from capt_jax.batches import (
     read_jsonl_pairs,
     tokenize_pairs,
 )
-from capt_jax.config import ConfigDict, training_mesh, validate
+from capt_jax.config import ConfigDict, ConfigError, training_mesh, validate
 from capt_jax.data import abstract, training_data, training_examples
 from capt_jax.distributed import maybe_initialize_distributed
 from capt_jax.errors import CaptError, Interrupted
@@ -61,6 +61,7 @@ from capt_jax.metrics import MetricsWriter
 from capt_jax.model import ModelConfig, Params
 from capt_jax.model.decoder import axis_sizes, lora_axes, param_axes, param_shapes
 from capt_jax.objective import loss_sums, position_nll, row_coefficients
+from capt_jax.outputs import check_output_dir
 from capt_jax.pretrained import Pretrained, load_pretrained, resolve_model_dir
 from capt_jax.sharding import Layout, batch_sharding, make_layout, make_mesh, mirrored_axes, placer, replicated
 
@@ -324,6 +325,16 @@ def tokenize_data(
         gather=multihost_utils.process_allgather,
     )
     train_set = tokenize(pairs[0])
+    if train_set.unsupervised == len(train_set):
+        raise ConfigError(
+            f"config key 'train.seq_len'={config.train.seq_len}: no training sequence keeps a token of its loss "
+            f"(data.loss_on={config.data.loss_on!r}) after truncation to it, so nothing would be learned"
+        )
+    if train_set.unsupervised and jax.process_index() == 0:
+        print(
+            f"note: {train_set.unsupervised} of {len(train_set)} training sequences keep no token of their loss "
+            f"after truncation to train.seq_len={config.train.seq_len}; they add nothing to the gradient"
+        )
     if config.data.packing:
         train_set = pack(train_set, config.seed)
     if train_set.truncated and jax.process_index() == 0:
@@ -447,6 +458,7 @@ def prepare(config: ConfigDict) -> None:
     """Check the config, then join the multi-host runtime, before anything starts jax's backend (reading a
     checkpoint does, and `jax.distributed.initialize` must come first)."""
     validate(config)
+    check_output_dir(config.workdir, "--config.workdir")
     maybe_initialize_distributed(config)
 
 

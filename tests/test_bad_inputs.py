@@ -14,6 +14,7 @@ from conftest import REPO, write_sft_jsonl
 
 SFT = str(REPO / "configs" / "smollm2_sft.py")
 DEMO = str(REPO / "configs" / "demo_prontoqa.py")
+ON_WORK = ["--config", SFT, "--config.data.path={sft}", "--config.model.path={model}", "--config.workdir={work}"]
 TINY_DATA = ["--config.data.source=generate", "--config.data.prontoqa_num_examples=40", "--config.data.n_train=4"]
 
 
@@ -51,6 +52,14 @@ def world(tmp_path_factory, tiny_chat_dir):
     shutil.copytree(tiny_chat_dir, wrong_shape)
     config = json.loads((wrong_shape / "config.json").read_text())
     (wrong_shape / "config.json").write_text(json.dumps({**config, "hidden_size": 32, "head_dim": 8}))
+    no_chat = root / "no_chat"
+    shutil.copytree(tiny_chat_dir, no_chat)
+    (no_chat / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer_config = json.loads((no_chat / "tokenizer_config.json").read_text())
+    tokenizer_config.pop("chat_template", None)
+    (no_chat / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (root / "a_file").write_text("not a folder\n")
+    (root / "not.gguf").write_text("garbage\n")
     (root / "raises.py").write_text("def get_config():\n    return 1 / 0\n")
     (root / "not_json.jsonl").write_text("{not json\n")
     (root / "prontoqa.json").write_text(json.dumps({"next_steps": [{"Facts": "Every cat is a feline."}] * 20}))
@@ -100,18 +109,32 @@ CASES = [
         ["--config", SFT, "--config.data.path={sft}", "--config.model.path={model}", "--config.workdir={corrupt}"],
         "checkpoints/1: cannot be restored",
     ),
+    (
+        "train",
+        [*ON_WORK, "--config.lora.rank=4"],
+        "trainable leaves differ, ['layers']['k_proj']['a']: stored (2, 16, 64), this run (2, 4, 64)",
+    ),
+    ("train", ["--config", SFT, "--config.data.path={sft}", "--config.workdir={root}/a_file"], "is a file, not a"),
+    ("train", ["--config", SFT, "--config.data.path={sft}", "--config.workdir=/proc/capt/w"], "cannot write in /proc"),
+    (
+        "train",
+        ["--config", SFT, "--config.data.path={sft}", "--config.model.path={model}", "--config.train.seq_len=4"],
+        "config key 'train.seq_len'=4: no training sequence keeps a token of its loss",
+    ),
+    (
+        "train",
+        ["--config", SFT, "--config.data.path={sft}", "--config.model.path={root}/no_chat"],
+        "the tokenizer has no chat template; train it on plain text with --config.data.chat_template=False",
+    ),
+    ("train", ["--config", SFT, "--config.data.path={sft}", "--config.model.path={root}/not.gguf"], "not a GGUF"),
+    ("train", ["--config", SFT, "--config.data.path={root}"], "is a folder, not a file"),
+    ("train", ["--config", SFT, "--config.lora.targets=q_proj,q_proj"], "must be distinct names among"),
+    ("train", ["--config", SFT, "--config.train.warmup_ratio=1.5"], "'train.warmup_ratio': 1.5 must be in [0, 1]"),
     ("train", ["--config", SFT, "--config.model.quantize=nf5"], "config key 'model.quantize': 'nf5' is not one of"),
     ("train", ["--config", SFT, "--config.model.double_quant=true"], "config key 'model.double_quant': quantizes"),
     (
         "train",
-        [
-            "--config",
-            SFT,
-            "--config.data.path={sft}",
-            "--config.model.path={model}",
-            "--config.workdir={work}",
-            "--config.model.quantize=nf4",
-        ],
+        [*ON_WORK, "--config.model.quantize=nf4"],
         "config keys 'model.quantize' and 'model.double_quant'",
     ),
     ("evaluate", ["--config", DEMO, "--workdir={root}/missing", *TINY_DATA], "no checkpoint found"),
@@ -121,6 +144,9 @@ CASES = [
         "config key 'eval.estimator': 'gold' is not one of",
     ),
     ("evaluate", ["--config", DEMO, "--base-only", "--config.model.path={root}/truncated", *TINY_DATA], "truncated"),
+    ("evaluate", ["--config", DEMO, "--workdir={work}", *TINY_DATA], "was it trained on another model?"),
+    ("evaluate", ["--config", DEMO, "--config.eval.splits=id,foo"], "'eval.splits': ['id', 'foo'] must be distinct"),
+    ("evaluate", ["--config", DEMO, "--workdir={work}", "--out={root}/a_file"], "--out='{root}/a_file': is a file"),
     ("evaluate", ["--config", DEMO, "--workdir={corrupt}", "--config.model.path={model}", *TINY_DATA], "checkpoints"),
     (
         "evaluate",
@@ -148,12 +174,22 @@ CASES = [
     ("generate", ["--prompt=hi", "--config.model.path={root}/wrong_shape"], "shape"),
     ("generate", ["--prompt=hi", "--config.model.path={root}/no_config"], "config.json"),
     ("generate", ["--prompt=hi", "--config.model.quantize=int4"], "config key 'model.quantize': 'int4' is not one of"),
+    ("generate", ["--prompt=hi", "--config.eval.batch_size=0"], "config key 'eval.batch_size': 0 must be > 0"),
+    ("generate", ["--prompt=hi", "--chat", "--config.model.path={root}/no_chat"], "or generate without --chat"),
     ("demo", ["--config.train.max_step=1"], "unknown config key 'train.max_step' (did you mean 'train.max_steps'?)"),
     ("experiment", ["--config", DEMO, "--methods=sft,dpo"], "--methods"),
+    ("experiment", ["--config", DEMO, "--seeds=0,0"], "--seeds: '0,0' must be a comma-separated list of distinct"),
+    ("experiment", ["--config", DEMO, "--report", "--workdir={root}/none"], "no experiment here to report on"),
+    ("demo", ["--workdir={root}/a_file"], "--workdir='{root}/a_file': is a file, not a folder"),
+    ("data", ["export", "--out={root}"], "--out='{root}': is a folder; give the file to write"),
     ("data", ["show", "--split=dev"], "flag --split=dev"),
     ("data", ["show", "--config.data.dataset=imdb"], "config key 'data.dataset': 'imdb' is not one of"),
     ("data", ["shuffle"], "unknown subcommand 'shuffle'"),
     ("convert", ["--gguf={root}/missing.gguf", "--out={root}/converted"], "missing.gguf: GGUF file not found"),
+    ("convert", ["--gguf={root}/not.gguf", "--out={root}/converted"], "not.gguf: not a GGUF file"),
+    ("convert", ["--out={work}"], "work: already exists and is not empty; pass --overwrite to replace it"),
+    ("bench", [], "a subcommand is needed"),
+    ("bench", ["train", "--arch=tiny", "--config.train.batch_size=0"], "'train.batch_size': 0 must be > 0"),
     (
         "bench",
         ["train", "--arch=tiny", "--config.lora.rnk=4"],

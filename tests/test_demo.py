@@ -36,6 +36,19 @@ def test_shortened_demo_runs_end_to_end(tiny_chat_dir, tmp_path, capsys):
     # A second run resumes: nothing is retrained or re-evaluated.
     main(["--workdir", str(tmp_path / "demo"), f"--config.model.path={tiny_chat_dir}", *TINY])
     assert capsys.readouterr().out.count("reusing") == 3
+    # A changed evaluation setting is never answered from the files of the old one: all three are evaluated anew.
+    main(
+        [
+            "--workdir",
+            str(tmp_path / "demo"),
+            f"--config.model.path={tiny_chat_dir}",
+            *TINY,
+            "--config.eval.max_examples=2",
+        ]
+    )
+    assert "reusing" not in capsys.readouterr().out
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert all(r["splits"][s]["n"] == 2 for r in results for s in ("id", "anti", "non"))
 
 
 def test_two_stage_training_then_self_estimation(tiny_chat_dir, tmp_path):

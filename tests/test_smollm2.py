@@ -73,11 +73,12 @@ def test_concurrent_first_conversions_convert_once(tmp_path, monkeypatch):
     from capt_jax import convert
 
     gguf = tmp_path / "model.gguf"
-    gguf.write_bytes(b"not read: the conversion is replaced below")
+    gguf.write_bytes(b"GGUF, and nothing more is read: the conversion is replaced below")
     monkeypatch.setenv("CAPT_JAX_CACHE", str(tmp_path / "cache"))
     calls = []
 
-    def slow_convert(_gguf, out):
+    def slow_convert(_gguf, out, overwrite):
+        assert overwrite  # a cache folder without config.json is no finished conversion
         calls.append(out)
         time.sleep(0.3)  # long enough for every other thread to find no folder and wait on the lock
         out.mkdir(parents=True)

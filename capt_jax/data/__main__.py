@@ -19,6 +19,7 @@ from absl import flags
 
 from capt_jax import cli
 from capt_jax.config import ConfigDict, validate_data
+from capt_jax.outputs import check_output_file
 
 from . import cladder, prontoqa
 from .abstraction import validity_report
@@ -82,7 +83,9 @@ def export(config: ConfigDict, values: flags.FlagValues) -> None:
     validate_data(config)
     if values.out is None:
         raise DataError("--out", None, None, "a JSONL file to write is required (see --help)")
+    check_output_file(values.out, "--out")
     pairs = training_data(config.data)
+    Path(values.out).parent.mkdir(parents=True, exist_ok=True)
     with open(values.out, "w", encoding="utf-8") as out:
         out.writelines(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs)
     print(f"wrote {len(pairs)} pairs ({config.data.n_train} examples) to {values.out}")
