@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import signal
 import time
@@ -466,14 +467,67 @@ def finished_position(config: ConfigDict) -> int | None:
     """The data position of a `prepare`d workdir that has already reached train.max_steps, from its latest
     checkpoint's metadata alone: rerunning a finished command (or an experiment's finished cell) loads no model
     and builds nothing. None when there is more to train, or no readable checkpoint (setup then resumes or says
-    why)."""
+    why). A checkpointed workdir trained with other settings is refused here (`check_same_training`)."""
     try:
         _, meta = ckpt.read_meta(config.workdir)
     except ckpt.CheckpointError:
         return None
     ckpt.check_base_quantization(config.workdir, base_quantization(config))
+    check_same_training(config)
     position = int(meta["data_position"])
     return position if position >= config.train.max_steps else None
+
+
+# Keys a run may change when it resumes: where things are, how long it runs, how it logs, saves, evaluates and
+# is laid out on the devices. Any other change would continue one run with another's settings (a changed
+# train.max_steps does stretch the cosine schedule from the step reached). model.* is checked by shapes and
+# `base_quantization` instead, so a moved base folder still resumes.
+RESUMABLE_CHANGES = (
+    "workdir",
+    "model",
+    "data.path",
+    "data.data_dir",
+    "data.data_file",
+    "train.max_steps",
+    "train.grad_accum",
+    "train.log_every",
+    "train.eval_every",
+    "checkpoint",
+    "eval",
+    "mesh",
+    "distributed",
+)
+
+
+def check_same_training(config: ConfigDict) -> None:
+    """A workdir with a checkpoint resumes, or counts as trained, only under the settings in its config.json
+    (written when the run started); keys that one version has and the other lacks are not compared."""
+    file = epath.Path(config.workdir) / "config.json"
+    if not file.exists():
+        return
+    before, now = dotted(json.loads(file.read_text())), dotted(json.loads(config.to_json_best_effort()))
+    differ = [
+        key
+        for key in sorted(before.keys() & now.keys())
+        if before[key] != now[key] and not any(key == p or key.startswith(p + ".") for p in RESUMABLE_CHANGES)
+    ]
+    if differ:
+        shown = "; ".join(f"{key}: {before[key]!r} there, {now[key]!r} now" for key in differ[:4])
+        raise ConfigError(
+            f"{file}: this workdir was trained with other settings ({shown}{'; ...' if len(differ) > 4 else ''}). "
+            "Resume it with its own settings, or train in a new --config.workdir"
+        )
+
+
+def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: config keys as the command line names them."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def steps(run: Run) -> dict[str, float]:

@@ -14,7 +14,15 @@ from conftest import REPO, write_sft_jsonl
 
 SFT = str(REPO / "configs" / "smollm2_sft.py")
 DEMO = str(REPO / "configs" / "demo_prontoqa.py")
-ON_WORK = ["--config", SFT, "--config.data.path={sft}", "--config.model.path={model}", "--config.workdir={work}"]
+# The settings the `world` workdir was trained with, so that a resume there is refused only for what a case changes.
+ON_WORK = [
+    "--config",
+    SFT,
+    "--config.data.path={sft}",
+    "--config.model.path={model}",
+    "--config.workdir={work}",
+    "--config.train.batch_size=2",
+]
 TINY_DATA = ["--config.data.source=generate", "--config.data.prontoqa_num_examples=40", "--config.data.n_train=4"]
 
 
@@ -43,6 +51,9 @@ def world(tmp_path_factory, tiny_chat_dir):
     for file in (corrupt / "checkpoints" / "1" / "state").rglob("*"):
         if file.is_file() and file.stat().st_size > 100:
             file.write_bytes(file.read_bytes()[:50])
+    no_settings = root / "no_settings"
+    shutil.copytree(workdir, no_settings)
+    (no_settings / "config.json").unlink()
     (root / "no_config").mkdir()
     truncated = root / "truncated"
     shutil.copytree(tiny_chat_dir, truncated)
@@ -68,6 +79,7 @@ def world(tmp_path_factory, tiny_chat_dir):
         "root": root,
         "work": workdir,
         "corrupt": corrupt,
+        "no_settings": no_settings,
         "model": tiny_chat_dir,
         "sft": sft,
     }
@@ -106,12 +118,18 @@ CASES = [
     ),
     (
         "train",
-        ["--config", SFT, "--config.data.path={sft}", "--config.model.path={model}", "--config.workdir={corrupt}"],
+        [*ON_WORK, "--config.workdir={corrupt}"],
         "checkpoints/1: cannot be restored",
     ),
     (
         "train",
-        [*ON_WORK, "--config.lora.rank=4"],
+        [*ON_WORK, "--config.lora.rank=4", "--config.train.learning_rate=0.1"],
+        "config.json: this workdir was trained with other settings (lora.rank: 16 there, 4 now; "
+        "train.learning_rate: 0.001 there, 0.1 now)",
+    ),
+    (  # a workdir without its config.json (as one from before it was written) is still checked by shapes
+        "train",
+        [*ON_WORK, "--config.workdir={no_settings}", "--config.lora.rank=4"],
         "trainable leaves differ, ['layers']['k_proj']['a']: stored (2, 16, 64), this run (2, 4, 64)",
     ),
     ("train", ["--config", SFT, "--config.data.path={sft}", "--config.workdir={root}/a_file"], "is a file, not a"),
