@@ -47,9 +47,13 @@ def check_gguf(gguf_file: Path) -> None:
     """A readable GGUF file, by its magic bytes: transformers would otherwise fail deep in its reader."""
     if not gguf_file.is_file():
         raise MissingFileError(f"{gguf_file}: GGUF file not found")
-    with open(gguf_file, "rb") as f:
-        if f.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
-            raise ConfigError(f"{gguf_file}: not a GGUF file (it does not start with the bytes {GGUF_MAGIC!r})")
+    try:
+        with open(gguf_file, "rb") as f:
+            magic = f.read(len(GGUF_MAGIC))
+    except OSError as e:
+        raise MissingFileError(f"{gguf_file}: cannot be read ({e.strerror})") from None
+    if magic != GGUF_MAGIC:
+        raise ConfigError(f"{gguf_file}: not a GGUF file (it does not start with the bytes {GGUF_MAGIC!r})")
 
 
 def convert_gguf(gguf_file: str | Path, out_dir: str | Path, dtype: str = "float32", overwrite: bool = False) -> Path:

@@ -23,8 +23,8 @@ def cluster_detected(env: Mapping[str, str]) -> bool:
 def maybe_initialize_distributed(config: ConfigDict) -> None:
     """Join JAX's multi-host runtime: explicitly when distributed.coordinator_address is set (the launchers in
     launch/ do), by jax's own cluster detection when asked (`always`) or when a cluster is detected (`auto`).
-    `config.validate` has checked `distributed.initialize`. A second call is a no-op (`train` joins before it
-    reads a checkpoint, and `setup` joins again).
+    `config.validate` has checked `distributed.initialize`. A second call is a no-op (an experiment or the demo
+    trains several runs in one process).
 
     Explicit settings switch jax's detection off: under SLURM it would otherwise pin each process to the
     single GPU numbered SLURM_LOCALID, which is wrong with one process per node.

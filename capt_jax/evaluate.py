@@ -265,22 +265,33 @@ def evaluate_loaded(
     return results, predictions
 
 
+# Keys of those sections that cannot change a result: memory use, and where an API key is read from.
+NOT_RESULT_KEYS = (("model", "remat"), ("eval", "openai_api_key_env"))
+
+
 def settings_key(config: ConfigDict, base_only: bool) -> str:
     """A digest of all an evaluation's results depend on besides the checkpoint: the model, data and eval sections."""
     settings = {section: config[section].to_dict() for section in ("model", "data", "eval")}
+    for section, key in NOT_RESULT_KEYS:
+        settings[section].pop(key, None)
     settings["base_only"] = base_only
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def finished_results(out: Path, config: ConfigDict, base_only: bool, step: int | None) -> dict[str, Any] | None:
     """The results already in `out` for this checkpoint step (None: the base model) and these settings; None when
-    there are none, so that a changed setting (eval.max_examples, model.path, ...) is evaluated afresh."""
+    there are none, so that a changed setting (eval.max_examples, model.path, ...) is evaluated afresh. Results
+    written before the settings were recorded are reused for their step, with a note."""
     file = out / "results.json"
     if not file.exists():
         return None
     results = json.loads(file.read_text())
-    same = results.get("step") == step and results.get("settings_key") == settings_key(config, base_only)
-    return results if same else None
+    if results.get("step") != step:
+        return None
+    if "settings_key" not in results:
+        print(f"note: {file} does not record its settings (older capt_jax); reused as it is, delete it to re-evaluate")
+        return results
+    return results if results["settings_key"] == settings_key(config, base_only) else None
 
 
 def evaluate(config: ConfigDict, workdir: str | None, base_only: bool = False) -> tuple[dict[str, Any], list[dict]]:
@@ -390,7 +401,7 @@ def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
         raise ConfigError("--workdir and --base-only exclude each other: the base model has no checkpoint")
     workdir = values.workdir or config.workdir
     out = Path(values.out or Path(workdir) / ("eval_base" if base_only else "eval"))
-    check_output_dir(out, "--out" if values.out else "the evaluation folder")
+    check_output_dir(out, "--out" if values.out else "--out (by default the workdir's eval folder)")
     results, predictions = evaluate(config, None if base_only else workdir, base_only)
     json_file, png = write_results(results, predictions, out)
     print(markdown_table([results]))

@@ -31,7 +31,7 @@ from absl import flags
 
 from capt_jax import checkpoint as ckpt
 from capt_jax import cli
-from capt_jax.config import ConfigDict
+from capt_jax.config import ConfigDict, ConfigError
 from capt_jax.convert import SMOLLM2_ALIAS
 from capt_jax.errors import CaptError
 from capt_jax.lora import check_adapters, flat, lora_scale, merge_lora, split_trainable
@@ -219,7 +219,10 @@ def export(
     config = ModelConfig.from_pretrained_dir(folder)
     lora = meta["lora"]
     trainable, _ = ckpt.restore_adapters(workdir, step)
-    check_adapters(trainable, config, lora["rank"], source, str(folder))
+    try:
+        check_adapters(trainable, config, lora["rank"], source, str(folder))
+    except ConfigError as e:  # export's own error class, for callers that catch it
+        raise ExportError(str(e)) from None
     adapters, extras = split_trainable(trainable)
     trained_on = config.replace(**ckpt.base_quantization(meta))  # the base as the adapters were trained on it
     if kind == "peft" and extras:

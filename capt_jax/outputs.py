@@ -20,33 +20,34 @@ def check_output_dir(path: str | os.PathLike, name: str) -> None:
     if "://" in str(path):
         return
     folder = Path(path).expanduser().absolute()
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{name}={str(path)!r}: is a file, not a folder")
-    _check_writable(folder, path, name)
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{name}={str(path)!r}: is a file, not a folder")
+        _check_writable(folder, path, name)
+    except OSError as e:  # e.g. a parent that cannot be listed
+        raise ConfigError(f"{name}={str(path)!r}: cannot be used ({e.strerror or e})") from None
 
 
 def check_output_file(path: str | os.PathLike, name: str) -> None:
     """`path` is a file that can be written: not a folder, in a folder that exists or can be created."""
     file = Path(path).expanduser().absolute()
-    if file.is_dir():
-        raise ConfigError(f"{name}={str(path)!r}: is a folder; give the file to write")
-    _check_writable(file.parent, path, name)
+    try:
+        if file.is_dir():
+            raise ConfigError(f"{name}={str(path)!r}: is a folder; give the file to write")
+        _check_writable(file.parent, path, name)
+    except OSError as e:
+        raise ConfigError(f"{name}={str(path)!r}: cannot be used ({e.strerror or e})") from None
 
 
 def _check_writable(folder: Path, path: str | os.PathLike, name: str) -> None:
-    """Try what writing will do: create the first missing folder (then remove it) or a file in the last one.
+    """Try what writing will do: make (and remove) a uniquely named folder in the deepest folder that exists, so
+    that processes starting at once on one new workdir never probe the same name.
 
     Asking os.access is not enough: it says yes to root on a read-only mount or under /proc."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"{name}={str(path)!r}: {existing} is a file, not a folder")
     try:
-        if existing == folder:
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        else:
-            missing = folder.relative_to(existing).parts[0]
-            os.mkdir(existing / missing)
-            os.rmdir(existing / missing)
+        os.rmdir(tempfile.mkdtemp(prefix=".capt_jax-probe-", dir=existing))
     except OSError as e:
         raise ConfigError(f"{name}={str(path)!r}: cannot write in {existing} ({e.strerror})") from None

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
+import operator
 import signal
 import time
 from collections.abc import Callable
@@ -44,6 +46,7 @@ from capt_jax.batches import (
 )
 from capt_jax.config import ConfigDict, ConfigError, training_mesh, validate
 from capt_jax.data import abstract, training_data, training_examples
+from capt_jax.data.config import default_data_config
 from capt_jax.distributed import maybe_initialize_distributed
 from capt_jax.errors import CaptError, Interrupted
 from capt_jax.estimate import estimation_prompt, estimation_target
@@ -255,6 +258,7 @@ def setup(config: ConfigDict) -> Run:
     make surfaces before anything compiles."""
     mesh = make_mesh(training_mesh(config, jax.device_count()))
     pairs = training_pairs(config)  # data errors surface before the model loads
+    check_same_data(config, pairs)
     folder = resolve_model_dir(config.model.path)
     ckpt.check_base_quantization(config.workdir, base_quantization(config))
     # quantized leaves have their own shapes and axes
@@ -290,7 +294,7 @@ def setup(config: ConfigDict) -> Run:
         state=state,
         start=start,
         mgr=mgr,
-        meta=checkpoint_meta(config),
+        meta=checkpoint_meta(config, pairs),
         writer=MetricsWriter(config.workdir, enabled=lead, resume_step=start),
         lead=lead,
     )
@@ -384,12 +388,13 @@ def base_quantization(config: ConfigDict) -> dict[str, Any]:
     return {"quantize": config.model.quantize, "double_quant": config.model.double_quant}
 
 
-def checkpoint_meta(config: ConfigDict) -> dict[str, Any]:
-    """What export and evaluation need besides the arrays. A local base is recorded by absolute path, so export
-    works from any directory; hub ids stay as given."""
+def checkpoint_meta(config: ConfigDict, pairs: tuple[list[dict[str, str]], list[dict[str, str]]]) -> dict[str, Any]:
+    """What export and evaluation need besides the arrays, and what a resume checks. A local base is recorded by
+    absolute path, so export works from any directory; hub ids stay as given."""
     base = Path(config.model.path).expanduser()
     return {
         "base_model": str(base.resolve()) if base.exists() else str(config.model.path),
+        "data_fingerprint": data_fingerprint(pairs),
         "base_quantization": base_quantization(config),  # export --format merged rebuilds the trained-on base
         "lora": {
             "rank": config.lora.rank,
@@ -400,6 +405,30 @@ def checkpoint_meta(config: ConfigDict) -> dict[str, Any]:
             "extra_trainable": list(config.lora.extra_trainable),
         },
     }
+
+
+def data_fingerprint(pairs: tuple[list[dict[str, str]], list[dict[str, str]]]) -> str:
+    """The training and held-out pairs' count and digest: the data itself, wherever its files now are."""
+    digest = hashlib.sha256(json.dumps(pairs, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+    return f"{len(pairs[0])}+{len(pairs[1])} pairs, {digest}"
+
+
+def check_same_data(config: ConfigDict, pairs: tuple[list[dict[str, str]], list[dict[str, str]]]) -> None:
+    """A resume continues on the data its checkpoint was trained on (a moved data.path or data_dir may hold other
+    data), and says when the base is another folder or id than the one recorded (same shapes, other weights?)."""
+    try:
+        step, meta = ckpt.read_meta(config.workdir)
+    except ckpt.CheckpointError:
+        return
+    where = f"{ckpt.checkpoint_dir(config.workdir)}/{step}"
+    now = checkpoint_meta(config, pairs)
+    if meta.get("data_fingerprint", now["data_fingerprint"]) != now["data_fingerprint"]:
+        raise ConfigError(
+            f"{where}: was trained on other data ({meta['data_fingerprint']}) than this run builds "
+            f"({now['data_fingerprint']}); resume it on its own data, or train in a new workdir"
+        )
+    if meta["base_model"] != now["base_model"] and jax.process_index() == 0:
+        print(f"note: {where} was trained on base {meta['base_model']}; resuming on {now['base_model']}")
 
 
 def step_batch(run: Run, step: int) -> dict[str, jax.Array]:
@@ -488,6 +517,8 @@ RESUMABLE_CHANGES = (
     "data.path",
     "data.data_dir",
     "data.data_file",
+    "data.keep_overlap",  # the test sets only
+    "data.ood_seed",
     "train.max_steps",
     "train.grad_accum",
     "train.log_every",
@@ -499,23 +530,38 @@ RESUMABLE_CHANGES = (
 )
 
 
+# The data keys only one data.kind reads: the CLadder / PrOntoQA fields, or the JSONL file's.
+KIND_KEYS = {"capt": tuple(f"data.{k}" for k in default_data_config()), "jsonl": ("data.path", "data.holdout_fraction")}
+
+
 def check_same_training(config: ConfigDict) -> None:
     """A workdir with a checkpoint resumes, or counts as trained, only under the settings in its config.json
-    (written when the run started); keys that one version has and the other lacks are not compared."""
+    (written when the run started). Not compared: keys that one version has and the other lacks, the other
+    data.kind's keys, and lora.targets' order."""
     file = epath.Path(config.workdir) / "config.json"
     if not file.exists():
         return
-    before, now = dotted(json.loads(file.read_text())), dotted(json.loads(config.to_json_best_effort()))
+    try:
+        before = dotted(json.loads(file.read_text()))
+    except ValueError as e:
+        raise ConfigError(
+            f"{file}: not valid JSON ({e}); it records the settings this workdir was trained with (fix or delete it)"
+        ) from None
+    now = dotted(json.loads(config.to_json_best_effort()))
+    ignored = [key for kind, keys in KIND_KEYS.items() if kind != config.data.kind for key in keys]
+    same = {"lora.targets": lambda a, b: sorted(a) == sorted(b)}
     differ = [
         key
         for key in sorted(before.keys() & now.keys())
-        if before[key] != now[key] and not any(key == p or key.startswith(p + ".") for p in RESUMABLE_CHANGES)
+        if not same.get(key, operator.eq)(before[key], now[key])
+        and key not in ignored
+        and not any(key == p or key.startswith(p + ".") for p in RESUMABLE_CHANGES)
     ]
     if differ:
         shown = "; ".join(f"{key}: {before[key]!r} there, {now[key]!r} now" for key in differ[:4])
         raise ConfigError(
             f"{file}: this workdir was trained with other settings ({shown}{'; ...' if len(differ) > 4 else ''}). "
-            "Resume it with its own settings, or train in a new --config.workdir"
+            "Resume it with its own settings, or train in a new workdir"
         )
 
 
@@ -584,7 +630,8 @@ def report(run: Run, bar: tqdm, step: int, metrics: dict[str, jax.Array], dispat
         run.mgr.wait_until_finished()
         raise TrainingDiverged(
             f"step {step}: loss is {values['loss']}; stopped. The last good checkpoint "
-            f"(step {run.mgr.latest_step()}) is kept in {ckpt.checkpoint_dir(run.config.workdir)}"
+            f"(step {run.mgr.latest_step()}) is kept in {ckpt.checkpoint_dir(run.config.workdir)}; with other "
+            "settings (a lower train.learning_rate, train.grad_clip), train in a new workdir"
         )
     values["tokens_per_second"] = values.pop("tokens") / max(now - max(dispatched, run.last_read), 1e-9)
     run.last_read = now

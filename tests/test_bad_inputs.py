@@ -51,6 +51,7 @@ def world(tmp_path_factory, tiny_chat_dir):
     for file in (corrupt / "checkpoints" / "1" / "state").rglob("*"):
         if file.is_file() and file.stat().st_size > 100:
             file.write_bytes(file.read_bytes()[:50])
+    write_sft_jsonl(root / "other.jsonl", 20)
     no_settings = root / "no_settings"
     shutil.copytree(workdir, no_settings)
     (no_settings / "config.json").unlink()
@@ -126,6 +127,11 @@ CASES = [
         [*ON_WORK, "--config.lora.rank=4", "--config.train.learning_rate=0.1"],
         "config.json: this workdir was trained with other settings (lora.rank: 16 there, 4 now; "
         "train.learning_rate: 0.001 there, 0.1 now)",
+    ),
+    (  # data.path may move, but not to other data
+        "train",
+        [*ON_WORK, "--config.data.path={root}/other.jsonl"],
+        "checkpoints/1: was trained on other data (15+1 pairs, ",
     ),
     (  # a workdir without its config.json (as one from before it was written) is still checked by shapes
         "train",
