@@ -258,7 +258,8 @@ def setup(config: ConfigDict) -> Run:
     make surfaces before anything compiles."""
     mesh = make_mesh(training_mesh(config, jax.device_count()))
     pairs = training_pairs(config)  # data errors surface before the model loads
-    check_same_data(config, pairs)
+    meta = checkpoint_meta(config, pairs)
+    check_same_data(config.workdir, meta)
     folder = resolve_model_dir(config.model.path)
     ckpt.check_base_quantization(config.workdir, base_quantization(config))
     # quantized leaves have their own shapes and axes
@@ -294,7 +295,7 @@ def setup(config: ConfigDict) -> Run:
         state=state,
         start=start,
         mgr=mgr,
-        meta=checkpoint_meta(config, pairs),
+        meta=meta,
         writer=MetricsWriter(config.workdir, enabled=lead, resume_step=start),
         lead=lead,
     )
@@ -413,15 +414,15 @@ def data_fingerprint(pairs: tuple[list[dict[str, str]], list[dict[str, str]]]) -
     return f"{len(pairs[0])}+{len(pairs[1])} pairs, {digest}"
 
 
-def check_same_data(config: ConfigDict, pairs: tuple[list[dict[str, str]], list[dict[str, str]]]) -> None:
+def check_same_data(workdir: str, now: dict[str, Any]) -> None:
     """A resume continues on the data its checkpoint was trained on (a moved data.path or data_dir may hold other
-    data), and says when the base is another folder or id than the one recorded (same shapes, other weights?)."""
+    data), and says when the base is another folder or id than the one recorded (same shapes, other weights?).
+    `now` is this run's `checkpoint_meta`."""
     try:
-        step, meta = ckpt.read_meta(config.workdir)
+        step, meta = ckpt.read_meta(workdir)
     except ckpt.CheckpointError:
         return
-    where = f"{ckpt.checkpoint_dir(config.workdir)}/{step}"
-    now = checkpoint_meta(config, pairs)
+    where = f"{ckpt.checkpoint_dir(workdir)}/{step}"
     if meta.get("data_fingerprint", now["data_fingerprint"]) != now["data_fingerprint"]:
         raise ConfigError(
             f"{where}: was trained on other data ({meta['data_fingerprint']}) than this run builds "
