@@ -41,14 +41,43 @@ from capt_jax.model import ModelConfig
 from capt_jax.outputs import check_output_dir
 from capt_jax.pretrained import Pretrained, load_pretrained, resolve_model_dir
 from capt_jax.stats import wilson_interval
+from capt_jax.train import saved_settings
 
 Reasoner = Callable[[list[str]], list[str]]  # prompts -> replies
 Estimator = Callable[[list[Example]], Estimates]
 METHOD_NAMES = {"null": "SFT", "random": "CAPT"}
 
 
-def method_name(config: ConfigDict, base_only: bool) -> str:
-    return "base" if base_only else METHOD_NAMES.get(config.data.mode, f"ablation:{config.data.mode}")
+# What an adapter's label and the `self` estimator's check read from the settings it was trained with.
+TRAINED_KEYS = ("data.kind", "data.path", "data.dataset", "data.mode", "data.estimation_weight")
+
+
+def mode_name(mode: str) -> str:
+    return METHOD_NAMES.get(mode, f"ablation:{mode}")
+
+
+def trained_settings(workdir: str | None) -> dict[str, Any] | None:
+    """TRAINED_KEYS of the workdir's config.json: how its adapter was trained, which the evaluating config need
+    not repeat. None for the base model and for a workdir without config.json."""
+    saved = None if workdir is None else saved_settings(workdir)
+    return None if saved is None else {key: saved[key] for key in TRAINED_KEYS if key in saved}
+
+
+def method_name(config: ConfigDict, base_only: bool, trained: dict[str, Any] | None = None) -> str:
+    """The label's method: "SFT", "CAPT", "ablation:<mode>" (the test-time `config.data.mode`) or "base". An adapter
+    trained otherwise than it is tested says how ("SFT, tested as CAPT", "CAPT, trained on prontoqa", "trained on
+    pairs.jsonl, tested as CAPT"), so a table never credits a method with a model it did not train."""
+    if base_only:
+        return "base"
+    tested = mode_name(config.data.mode)
+    if not trained:
+        return tested
+    if trained.get("data.kind") == "jsonl":
+        return f"trained on {Path(trained.get('data.path') or '?').name}, tested as {tested}"
+    origin = mode_name(trained.get("data.mode", config.data.mode))
+    name = tested if origin == tested else f"{origin}, tested as {tested}"
+    dataset = trained.get("data.dataset", config.data.dataset)
+    return name if dataset == config.data.dataset else f"{name}, trained on {dataset}"
 
 
 def evaluation_sets(config: ConfigDict) -> dict[str, TestSplit]:
@@ -197,15 +226,20 @@ def load_reasoner_model(config: ConfigDict, workdir: str | None) -> tuple[Pretra
     if workdir is None:
         return base, base, {}
     tuned = base.with_adapters(adapters, lora_scale(meta["lora"]["rank"], meta["lora"]["alpha"]))
-    return base, tuned, {"workdir": str(workdir), "step": step}
+    return base, tuned, {"workdir": str(workdir), "step": step, "trained": trained_settings(workdir)}
 
 
-def check_estimator(config: ConfigDict, base_only: bool) -> None:
+def check_estimator(config: ConfigDict, base_only: bool, trained: dict[str, Any] | None = None) -> None:
+    """`trained`: the adapter's own settings (`trained_settings`), which decide over the config's."""
     validate_eval(config)
-    if config.eval.estimator == "self" and not base_only and config.data.estimation_weight <= 0:
+    weight = (trained or {}).get("data.estimation_weight", config.data.estimation_weight)
+    if config.eval.estimator == "self" and not base_only and weight <= 0:
+        where = (
+            "its workdir's config.json says" if trained and "data.estimation_weight" in trained else "the config says"
+        )
         raise ConfigError(
             "config key 'eval.estimator': 'self' needs a model trained with data.estimation_weight > 0 "
-            "(the two-stage objective); use oracle, lm or openai otherwise"
+            f"(the two-stage objective; {where} {weight}); use oracle, lm or openai otherwise"
         )
 
 
@@ -238,7 +272,8 @@ def evaluate_loaded(
     cache: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """`evaluate` on test sets and models already in memory: (results, predictions)."""
-    check_estimator(config, base_only)
+    trained = info.get("trained")
+    check_estimator(config, base_only, trained)
     mode = "null" if base_only else config.data.mode
     splits, predictions = evaluate_sets(
         sets,
@@ -249,7 +284,7 @@ def evaluate_loaded(
         config.data.with_reasoning,
     )
     estimator = config.eval.estimator if mode != "null" else None
-    method = method_name(config, base_only)
+    method = method_name(config, base_only, trained)
     results = {
         "method": method,
         "label": f"{method} ({estimator})" if estimator else method,
@@ -296,7 +331,7 @@ def finished_results(out: Path, config: ConfigDict, base_only: bool, step: int |
 
 def evaluate(config: ConfigDict, workdir: str | None, base_only: bool = False) -> tuple[dict[str, Any], list[dict]]:
     """Everything `python -m capt_jax.evaluate` computes: (JSON-ready results, one record per question)."""
-    check_estimator(config, base_only)
+    check_estimator(config, base_only, None if base_only else trained_settings(workdir))
     sets = evaluation_sets(config)  # data errors surface before any model loads
     base, reasoner_model, info = load_reasoner_model(config, None if base_only else workdir)
     return evaluate_loaded(config, sets, base, reasoner_model, info, base_only)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from capt_jax.errors import ConfigError
@@ -20,34 +21,33 @@ def check_output_dir(path: str | os.PathLike, name: str) -> None:
     if "://" in str(path):
         return
     folder = Path(path).expanduser().absolute()
-    try:
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"{name}={str(path)!r}: is a file, not a folder")
-        _check_writable(folder, path, name)
-    except OSError as e:  # e.g. a parent that cannot be listed
-        raise ConfigError(f"{name}={str(path)!r}: cannot be used ({e.strerror or e})") from None
+    _check_target(path, name, folder, lambda: folder.exists() and not folder.is_dir(), "is a file, not a folder")
 
 
 def check_output_file(path: str | os.PathLike, name: str) -> None:
     """`path` is a file that can be written: not a folder, in a folder that exists or can be created."""
     file = Path(path).expanduser().absolute()
-    try:
-        if file.is_dir():
-            raise ConfigError(f"{name}={str(path)!r}: is a folder; give the file to write")
-        _check_writable(file.parent, path, name)
-    except OSError as e:
-        raise ConfigError(f"{name}={str(path)!r}: cannot be used ({e.strerror or e})") from None
+    _check_target(path, name, file.parent, file.is_dir, "is a folder; give the file to write")
 
 
-def _check_writable(folder: Path, path: str | os.PathLike, name: str) -> None:
-    """Try what writing will do: make (and remove) a uniquely named folder in the deepest folder that exists, so
-    that processes starting at once on one new workdir never probe the same name.
+def _check_target(
+    path: str | os.PathLike, name: str, folder: Path, is_wrong_kind: Callable[[], bool], wrong_kind: str
+) -> None:
+    """Try what writing will do: make (and remove) a uniquely named folder in the deepest part of `folder` that
+    exists, so that processes starting at once on one new workdir never probe the same name. Any OSError on the
+    way (a parent that cannot be listed) is an error line too.
 
     Asking os.access is not enough: it says yes to root on a read-only mount or under /proc."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"{name}={str(path)!r}: {existing} is a file, not a folder")
+    what = f"{name}={str(path)!r}"
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".capt_jax-probe-", dir=existing))
+        if is_wrong_kind():
+            raise ConfigError(f"{what}: {wrong_kind}")
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"{what}: {existing} is a file, not a folder")
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".capt_jax-probe-", dir=existing))
+        except OSError as e:
+            raise ConfigError(f"{what}: cannot write in {existing} ({e.strerror})") from None
     except OSError as e:
-        raise ConfigError(f"{name}={str(path)!r}: cannot write in {existing} ({e.strerror})") from None
+        raise ConfigError(f"{what}: cannot be used ({e.strerror or e})") from None

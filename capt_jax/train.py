@@ -503,15 +503,23 @@ def finished_position(config: ConfigDict) -> int | None:
     except ckpt.CheckpointError:
         return None
     ckpt.check_base_quantization(config.workdir, base_quantization(config))
-    check_same_training(config)
+    before = check_same_training(config)
     position = int(meta["data_position"])
-    return position if position >= config.train.max_steps else None
+    if position >= config.train.max_steps:
+        return position
+    started = (before or {}).get("train.max_steps", config.train.max_steps)
+    if started != config.train.max_steps and jax.process_index() == 0:
+        print(
+            f"note: train.max_steps is {config.train.max_steps} now and was {started} when this workdir last ran: "
+            f"from step {position} on, the learning rate follows the schedule of a {config.train.max_steps}-step run"
+        )
+    return None
 
 
 # Keys a run may change when it resumes: where things are, how long it runs, how it logs, saves, evaluates and
 # is laid out on the devices. Any other change would continue one run with another's settings (a changed
-# train.max_steps does stretch the cosine schedule from the step reached). model.* is checked by shapes and
-# `base_quantization` instead, so a moved base folder still resumes.
+# train.max_steps does stretch the cosine schedule from the step reached, and `finished_position` says so).
+# model.* is checked by shapes and `base_quantization` instead, so a moved base folder still resumes.
 RESUMABLE_CHANGES = (
     "workdir",
     "model",
@@ -535,19 +543,14 @@ RESUMABLE_CHANGES = (
 KIND_KEYS = {"capt": tuple(f"data.{k}" for k in default_data_config()), "jsonl": ("data.path", "data.holdout_fraction")}
 
 
-def check_same_training(config: ConfigDict) -> None:
+def check_same_training(config: ConfigDict) -> dict[str, Any] | None:
     """A workdir with a checkpoint resumes, or counts as trained, only under the settings in its config.json
-    (written when the run started). Not compared: keys that one version has and the other lacks, the other
-    data.kind's keys, and lora.targets' order."""
+    (written when the run started), which it returns. Not compared: keys that one version has and the other
+    lacks, the other data.kind's keys, and lora.targets' order."""
     file = epath.Path(config.workdir) / "config.json"
-    if not file.exists():
-        return
-    try:
-        before = dotted(json.loads(file.read_text()))
-    except ValueError as e:
-        raise ConfigError(
-            f"{file}: not valid JSON ({e}); it records the settings this workdir was trained with (fix or delete it)"
-        ) from None
+    before = saved_settings(config.workdir)
+    if before is None:
+        return None
     now = dotted(json.loads(config.to_json_best_effort()))
     ignored = [key for kind, keys in KIND_KEYS.items() if kind != config.data.kind for key in keys]
     same = {"lora.targets": lambda a, b: sorted(a) == sorted(b)}
@@ -564,6 +567,20 @@ def check_same_training(config: ConfigDict) -> None:
             f"{file}: this workdir was trained with other settings ({shown}{'; ...' if len(differ) > 4 else ''}). "
             "Resume it with its own settings, or train in a new workdir"
         )
+    return before
+
+
+def saved_settings(workdir: str) -> dict[str, Any] | None:
+    """The dotted settings of `workdir`'s config.json, written when its run started; None when it has none."""
+    file = epath.Path(workdir) / "config.json"
+    if not file.exists():
+        return None
+    try:
+        return dotted(json.loads(file.read_text()))
+    except ValueError as e:
+        raise ConfigError(
+            f"{file}: not valid JSON ({e}); it records the settings this workdir was trained with (fix or delete it)"
+        ) from None
 
 
 def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

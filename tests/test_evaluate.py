@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from capt_jax.config import ConfigError, get_config
 from capt_jax.data import Example, TestSplit, abstract, load_examples
 from capt_jax.estimate import (
     estimation_target,
@@ -13,7 +14,15 @@ from capt_jax.estimate import (
     oracle_estimates,
     parse_estimation,
 )
-from capt_jax.evaluate import evaluate_sets, markdown_table, plot, score_split
+from capt_jax.evaluate import (
+    check_estimator,
+    evaluate_sets,
+    markdown_table,
+    method_name,
+    plot,
+    score_split,
+    trained_settings,
+)
 
 
 def cladder_like(i: int, answer: str, rung: int, query_type: str) -> Example:
@@ -139,3 +148,28 @@ def test_split_that_cannot_be_made_is_reported_not_scored(prontoqa_examples):
     assert results["anti"] == {"skipped": "anti: too few terms", "n": 0} and len(predictions) == 2
     table = markdown_table([{"label": "CAPT (oracle)", "splits": results}])
     assert table.splitlines()[2].endswith("| skipped |")
+
+
+def test_an_adapter_is_labelled_by_how_its_workdir_trained_it(tmp_path):
+    """The evaluating config's data.mode is only the test-time intervention: an SFT workdir evaluated with the
+    CAPT config is not "CAPT", and `self` estimation checks the weight the workdir trained with."""
+    config = get_config()
+    config.data.kind, config.data.mode = "capt", "random"
+    assert trained_settings(str(tmp_path)) is None and method_name(config, False, None) == "CAPT"
+    trained = get_config()
+    trained.data.kind, trained.data.mode, trained.data.estimation_weight = "capt", "null", 0.0
+    (tmp_path / "config.json").write_text(trained.to_json_best_effort())
+    assert method_name(config, False, trained_settings(str(tmp_path))) == "SFT, tested as CAPT"
+    config.eval.estimator, config.data.estimation_weight = "self", 1.0
+    with pytest.raises(ConfigError, match="workdir's config.json says 0.0"):
+        check_estimator(config, False, trained_settings(str(tmp_path)))
+    trained.data.mode, trained.data.dataset = "random", "prontoqa"
+    (tmp_path / "config.json").write_text(trained.to_json_best_effort())
+    assert method_name(config, False, trained_settings(str(tmp_path))) == "CAPT, trained on prontoqa"
+    trained.data.kind, trained.data.path = "jsonl", "/data/pairs.jsonl"
+    (tmp_path / "config.json").write_text(trained.to_json_best_effort())
+    assert method_name(config, False, trained_settings(str(tmp_path))) == "trained on pairs.jsonl, tested as CAPT"
+    trained.data.kind, trained.data.dataset = "capt", "cladder"
+    (tmp_path / "config.json").write_text(trained.to_json_best_effort())
+    assert method_name(config, False, trained_settings(str(tmp_path))) == "CAPT"
+    assert method_name(config, True, trained_settings(str(tmp_path))) == "base"

@@ -128,6 +128,11 @@ def test_relative_workdir_checkpoints_and_resumes(tmp_path, tiny_chat_dir, sft_f
     again = run(train_args(tiny_chat_dir, sft_file, Path("rel/w"), *common), cwd=tmp_path)
     assert again.returncode == 0 and "already trained" in again.stdout, again.stderr[-3000:]
     assert "loading " in first.stderr and "loading " not in again.stderr  # a finished run loads no model
+    longer = run(
+        train_args(tiny_chat_dir, sft_file, Path("rel/w"), *common, "--config.train.max_steps=3"), cwd=tmp_path
+    )
+    assert longer.returncode == 0 and (tmp_path / "rel" / "w" / "checkpoints" / "3").is_dir(), longer.stderr[-3000:]
+    assert "train.max_steps is 3 now and was 2 when this workdir last ran: from step 2 on" in longer.stdout
 
 
 def kill_once_step_6_is_committed(args: list[str], workdir: Path) -> None:
