@@ -56,6 +56,14 @@ def mode_name(mode: str) -> str:
     return METHOD_NAMES.get(mode, f"ablation:{mode}")
 
 
+def method_label(method: str, estimator: str | None) -> str:
+    """A table row's name: the method and, when test prompts were abstracted, by whom. The oracle reads the data's
+    own structure, so its rows say they are an upper bound wherever they are shown."""
+    if not estimator:
+        return method
+    return f"{method} ({'oracle: upper bound' if estimator == 'oracle' else estimator})"
+
+
 def trained_settings(workdir: str | None) -> dict[str, Any] | None:
     """TRAINED_KEYS of the workdir's config.json: how its adapter was trained, which the evaluating config need
     not repeat. None for the base model and for a workdir without config.json."""
@@ -158,7 +166,7 @@ def evaluate_sets(
     results, predictions = {}, []
     for name, split in sets.items():
         if split.skipped:
-            results[name] = {"skipped": split.skipped, "n": 0}
+            results[name] = {"skipped": split.skipped, "n": 0, "excluded_overlap": len(split.excluded_overlap)}
             continue
         examples = split.examples
         estimates = estimate(examples) if mode != "null" else Estimates.none(len(examples))
@@ -287,7 +295,7 @@ def evaluate_loaded(
     method = method_name(config, base_only, trained)
     results = {
         "method": method,
-        "label": f"{method} ({estimator})" if estimator else method,
+        "label": method_label(method, estimator),
         "model": str(config.model.path),
         "dataset": config.data.dataset,
         "mode": mode,

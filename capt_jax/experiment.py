@@ -46,6 +46,7 @@ from capt_jax.evaluate import (
     evaluation_sets,
     finished_results,
     load_reasoner_model,
+    method_label,
     write_results,
 )
 from capt_jax.outputs import check_output_dir
@@ -64,8 +65,9 @@ INTERVAL = (
     "with replacement, one question draw shared by all seeds"
 )
 PAIRED_TEST = (
-    "exact two-sided sign test over questions: a question favours a method when its correct count summed over "
-    "the seeds is higher (seed s of one method paired with seed s of the other); McNemar's test at one seed"
+    "exact two-sided sign test over questions: a question favours a method when its correct count, summed over "
+    "the seeds both methods have, is higher; McNemar's test at one seed. It holds the trained models fixed, so "
+    "its p-value covers the sampling of questions, not the seed-to-seed variation the intervals include"
 )
 
 
@@ -207,7 +209,14 @@ def summarise(
         if method == "capt" and common:
             test = paired_sign_test(np.array([by_seed[s] for s in common]), np.array([sft[s] for s in common]))
             paired.append(
-                {"split": split, "a": f"capt ({estimator})", "b": "sft", "seeds": common, **test, "test": PAIRED_TEST}
+                {
+                    "split": split,
+                    "a": method_label("capt", estimator),
+                    "b": "sft",
+                    "seeds": common,
+                    **test,
+                    "test": PAIRED_TEST,
+                }
             )
     return rows, paired
 
@@ -258,7 +267,7 @@ def markdown(
             cells.append(
                 f"{100 * r['accuracy_mean']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]" if r else "-"
             )
-        lines.append(f"| {method}{f' ({estimator})' if estimator else ''} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method_label(method, estimator)} | " + " | ".join(cells) + " |")
     lines += ["", f"Accuracy in %, mean over the seeds; {INTERVAL}.", ""]
     if paired:
         lines += ["| split | A | B | seeds | questions favouring A | favouring B | p |", "|---" * 7 + "|"]
@@ -298,7 +307,7 @@ def plot_accuracy(rows: list[dict[str, Any]], splits: Sequence[str], file: Path)
         ys = [100 * r["accuracy_mean"] if r else 0 for r in found]
         low = [max(0.0, y - 100 * r["ci_low"]) if r else 0 for r, y in zip(found, ys)]
         high = [max(0.0, 100 * r["ci_high"] - y) if r else 0 for r, y in zip(found, ys)]
-        ax.bar(xs, ys, width, yerr=[low, high], capsize=2, label=f"{method}{f' ({estimator})' if estimator else ''}")
+        ax.bar(xs, ys, width, yerr=[low, high], capsize=2, label=method_label(method, estimator))
     ax.set_xticks(range(len(splits)), splits)
     ax.set_ylabel("accuracy (%), 95% bootstrap interval")
     ax.set_ylim(0, 105)

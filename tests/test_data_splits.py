@@ -106,6 +106,21 @@ def test_cladder_shared_files_split_shuffled_and_clean():
     )
 
 
+@pytest.mark.parametrize("variant", ["anti", "non"])
+def test_the_guard_checks_the_variant_that_was_trained_on(variant):
+    """Training on CLadder's anticommonsense or nonsense file: every split is cleaned of that file's training
+    questions (the commonsense ones were never trained on), and "id" stays the commonsense test part."""
+    _needs_shared("cladder")
+    config = default_data_config()
+    config.variant = variant
+    train = training_examples(config)
+    sets = test_sets("cladder", data_dir=SHARED, variant=variant)
+    _assert_no_overlap(train, sets)
+    unguarded = test_sets("cladder", data_dir=SHARED, variant=variant, keep_overlap=True)
+    assert any(without_overlap(split.examples, train)[1] for split in unguarded.values())  # there was some to remove
+    assert unguarded["id"] == test_sets("cladder", data_dir=SHARED, keep_overlap=True)["id"]
+
+
 def test_keep_overlap_reproduces_the_unguarded_protocol():
     _needs_shared("cladder")
     guarded = test_sets("cladder", data_dir=SHARED, splits=("non",))["non"]
@@ -150,3 +165,7 @@ def test_a_split_the_data_cannot_make_is_skipped_with_its_reason(tmp_path):
     sets = test_sets("prontoqa", data_file=path, n_train=2, keep_overlap=True)
     assert sets["anti"].examples == [] and "too few distinct entity terms" in sets["anti"].skipped
     assert len(sets["id"].examples) == len(sets["non"].examples) == 2  # the other splits still run
+    # Guarded, the ID test questions are the training question itself: an empty split is skipped, not scored 0.
+    guarded = test_sets("prontoqa", data_file=path, n_train=2, splits=("id",))["id"]
+    assert guarded.examples == [] and len(guarded.excluded_overlap) == 2
+    assert guarded.skipped == "all 2 test questions share a question or template with training"

@@ -25,11 +25,11 @@ def test_shortened_demo_runs_end_to_end(tiny_chat_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     table = out[out.index("| method |") :].splitlines()
     assert table[0] == "| method | id | anti | non |"
-    assert [row.split("|")[1].strip() for row in table[2:5]] == ["base", "CAPT (oracle)", "SFT"]
+    assert [row.split("|")[1].strip() for row in table[2:5]] == ["base", "CAPT (oracle: upper bound)", "SFT"]
     assert all("(n=3)" in c and "[" in c for row in table[2:5] for c in row.split("|")[2:5])
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert [r["method"] for r in results] == ["base", "CAPT", "SFT"]
-    assert [r["label"] for r in results] == ["base", "CAPT (oracle)", "SFT"]
+    assert [r["label"] for r in results] == ["base", "CAPT (oracle: upper bound)", "SFT"]
     assert all(r["splits"][s]["n"] == 3 for r in results for s in ("id", "anti", "non"))
     assert results[1]["splits"]["non"]["estimator_valid_rate"] == 1.0  # the oracle abstracts every OOD question
     assert (tmp_path / "demo" / "accuracy.png").stat().st_size > 0

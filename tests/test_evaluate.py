@@ -145,7 +145,9 @@ def test_split_that_cannot_be_made_is_reported_not_scored(prontoqa_examples):
     results, predictions = evaluate_sets(
         sets, oracle_estimates, lambda ps: ["<answer>True</answer>"] * len(ps), "random"
     )
-    assert results["anti"] == {"skipped": "anti: too few terms", "n": 0} and len(predictions) == 2
+    assert (
+        results["anti"] == {"skipped": "anti: too few terms", "n": 0, "excluded_overlap": 0} and len(predictions) == 2
+    )
     table = markdown_table([{"label": "CAPT (oracle)", "splits": results}])
     assert table.splitlines()[2].endswith("| skipped |")
 

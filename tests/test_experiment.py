@@ -50,7 +50,7 @@ def test_two_methods_two_seeds_end_to_end(tiny_chat_dir, tmp_path, capsys):
         assert 0 <= row["ci_low"] <= row["accuracy_mean"] <= row["ci_high"] <= 1
     paired = json.loads((work / "paired.json").read_text())
     assert [p["split"] for p in paired] == ["id", "anti", "non"]
-    assert all(p["a"] == "capt (oracle)" and p["b"] == "sft" and 0 <= p["p_value"] <= 1 for p in paired)
+    assert all(p["a"] == "capt (oracle: upper bound)" and p["b"] == "sft" and 0 <= p["p_value"] <= 1 for p in paired)
     for name in ("summary.md", "accuracy.png", "loss.png"):
         assert (work / name).stat().st_size > 0
     # Seeds differ in what they train on: the two CAPT seeds letter the same test question differently.

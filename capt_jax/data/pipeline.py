@@ -39,6 +39,7 @@ def test_examples(config: ml_collections.ConfigDict, splits: Sequence[str] = SPL
             config.data_dir,
             config.data_file,
             splits=splits,
+            variant=config.variant,
             n_train=config.n_train,
             split_seed=config.split_seed,
             test_fraction=config.test_fraction,

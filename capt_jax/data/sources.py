@@ -121,6 +121,7 @@ def test_sets(
     data_file: str | Path | None = None,
     *,
     splits: Sequence[str] = SPLITS,
+    variant: str | None = None,
     n_train: int = 100,
     split_seed: int = 19,
     test_fraction: float = 0.1,
@@ -134,8 +135,10 @@ def test_sets(
     OOD sets are the last 10% of the shuffled anticommonsense / nonsense files (with only `data_file` given,
     looked up next to it); PrOntoQA's are refills of the ID test set (`ood_seed`). Then every split loses the
     examples whose question or normalised template is a training example's (`without_overlap`), unless
-    `keep_overlap` (the paper's protocol, which did not check). A split the data cannot make, such as an
-    anti refill from too few distinct terms, comes back `skipped` with the reason; the others still run.
+    `keep_overlap` (the paper's protocol, which did not check). The training examples are those of `variant`
+    (CLadder can train on its anticommonsense or nonsense file), while "id" stays the commonsense file's test
+    part. A split the data cannot make, such as an anti refill from too few distinct terms, comes back
+    `skipped` with the reason; the others still run.
     `load_options` go to `load_examples` (source, generator settings).
     """
     unknown = sorted(set(splits) - set(SPLITS))
@@ -143,6 +146,9 @@ def test_sets(
         raise ValueError(f"unknown test splits {unknown}; expected a subset of {list(SPLITS)}")
     examples = load_examples(dataset, None, data_dir, data_file, **load_options)
     train, id_test = split(examples, n_train, split_seed, test_fraction)
+    if dataset == "cladder" and cladder.canonical_variant(variant) != "commonsense":
+        trained_on = load_examples(dataset, variant, data_dir, data_file, **load_options)
+        train, _ = split(trained_on, n_train, split_seed, test_fraction)
     raw: dict[str, list[Example] | str] = {}
     for name in splits:
         try:
@@ -162,7 +168,13 @@ def test_sets(
             sets[name] = TestSplit(found)
         else:
             kept, removed = without_overlap(found, train)
-            sets[name] = TestSplit(kept, tuple(removed))
+            # A split the guard empties is not a score of 0: it is skipped, like one that cannot be made.
+            empty = (
+                f"all {len(removed)} test questions share a question or template with training"
+                if removed and not kept
+                else None
+            )
+            sets[name] = TestSplit(kept, tuple(removed), skipped=empty)
     return sets
 
 
