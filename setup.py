@@ -29,8 +29,6 @@ setup(
         "openai>=1.0",
     ],
     extras_require={
-        # Hub datasets are imported lazily, only where hub loading needs them.
-        "hub": ["datasets>=3"],
         # GGUF conversion goes through transformers' GGUF reader, which builds torch tensors.
         "gguf": ["gguf>=0.10", "accelerate>=1.0", "torch"],
         "test": [

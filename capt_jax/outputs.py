@@ -7,12 +7,32 @@ fails for another reason leaves no stray folder. Remote paths (gs://...) are lef
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from capt_jax.errors import ConfigError
+
+
+def cache_root() -> Path:
+    """Where what is built once lives (converted models, downloaded data): $CAPT_JAX_CACHE, else ~/.cache/capt_jax."""
+    return Path(os.environ.get("CAPT_JAX_CACHE", Path.home() / ".cache" / "capt_jax"))
+
+
+def built_once(folder: Path, finished: Callable[[Path], bool], build: Callable[[Path], None]) -> Path:
+    """`folder`, made by `build(folder)` unless `finished(folder)`. Several processes may start at once (parallel
+    test workers, a launcher's hosts): one builds under a lock, the others wait on it and then find the folder,
+    so none replaces a folder another is reading."""
+    if finished(folder):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not finished(folder):
+            build(folder)
+    return folder
 
 
 def check_output_dir(path: str | os.PathLike, name: str) -> None:

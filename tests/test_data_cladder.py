@@ -4,10 +4,12 @@ A tiny v1-layout folder written per test always runs; the checks over every
 record of the shared benchmark files skip when `../shared/data` is absent.
 """
 
+import io
 import json
 import os
 import random
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import yaml
 from capt_jax.data import DataError, abstract, intervene, is_valid, load_examples, names_present, split, test_sets
 from capt_jax.data.abstraction import original_names, validity_report
 from capt_jax.data.cladder import load_cladder_file, load_stories
+from capt_jax.errors import MissingFileError
 
 SHARED = Path(os.environ.get("CAPT_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 SHARED_FILES = {"commonsense": 844, "anticommonsense": 844, "nonsense": 1120}
@@ -112,22 +115,93 @@ def test_toy_example_loads_and_abstracts_exactly(tmp_path):
     )
 
 
-def test_hub_source_fetches_v1_files(tmp_path, monkeypatch):
-    import huggingface_hub
+def fake_repository_archive(tmp_path: Path) -> bytes:
+    """A zip laid out as GitHub's archive of causalNLP/cladder: the question and model files inside
+    data/cladder-v1.zip (in a folder of their own), the stories and anticommonsense.yml under assets/."""
+    release = tmp_path / "release"
+    write_toy(release)
+    for variant in ("anticommonsense", "noncommonsense"):
+        (release / f"cladder-v1-q-{variant}.json").write_text(json.dumps([TOY_QUESTION]))
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        for file in release.glob("*.json"):
+            z.write(file, f"cladder-v1/{file.name}")
+    top = "cladder-3d2d1169b4b939a09048a6a75956c8972a93cc38"
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(f"{top}/data/cladder-v1.zip", inner.getvalue())
+        z.writestr(f"{top}/assets/stories/toy.yml", yaml.safe_dump(TOY_STORY))
+        z.writestr(f"{top}/assets/anticommonsense.yml", yaml.safe_dump({"variables": {}}))
+        z.writestr(f"{top}/README.md", "not unpacked")
+    return archive.getvalue()
 
-    write_toy(tmp_path)
-    fetched = []
 
-    def fake_download(repo_id, filename, repo_type):
-        fetched.append((repo_id, filename, repo_type))
-        if not (tmp_path / filename).is_file():
-            raise FileNotFoundError(filename)
-        return str(tmp_path / filename)
+def test_download_source_unpacks_the_release_with_its_stories_once(tmp_path, monkeypatch):
+    """The hub has no v1 question files or stories: `download` fetches the authors' repository archive (served
+    here from memory), unpacks it into the cache once, and the abstraction is exact."""
+    import urllib.request
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    [example] = load_examples("cladder", "commonsense", source="hub", stories_dir=tmp_path / "stories")
-    assert fetched[0] == ("causalnlp/CLadder", "cladder-v1-q-commonsense.json", "dataset")
+    from capt_jax.data.cladder_release import RELEASE_URL
+
+    archive, requests = fake_repository_archive(tmp_path), []
+
+    def fake_urlopen(url, timeout):
+        requests.append(url)
+        response = io.BytesIO(archive)
+        response.headers = {"Content-Length": str(len(archive))}
+        return response
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setenv("CAPT_JAX_CACHE", str(tmp_path / "cache"))
+    [example] = load_examples("cladder", "commonsense", source="download")
     assert is_valid(abstract(example)) and len(example.meta["variables"][0]["wordings"]["1"]) > 1
+    [anti] = load_examples("cladder", "anti", source="download")
+    assert anti.variant == "anticommonsense" and requests == [RELEASE_URL]  # the second load reads the cache
+    folder = next((tmp_path / "cache" / "cladder").iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "anticommonsense.yml",
+        "cladder-v1-meta-models.json",
+        "cladder-v1-q-anticommonsense.json",
+        "cladder-v1-q-commonsense.json",
+        "cladder-v1-q-noncommonsense.json",
+        "stories",
+    ]
+
+
+def test_download_without_internet_says_what_to_do_instead(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(url, timeout):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setenv("CAPT_JAX_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(MissingFileError, match="cannot download CLadder .* without internet, set data.data_dir"):
+        load_examples("cladder", source="download")
+    left = [p.name for p in (tmp_path / "cache" / "cladder").iterdir() if p.suffix != ".lock"]
+    assert left == []  # nothing half-made is left to be taken as done
+
+
+def test_a_file_without_stories_warns_that_the_abstraction_is_inexact(tmp_path):
+    path = write_toy(tmp_path)
+    (tmp_path / "stories" / "toy.yml").unlink()
+    (tmp_path / "stories").rmdir()
+    with pytest.warns(UserWarning, match="no stories/ folder beside it"):
+        load_cladder_file(path)
+
+
+def test_data_file_of_one_variant_finds_the_other_variants_beside_it(tmp_path):
+    """test_sets' "id" asks for the commonsense file and an anti run for the anticommonsense one, whichever of
+    the release's files data.data_file names."""
+    path = write_toy(tmp_path)
+    anti = tmp_path / "cladder-v1-q-anticommonsense.json"
+    anti.write_text(json.dumps([dict(TOY_QUESTION, question_id=8)]))
+    assert [e.id for e in load_examples("cladder", "anti", data_file=path)] == ["8"]
+    assert [e.id for e in load_examples("cladder", "commonsense", data_file=anti)] == ["7"]
+    assert [e.id for e in load_examples("cladder", None, data_file=anti)] == ["8"]  # no variant: the file itself
+    with pytest.raises(MissingFileError, match="no CLadder non question file"):
+        load_examples("cladder", "non", data_file=path)
 
 
 def test_question_carrying_its_own_model_needs_no_model_file(tmp_path):

@@ -12,7 +12,8 @@ story's subject noun and its plural).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,6 @@ QUESTION_FILES = {
     "nonsense": ("cladder-v1-q-noncommonsense.json", "cladder-v1-q-nonsense.json", "test-generate-non.json"),
 }
 MODEL_FILES = ("cladder-v1-meta-models.json", "test-model-meta.json")
-HUB_REPO = "causalnlp/CLadder"
 
 QUERY_TYPE_NAMES = {
     "correlation": "correlation",
@@ -78,6 +78,16 @@ def question_file(folder: Path, variant: str) -> Path:
     raise MissingFileError(
         f"no CLadder {variant} question file in {folder}; looked for {QUESTION_FILES[canonical_variant(variant)]}"
     )
+
+
+def variant_file(path: Path, variant: str | None) -> Path:
+    """`path`, or, when it is the release's file of another variant than the one asked for, that variant's file
+    beside it: with data.data_file set, the commonsense test set and an anticommonsense training set each come
+    from their own file. An unknown file name, or no variant, takes the file as it is."""
+    named = next((v for v, names in QUESTION_FILES.items() if path.name in names), None)
+    if variant is None or named is None or named == canonical_variant(variant):
+        return path
+    return question_file(path.parent, variant)
 
 
 def load_models(path: Path) -> dict[int, Mapping[str, Any]]:
@@ -120,6 +130,14 @@ def load_cladder_file(
         models = load_models(model_path) if model_path else {}
     if stories is None and (folder / "stories").is_dir():
         stories = load_stories(folder / "stories")
+    if stories is None:
+        warnings.warn(
+            f"{path}: no stories/ folder beside it, so the oracle abstraction knows only the causal models' "
+            "variable names, and story phrases stay in many templates (in about half of the generator's "
+            "commonsense questions). For the exact abstraction put the release's stories (assets/stories of "
+            "github.com/causalNLP/cladder) beside it as stories/, or use data.source=download",
+            stacklevel=2,
+        )
     if anticommonsense is None and (folder / "anticommonsense.yml").is_file():
         anticommonsense = read_yaml(folder / "anticommonsense.yml")
     records = read_json(path)
@@ -136,39 +154,10 @@ def load_cladder(
 ) -> list[Example]:
     """Load a variant from a data folder (v1 release or shared layout) or one file."""
     if data_file is not None:
-        return load_cladder_file(data_file, variant)
+        return load_cladder_file(variant_file(Path(data_file), variant), variant)
     if data_dir is None:
-        raise ValueError("CLadder needs data_dir or data_file (or source='hub')")
+        raise ValueError("CLadder needs data_dir or data_file (or source='download')")
     return load_cladder_file(question_file(cladder_dir(data_dir), canonical_variant(variant)), variant)
-
-
-def load_cladder_hub(
-    variant: str | None = None, stories_dir: str | Path | None = None, repo_id: str = HUB_REPO
-) -> list[Example]:
-    """Download the v1 question and model files from the Hugging Face hub.
-
-    The hub release has no story tables; pass `stories_dir` (a v1 `stories/`
-    folder) for the exact abstraction.
-    """
-    from huggingface_hub import hf_hub_download  # network access only here
-
-    def fetch(names: Iterable[str]) -> Path:
-        names, errors = list(names), []
-        for name in names:
-            for candidate in (name, f"data/{name}"):
-                try:
-                    return Path(hf_hub_download(repo_id, candidate, repo_type="dataset"))
-                except Exception as err:  # noqa: BLE001 - try the next spelling
-                    errors.append(f"{candidate}: {err}")
-        raise MissingFileError(f"none of {names} in hub dataset {repo_id}: {errors}")
-
-    variant = canonical_variant(variant)
-    questions = fetch(name for name in QUESTION_FILES[variant] if name.startswith("cladder-v1"))
-    models = load_models(fetch(MODEL_FILES[:1]))
-    stories = load_stories(Path(stories_dir)) if stories_dir else None
-    anti_path = Path(stories_dir).parent / "anticommonsense.yml" if stories_dir else None
-    anticommonsense = read_yaml(anti_path) if anti_path and anti_path.is_file() else None
-    return load_cladder_file(questions, variant, models=models, stories=stories, anticommonsense=anticommonsense)
 
 
 def _example(

@@ -12,7 +12,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     """Every data field training reads, at the paper's defaults (CAPT on CLadder).
 
     dataset / variant / source / data_dir / data_file: what `load_examples`
-    loads (None directories mean `default_data_dir()`, then hub or generator);
+    loads (None directories mean `default_data_dir()`, then download or generator);
     n_train, split_seed, test_fraction: the split (the file shuffled by split_seed,
     test the last 10%, training the first n of the rest);
     keep_overlap: keep test examples whose question or template is a training

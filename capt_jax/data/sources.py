@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from . import cladder, prontoqa
+from .cladder_release import downloaded_release
 from .example import DATASETS, Example
 from .prontoqa_generator import generate_prontoqa
 from .prontoqa_ood import anti_commonsense, non_commonsense, term_pool
 from .splits import split, without_overlap
 
-SOURCES = ("auto", "files", "hub", "generate")
+SOURCES = ("auto", "files", "download", "generate")
 
 
 def default_data_dir() -> Path | None:
@@ -32,7 +33,6 @@ def load_examples(
     data_file: str | Path | None = None,
     *,
     source: str = "auto",
-    stories_dir: str | Path | None = None,
     num_examples: int = 4000,
     hops: int | Sequence[int] = (3, 5),
     ontology: str = "true",
@@ -41,12 +41,12 @@ def load_examples(
 ) -> list[Example]:
     """Examples of one dataset variant, in file order.
 
-    source: `files` (data_file, or the variant's file in data_dir), `hub`
-    (CLadder v1 from the Hugging Face hub), `generate` (the own PrOntoQA
-    generator, with num_examples/hops/ontology/distractors/seed), or `auto`:
-    files when given or found in `default_data_dir()`, else hub (CLadder) or
-    generate (PrOntoQA). PrOntoQA's anti/non sets derive from a split, see
-    `test_sets`.
+    source: `files` (data_file, or the variant's file in data_dir), `download`
+    (the CLadder v1 release with its stories, from the authors' repository,
+    once), `generate` (the own PrOntoQA generator, with
+    num_examples/hops/ontology/distractors/seed), or `auto`: files when given or
+    found in `default_data_dir()`, else download (CLadder) or generate
+    (PrOntoQA). PrOntoQA's anti/non sets derive from a split, see `test_sets`.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
@@ -61,10 +61,10 @@ def load_examples(
             raise ValueError("only PrOntoQA has a generator")
         records = generate_prontoqa(num_examples, hops, ontology, distractors, seed)
         return prontoqa.examples_from_capt_records(records, f"<generated {ontology} ontology, seed {seed}>")
-    if source == "hub":
+    if source == "download":
         if dataset != "cladder":
-            raise ValueError("only CLadder loads from the hub")
-        return cladder.load_cladder_hub(variant, stories_dir)
+            raise ValueError("only CLadder is downloaded (PrOntoQA has source='generate')")
+        return cladder.load_cladder(variant, downloaded_release())
     if dataset == "cladder":
         return cladder.load_cladder(variant, data_dir, data_file)
     if data_file is None:
@@ -82,7 +82,7 @@ def _resolve_auto(
     found = default_data_dir()
     if found is not None and _has_files(dataset, variant, found):
         return "files", found
-    return ("hub" if dataset == "cladder" else "generate"), None
+    return ("download" if dataset == "cladder" else "generate"), None
 
 
 def _has_files(dataset: str, variant: str | None, data_dir: Path) -> bool:
@@ -144,9 +144,10 @@ def test_sets(
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
         raise ValueError(f"unknown test splits {unknown}; expected a subset of {list(SPLITS)}")
-    examples = load_examples(dataset, None, data_dir, data_file, **load_options)
+    id_variant = "commonsense" if dataset == "cladder" else None
+    examples = load_examples(dataset, id_variant, data_dir, data_file, **load_options)
     train, id_test = split(examples, n_train, split_seed, test_fraction)
-    if dataset == "cladder" and cladder.canonical_variant(variant) != "commonsense":
+    if variant != id_variant and (variant is not None or data_file is not None):  # trained on another file
         trained_on = load_examples(dataset, variant, data_dir, data_file, **load_options)
         train, _ = split(trained_on, n_train, split_seed, test_fraction)
     raw: dict[str, list[Example] | str] = {}
