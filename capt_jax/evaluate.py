@@ -32,6 +32,7 @@ from capt_jax.data import (
     leftover_names,
     parse_answer,
     test_examples,
+    training_questions,
 )
 from capt_jax.data.intervention import example_rng
 from capt_jax.estimate import Estimates, model_estimates, openai_completer, oracle_estimates
@@ -41,7 +42,7 @@ from capt_jax.model import ModelConfig
 from capt_jax.outputs import check_output_dir
 from capt_jax.pretrained import Pretrained, load_pretrained, resolve_model_dir
 from capt_jax.stats import wilson_interval
-from capt_jax.train import saved_settings
+from capt_jax.train import dotted, saved_settings
 
 Reasoner = Callable[[list[str]], list[str]]  # prompts -> replies
 Estimator = Callable[[list[Example]], Estimates]
@@ -54,6 +55,51 @@ TRAINED_KEYS = ("data.kind", "data.path", "data.dataset", "data.mode", "data.est
 
 def mode_name(mode: str) -> str:
     return METHOD_NAMES.get(mode, f"ablation:{mode}")
+
+
+# The data keys that select a run's training questions, and of them those that only say where the files are.
+SPLIT_KEYS = (
+    "data.variant",
+    "data.n_train",
+    "data.split_seed",
+    "data.test_fraction",
+    "data.prontoqa_num_examples",
+    "data.prontoqa_hops",
+    "data.prontoqa_ontology",
+    "data.prontoqa_distractors",
+    "data.prontoqa_seed",
+    "data.source",
+    "data.data_dir",
+    "data.data_file",
+)
+LOCATION_KEYS = ("data.source", "data.data_dir", "data.data_file")
+
+
+def check_guarded_against(config: ConfigDict, workdir: str) -> None:
+    """The test sets lose the questions of the training split that `config` selects, so it must be the split
+    the workdir trained on. Compared by the questions' digest in the checkpoint; a checkpoint from before the
+    digest is compared by the keys that select them (file locations may have moved, so not those). A workdir
+    trained on another dataset, or on a JSONL file, has no such split to compare."""
+    saved = saved_settings(workdir)
+    if saved is None or saved.get("data.kind") != "capt" or saved.get("data.dataset") != config.data.dataset:
+        return
+    now = dotted(json.loads(config.to_json_best_effort()))
+    differ = [key for key in SPLIT_KEYS if key in saved and key in now and saved[key] != now[key]]
+    recorded = ckpt.read_meta(workdir)[1].get("training_questions")
+    if recorded is not None:
+        if recorded == training_questions(config.data):
+            return
+        differ = differ or ["the files' contents"]
+    else:
+        differ = [key for key in differ if key not in LOCATION_KEYS]
+        if not differ:
+            return
+    shown = "; ".join(f"{k}: {saved[k]!r} there, {now[k]!r} here" if k in saved else k for k in differ[:4])
+    raise ConfigError(
+        f"{workdir}: trained on other questions than the training split this config selects ({shown}), so its "
+        "test sets would not be cleaned of what it trained on. Evaluate it with its own data settings "
+        "(its config.json)"
+    )
 
 
 def method_label(method: str, estimator: str | None) -> str:
@@ -341,6 +387,8 @@ def evaluate(config: ConfigDict, workdir: str | None, base_only: bool = False) -
     """Everything `python -m capt_jax.evaluate` computes: (JSON-ready results, one record per question)."""
     check_estimator(config, base_only, None if base_only else trained_settings(workdir))
     sets = evaluation_sets(config)  # data errors surface before any model loads
+    if not base_only and workdir is not None:
+        check_guarded_against(config, workdir)
     base, reasoner_model, info = load_reasoner_model(config, None if base_only else workdir)
     return evaluate_loaded(config, sets, base, reasoner_model, info, base_only)
 

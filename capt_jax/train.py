@@ -45,7 +45,7 @@ from capt_jax.batches import (
     tokenize_pairs,
 )
 from capt_jax.config import ConfigDict, ConfigError, training_mesh, validate
-from capt_jax.data import abstract, training_data, training_examples
+from capt_jax.data import abstract, training_data, training_examples, training_questions
 from capt_jax.data.config import default_data_config
 from capt_jax.distributed import maybe_initialize_distributed
 from capt_jax.errors import CaptError, Interrupted
@@ -396,6 +396,8 @@ def checkpoint_meta(config: ConfigDict, pairs: tuple[list[dict[str, str]], list[
     return {
         "base_model": str(base.resolve()) if base.exists() else str(config.model.path),
         "data_fingerprint": data_fingerprint(pairs),
+        # What `evaluate --workdir` checks its test sets' guard against.
+        "training_questions": training_questions(config.data) if config.data.kind == "capt" else None,
         "base_quantization": base_quantization(config),  # export --format merged rebuilds the trained-on base
         "lora": {
             "rank": config.lora.rank,

@@ -159,6 +159,7 @@ def test_download_source_unpacks_the_release_with_its_stories_once(tmp_path, mon
     assert anti.variant == "anticommonsense" and requests == [RELEASE_URL]  # the second load reads the cache
     folder = next((tmp_path / "cache" / "cladder").iterdir())
     assert sorted(p.name for p in folder.iterdir()) == [
+        ".complete",
         "anticommonsense.yml",
         "cladder-v1-meta-models.json",
         "cladder-v1-q-anticommonsense.json",
@@ -175,9 +176,17 @@ def test_download_without_internet_says_what_to_do_instead(tmp_path, monkeypatch
     def offline(url, timeout):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    def cut(url, timeout):  # the connection closes halfway
+        response = io.BytesIO(fake_repository_archive(tmp_path)[:1000])
+        response.headers = {"Content-Length": "2000"}
+        return response
+
     monkeypatch.setenv("CAPT_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(MissingFileError, match="cannot download CLadder .* without internet, set data.data_dir"):
+        load_examples("cladder", source="download")
+    monkeypatch.setattr(urllib.request, "urlopen", cut)
+    with pytest.raises(MissingFileError, match="connection closed after 1000 of 2000 bytes"):
         load_examples("cladder", source="download")
     left = [p.name for p in (tmp_path / "cache" / "cladder").iterdir() if p.suffix != ".lock"]
     assert left == []  # nothing half-made is left to be taken as done
@@ -202,6 +211,11 @@ def test_data_file_of_one_variant_finds_the_other_variants_beside_it(tmp_path):
     assert [e.id for e in load_examples("cladder", None, data_file=anti)] == ["8"]  # no variant: the file itself
     with pytest.raises(MissingFileError, match="no CLadder non question file"):
         load_examples("cladder", "non", data_file=path)
+    # Only the anticommonsense file, and no "id" asked for: nothing looks for a commonsense file.
+    path.unlink()
+    anti.write_text(json.dumps([dict(TOY_QUESTION, question_id=i) for i in range(20)]))
+    sets = test_sets("cladder", data_file=anti, variant="anti", splits=("anti",), n_train=2)
+    assert list(sets) == ["anti"] and len(sets["anti"].excluded_overlap) == 2  # the same prompt as training's
 
 
 def test_question_carrying_its_own_model_needs_no_model_file(tmp_path):

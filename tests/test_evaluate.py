@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from capt_jax.config import ConfigError, get_config
-from capt_jax.data import Example, TestSplit, abstract, load_examples
+from capt_jax.config import ConfigDict, ConfigError, get_config
+from capt_jax.data import Example, TestSplit, abstract, load_examples, training_questions
 from capt_jax.estimate import (
     estimation_target,
     model_estimates,
@@ -16,6 +16,7 @@ from capt_jax.estimate import (
 )
 from capt_jax.evaluate import (
     check_estimator,
+    check_guarded_against,
     evaluate_sets,
     markdown_table,
     method_name,
@@ -175,3 +176,35 @@ def test_an_adapter_is_labelled_by_how_its_workdir_trained_it(tmp_path):
     (tmp_path / "config.json").write_text(trained.to_json_best_effort())
     assert method_name(config, False, trained_settings(str(tmp_path))) == "CAPT"
     assert method_name(config, True, trained_settings(str(tmp_path))) == "base"
+
+
+def test_evaluating_a_workdir_guards_against_the_questions_it_trained_on(tmp_path, monkeypatch):
+    """evaluate --workdir W cleans its test sets of the training split its config selects: that must be W's.
+    Compared by the questions' digest in W's checkpoint, or by the selecting keys for an older one."""
+    import capt_jax.evaluate as evaluate
+
+    def trained_with(**data) -> ConfigDict:
+        config = get_config()
+        config.data.kind, config.data.dataset, config.data.source = "capt", "prontoqa", "generate"
+        config.data.prontoqa_num_examples, config.data.n_train = 60, 10
+        for key, value in data.items():
+            config.data[key] = value
+        return config
+
+    trained = trained_with()
+    (tmp_path / "config.json").write_text(trained.to_json_best_effort())
+    meta = {"training_questions": training_questions(trained.data)}
+    monkeypatch.setattr(evaluate.ckpt, "read_meta", lambda workdir: (3, meta))
+    check_guarded_against(trained_with(), str(tmp_path))
+    with pytest.raises(ConfigError, match="data.split_seed: 19 there, 20 here"):
+        check_guarded_against(trained_with(split_seed=20), str(tmp_path))
+    with pytest.raises(ConfigError, match="the files' contents"):  # same keys, other questions
+        meta["training_questions"] = "10 questions, 0123456789abcdef"
+        check_guarded_against(trained_with(), str(tmp_path))
+    meta.pop("training_questions")  # a checkpoint from before the digest: the keys decide, locations aside
+    check_guarded_against(trained_with(data_dir="/moved"), str(tmp_path))
+    with pytest.raises(ConfigError, match="data.n_train: 10 there, 12 here"):
+        check_guarded_against(trained_with(n_train=12), str(tmp_path))
+    cladder = trained_with(n_train=12)
+    cladder.data.dataset = "cladder"  # another dataset: no training split of it to compare
+    check_guarded_against(cladder, str(tmp_path))

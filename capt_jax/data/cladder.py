@@ -130,6 +130,9 @@ def load_cladder_file(
         models = load_models(model_path) if model_path else {}
     if stories is None and (folder / "stories").is_dir():
         stories = load_stories(folder / "stories")
+    records = read_json(path)
+    if not isinstance(records, list):
+        raise DataError(str(path), None, None, "expected a JSON list of questions")
     if stories is None:
         warnings.warn(
             f"{path}: no stories/ folder beside it, so the oracle abstraction knows only the causal models' "
@@ -140,9 +143,6 @@ def load_cladder_file(
         )
     if anticommonsense is None and (folder / "anticommonsense.yml").is_file():
         anticommonsense = read_yaml(folder / "anticommonsense.yml")
-    records = read_json(path)
-    if not isinstance(records, list):
-        raise DataError(str(path), None, None, "expected a JSON list of questions")
     return [
         _example(record, index, str(path), variant, models, stories, anticommonsense)
         for index, record in enumerate(records)

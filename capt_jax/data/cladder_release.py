@@ -8,6 +8,7 @@ question files and the causal models, and unpacks those and the stories into the
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import shutil
@@ -34,14 +35,25 @@ OFFLINE_HINT = (
 )
 
 
+COMPLETE = ".complete"  # written last: a folder without it is an unfinished one
+
+
 def downloaded_release(url: str = RELEASE_URL) -> Path:
     """The unpacked release under the cache, downloaded on first use."""
     folder = cache_root() / "cladder" / RELEASE_COMMIT[:12]
-    return built_once(folder, lambda f: (f / "stories").is_dir(), lambda f: _download_and_unpack(url, f))
+    try:
+        return built_once(folder, lambda f: (f / COMPLETE).is_file(), lambda f: _download_and_unpack(url, f))
+    except OSError as e:  # the cache cannot be written, or the disk filled up
+        raise MissingFileError(
+            f"cannot write CLadder into the cache at {folder} ({e.strerror or e}); set CAPT_JAX_CACHE to a "
+            "writable folder"
+        ) from None
 
 
 def _download_and_unpack(url: str, folder: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=folder.parent) as staging:
+    for stale in folder.parent.glob(".staging-*"):  # left by a process killed here; we hold the lock
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=folder.parent) as staging:
         archive = Path(staging) / "repository.zip"
         try:
             with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
@@ -50,11 +62,14 @@ def _download_and_unpack(url: str, folder: Path) -> None:
                     while chunk := response.read(1 << 20):
                         out.write(chunk)
                         bar.update(len(chunk))
-        except OSError as e:  # URLError, timeouts, refused connections
+            if size is not None and archive.stat().st_size != size:
+                raise OSError(f"the connection closed after {archive.stat().st_size} of {size} bytes")
+        except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, cut connections
             raise MissingFileError(f"cannot download CLadder from {url} ({e}); {OFFLINE_HINT}") from None
         unpacked = Path(staging) / "release"
         unpack_release(archive, unpacked)
-        shutil.rmtree(folder, ignore_errors=True)  # a folder without stories/ is an unfinished one
+        (unpacked / COMPLETE).write_text(url + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
         os.replace(unpacked, folder)
 
 
@@ -64,19 +79,22 @@ def unpack_release(archive: Path, out: Path) -> None:
     (out / "stories").mkdir(parents=True)
     try:
         with zipfile.ZipFile(archive) as repository:
+            release = None
             for info in repository.infolist():
-                path = PurePosixPath(info.filename)
+                path = PurePosixPath(info.filename)  # written by base name only: no member lands outside `out`
                 inside = path.parts[1:]  # below the archive's top folder, cladder-<commit>/
                 if inside[:2] == ("assets", "stories") and path.suffix == ".yml":
                     (out / "stories" / path.name).write_bytes(repository.read(info))
                 elif inside == ("assets", "anticommonsense.yml") or path.name in RELEASE_FILES:
                     (out / path.name).write_bytes(repository.read(info))
                 elif path.name == "cladder-v1.zip":
-                    with zipfile.ZipFile(io.BytesIO(repository.read(info))) as release:
-                        for member in release.infolist():
-                            name = PurePosixPath(member.filename).name
-                            if name in RELEASE_FILES:
-                                (out / name).write_bytes(release.read(member))
+                    release = repository.read(info)
+            if release is not None:  # last, so the release's own files win over loose copies of them
+                with zipfile.ZipFile(io.BytesIO(release)) as files:
+                    for member in files.infolist():
+                        name = PurePosixPath(member.filename).name
+                        if name in RELEASE_FILES:
+                            (out / name).write_bytes(files.read(member))
     except zipfile.BadZipFile as e:
         raise MissingFileError(f"{archive}: not the CLadder repository archive ({e}); {OFFLINE_HINT}") from None
     missing = [variant for variant, names in QUESTION_FILES.items() if not any((out / n).is_file() for n in names)] + [

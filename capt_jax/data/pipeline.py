@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Iterator, Sequence
 
 import ml_collections
@@ -22,6 +24,14 @@ def training_examples(config: ml_collections.ConfigDict) -> list[Example]:
     with _n_train_named():
         train, _ = split(examples, config.n_train, config.split_seed, config.test_fraction)
     return train
+
+
+def training_questions(config: ml_collections.ConfigDict) -> str:
+    """The training examples' count and digest (ids and prompts): which questions a run trained on, wherever
+    the files now are, so an evaluation can check that it guards its test sets against them."""
+    examples = training_examples(config)
+    digest = hashlib.sha256(json.dumps([[e.id, e.prompt] for e in examples], ensure_ascii=False).encode())
+    return f"{len(examples)} questions, {digest.hexdigest()[:16]}"
 
 
 def training_data(config: ml_collections.ConfigDict) -> list[dict[str, str]]:

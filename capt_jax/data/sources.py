@@ -144,12 +144,11 @@ def test_sets(
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
         raise ValueError(f"unknown test splits {unknown}; expected a subset of {list(SPLITS)}")
-    id_variant = "commonsense" if dataset == "cladder" else None
-    examples = load_examples(dataset, id_variant, data_dir, data_file, **load_options)
+    examples = load_examples(dataset, variant, data_dir, data_file, **load_options)  # what training reads
     train, id_test = split(examples, n_train, split_seed, test_fraction)
-    if variant != id_variant and (variant is not None or data_file is not None):  # trained on another file
-        trained_on = load_examples(dataset, variant, data_dir, data_file, **load_options)
-        train, _ = split(trained_on, n_train, split_seed, test_fraction)
+    if dataset == "cladder" and "id" in splits and examples and examples[0].variant != "commonsense":
+        commonsense = load_examples(dataset, "commonsense", data_dir, data_file, **load_options)
+        id_test = split(commonsense, n_train, split_seed, test_fraction)[1]
     raw: dict[str, list[Example] | str] = {}
     for name in splits:
         try:
