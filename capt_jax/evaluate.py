@@ -379,8 +379,11 @@ def finished_results(out: Path, config: ConfigDict, base_only: bool, step: int |
         return None
     if "settings_key" not in results:
         print(f"note: {file} does not record its settings (older capt_jax); reused as it is, delete it to re-evaluate")
-        return results
-    return results if results["settings_key"] == settings_key(config, base_only) else None
+    elif results["settings_key"] != settings_key(config, base_only):
+        return None
+    if "method" in results:  # labels, unlike scores, follow the current code (older ones lacked the upper bound)
+        results["label"] = method_label(results["method"], results.get("estimator"))
+    return results
 
 
 def evaluate(config: ConfigDict, workdir: str | None, base_only: bool = False) -> tuple[dict[str, Any], list[dict]]:

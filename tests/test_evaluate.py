@@ -18,10 +18,12 @@ from capt_jax.evaluate import (
     check_estimator,
     check_guarded_against,
     evaluate_sets,
+    finished_results,
     markdown_table,
     method_name,
     plot,
     score_split,
+    settings_key,
     trained_settings,
 )
 
@@ -208,3 +210,13 @@ def test_evaluating_a_workdir_guards_against_the_questions_it_trained_on(tmp_pat
     cladder = trained_with(n_train=12)
     cladder.data.dataset = "cladder"  # another dataset: no training split of it to compare
     check_guarded_against(cladder, str(tmp_path))
+
+
+def test_reused_results_are_labelled_by_the_current_code(tmp_path):
+    config = get_config()
+    old = {"step": 5, "method": "CAPT", "estimator": "oracle", "label": "CAPT (oracle)"}
+    (tmp_path / "results.json").write_text(json.dumps({**old, "settings_key": settings_key(config, False)}))
+    assert finished_results(tmp_path, config, False, 5)["label"] == "CAPT (oracle: upper bound)"
+    assert finished_results(tmp_path, config, False, 6) is None  # another checkpoint step
+    config.eval.max_examples = 7
+    assert finished_results(tmp_path, config, False, 5) is None  # other settings
