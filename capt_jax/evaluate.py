@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -137,6 +138,14 @@ def method_name(config: ConfigDict, base_only: bool, trained: dict[str, Any] | N
 def evaluation_sets(config: ConfigDict) -> dict[str, TestSplit]:
     """The configured splits (only those are built), each cut to eval.max_examples (0: all)."""
     sets = test_examples(config.data, tuple(config.eval.splits))
+    for name, split in sets.items():
+        if split.query_types_gone() and not split.skipped:
+            print(
+                f"note: the contamination guard removed every {name} question of query type "
+                f"{', '.join(split.query_types_gone())} (their templates are trained on): {name}'s accuracy does "
+                "not cover them",
+                file=sys.stderr,
+            )
     cap = config.eval.max_examples or None
     return {name: dataclasses.replace(split, examples=split.examples[:cap]) for name, split in sets.items()}
 
@@ -219,6 +228,8 @@ def evaluate_sets(
         prompts, fallbacks = reasoner_prompts(examples, estimates.abstractions, mode, seed, with_reasoning)
         results[name], records = score_split(examples, reasoner(prompts))
         results[name]["excluded_overlap"] = len(split.excluded_overlap)
+        if split.excluded_by_query_type:
+            results[name]["excluded_by_query_type"] = split.excluded_by_query_type
         if mode != "null":
             results[name].update(estimator_metrics(examples, estimates, fallbacks))
         predictions += [{"split": name, "prompt": p, **r} for p, r in zip(prompts, records)]

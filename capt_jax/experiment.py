@@ -153,6 +153,11 @@ def run_cell(
         out = eval_dir(cell, estimator)
         c = cell_config(config, cell, estimator)
         results = finished_results(out, c, not cell.trained, step)
+        predictions = read_predictions(out / "predictions.jsonl") if results is not None else []
+        if results is not None and not answers_sets(predictions, sets):
+            then = "left out of the report" if report_only else "re-evaluating"
+            print(f"note: {out}'s predictions do not answer the current test sets; {then}", file=sys.stderr)
+            results = None
         if results is None and report_only:
             continue
         if results is None:
@@ -163,9 +168,22 @@ def run_cell(
             write_results(results, predictions, out)
             key = f"{cell.method}/seed_{cell.seed}/eval_{estimator or 'raw'}_s"
             timing[key] = timing.get(key, 0.0) + time.perf_counter() - began
-        predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-        outputs.append((estimator, results, predictions))
+        outputs.append((estimator, results, [p for p in predictions if p["split"] in sets]))
     return outputs
+
+
+def read_predictions(file: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
+
+
+def answers_sets(predictions: list[dict[str, Any]], sets: dict[str, TestSplit]) -> bool:
+    """Whether an earlier evaluation's predictions answer exactly the current test questions of every split.
+    The settings digest cannot see a change of the data code (a guard or abstraction that now keeps other
+    questions), and the summary finds each question's answer by id. Splits skipped now are ignored."""
+    answered: dict[str, list[str]] = {}
+    for p in predictions:
+        answered.setdefault(p["split"], []).append(p["id"])
+    return all(sorted(answered.get(name, [])) == sorted(e.id for e in split.examples) for name, split in sets.items())
 
 
 def outcomes(rows: list[dict[str, Any]], seeds: Sequence[int], ids: Sequence[str]) -> np.ndarray:

@@ -4,6 +4,7 @@ A tiny v1-layout folder written per test always runs; the checks over every
 record of the shared benchmark files skip when `../shared/data` is absent.
 """
 
+import dataclasses
 import io
 import json
 import os
@@ -216,6 +217,7 @@ def test_data_file_of_one_variant_finds_the_other_variants_beside_it(tmp_path):
     anti.write_text(json.dumps([dict(TOY_QUESTION, question_id=i) for i in range(20)]))
     sets = test_sets("cladder", data_file=anti, variant="anti", splits=("anti",), n_train=2)
     assert list(sets) == ["anti"] and len(sets["anti"].excluded_overlap) == 2  # the same prompt as training's
+    assert sets["anti"].excluded_by_query_type == {"ett": 2} and sets["anti"].query_types_gone() == ["ett"]
 
 
 def test_question_carrying_its_own_model_needs_no_model_file(tmp_path):
@@ -223,6 +225,96 @@ def test_question_carrying_its_own_model_needs_no_model_file(tmp_path):
     path = write_toy(tmp_path, questions=[own], models=[])
     [example] = load_cladder_file(path)
     assert is_valid(abstract(example))
+
+
+def test_a_question_of_a_story_without_yml_loads_with_a_warning(tmp_path):
+    """One missing story file costs only its questions' exact abstraction, not the whole file or evaluation."""
+    other = json.loads(json.dumps(TOY_QUESTION))
+    other["meta"]["story_id"] = "no_such_story"
+    path = write_toy(tmp_path, questions=[TOY_QUESTION, dict(other, question_id=8)])
+    with pytest.warns(UserWarning, match=r"1 question of a story with no yml in stories/: 'no_such_story' \(1\)"):
+        toy, unknown = load_cladder_file(path)
+    assert "it had stayed dry" not in abstract(toy).prompt
+    assert "it had stayed dry" in abstract(unknown).prompt  # only the causal model's names are known for it
+
+
+def test_a_phrase_listed_for_both_values_becomes_the_bare_slot(tmp_path):
+    """Some CLadder stories list one phrase for both values (firing_employee, vaccine_kills): the text cannot say
+    which value it means, so the template must not claim one."""
+    story = dict(TOY_STORY, X1_wherepartial="days with rain", X0_wherepartial="days with rain")
+    path = write_toy(tmp_path, story=story)
+    with pytest.warns(UserWarning, match=r"1 question with a story phrase .* toy: 'days with rain' \(1\)"):
+        [example] = load_cladder_file(path)
+    abstraction = abstract(example)
+    assert "For {symbol_1}=0, the probability" in abstraction.prompt  # "days without rain" is one value's alone
+    assert "For {symbol_1}, would it be more likely to see {symbol_2}=1 if {symbol_1}=0?" in abstraction.prompt
+    assert is_valid(abstraction)
+
+
+ANTI_JAZZ = {
+    "plurals": {"situation": "situations"},
+    "variables": {
+        "X": {
+            "likes jazz": {
+                "Xname": "liking jazz",
+                "X1_noun": "liking jazz",
+                "X0_noun": "not liking jazz",
+                "X1_wheresentence": "{plural} that like jazz",
+                "X0_wheresentence": "{plural} that do not like jazz",
+            }
+        }
+    },
+}
+JAZZ_MAPPING = dict(TOY_MODEL["variable_mapping"], Xname="liking jazz", X1="liking jazz", X0="not liking jazz")
+JAZZ_QUESTION = dict(
+    TOY_QUESTION,
+    given_info="For situations that do not like jazz, the probability of open umbrella is 10%. "
+    "For situations that like jazz, the probability of open umbrella is 90%.",
+    question="For situations that like jazz, would it be more likely to see open umbrella if liking jazz were absent?",
+)
+
+
+@pytest.mark.parametrize("layout", ["causal model", "own mapping", "own mapping, no causal model"])
+def test_anticommonsense_questions_take_the_replacement_whatever_their_layout(tmp_path, layout):
+    """The anti-commonsense change comes from the causal model, from the model beside a question that carries its
+    own mapping (the v1 release does), or, with no model at all, from the replacement named like its variable."""
+    background = TOY_MODEL["background"].replace("Rain", "Liking jazz")
+    change = {"variable": "X", "change": "likes jazz"}
+    model = dict(TOY_MODEL, background=background, variable_mapping=JAZZ_MAPPING, anticommonsense=change)
+    own = dict(JAZZ_QUESTION, background=background, variable_mapping=JAZZ_MAPPING)
+    question, models = {
+        "causal model": (JAZZ_QUESTION, [model]),
+        "own mapping": (own, [model]),
+        "own mapping, no causal model": (own, [TOY_MODEL]),
+    }[layout]
+    path = write_toy(tmp_path, questions=[question], models=models)
+    (tmp_path / "anticommonsense.yml").write_text(yaml.safe_dump(ANTI_JAZZ))
+    [example] = load_cladder_file(path, "anti")
+    template = abstract(example).prompt
+    assert "For {symbol_1}=0, the probability of {symbol_2}=1 is 10%." in template
+    assert "jazz" not in template
+
+
+def test_the_validity_check_sees_story_wordings_not_only_the_causal_models_names(tmp_path):
+    write_toy(tmp_path)
+    [example] = load_examples("cladder", data_dir=tmp_path)
+    abstraction = abstract(example)
+    assert is_valid(abstraction)
+    kept = dataclasses.replace(
+        abstraction, prompt=abstraction.prompt.replace("if {symbol_1}=0?", "if it had stayed dry?")
+    )
+    assert not is_valid(kept)  # "it had stayed dry" names no variable of the causal model, but is a story wording
+
+
+def test_report_on_a_cladder_folder_reads_only_its_cladder_files(tmp_path, monkeypatch, capsys):
+    from capt_jax.data import __main__ as cli
+
+    write_toy(tmp_path)
+    monkeypatch.setattr(cli, "REPORT_GENERATOR_SETTINGS", [])
+    cli.main(["report", f"--config.data.data_dir={tmp_path}"])
+    assert capsys.readouterr().out.splitlines() == [
+        f"{tmp_path / 'cladder-v1-q-commonsense.json'}: 1/1 valid, invalid rate 0.00%"
+    ]
 
 
 def test_null_reasoning_gives_answer_only_target(tmp_path):
@@ -237,7 +329,6 @@ def test_null_reasoning_gives_answer_only_target(tmp_path):
     [
         (lambda q: q.pop("question"), "question"),
         (lambda q: q["meta"].pop("query_type"), "meta.query_type"),
-        (lambda q: q["meta"].update(story_id="unknown_story"), "meta.story_id"),
         (lambda q: q["meta"].update(model_id=99), "meta.model_id"),
         (lambda q: q.update(answer="maybe"), "answer"),
         (lambda q: q["reasoning"].pop("step3"), "reasoning.step3"),

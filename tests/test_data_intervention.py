@@ -1,14 +1,15 @@
 """Event intervention modes and the replicated training set, on generated PrOntoQA data."""
 
+import math
 import random
 
 import pytest
 
 from capt_jax.data import MODES, Example, abstract, generate_prontoqa, intervene, render_examples, training_pairs
 from capt_jax.data.example import Abstraction
-from capt_jax.data.intervention import symbol_pool
+from capt_jax.data.intervention import draw_letters, letterings, symbol_pool
 from capt_jax.data.prontoqa import examples_from_capt_records
-from capt_jax.data.render import Term
+from capt_jax.data.render import Term, indefinite_article
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +74,22 @@ def test_answer_only_targets(examples):
     assert all("Give only the final answer" in p["prompt"] for p in pairs)
 
 
-def test_pool_grows_to_letter_pairs_when_letters_run_out():
-    slots = {f"symbol_{i}": Term(f"name{i}") for i in range(1, 31)}
+def test_letter_pairs_fill_only_the_slots_beyond_the_alphabet():
+    slots = {f"symbol_{i}": Term(f"name{i}") for i in range(1, 28)}
     template = " ".join("{" + s + "}" for s in slots) + " P"
     example = Example("0", "prontoqa", "id", "p", "", "True")
     abstraction = Abstraction(example, template, "", slots, {s: "concept" for s in slots})
-    pool = symbol_pool(abstraction)
-    assert "P" not in pool and "AA" in pool
-    shown = intervene(abstraction, "random", random.Random(0), with_reasoning=False)
-    assert len(set(shown.symbols)) == 30
+    singles, pairs = symbol_pool(abstraction)
+    assert "P" not in singles and len(singles) == 25 and "AB" in pairs
+    assert not {"IS", "OR", "AN", "NO"} & set(pairs)  # English words are never symbols
+    rng = random.Random(0)
+    for _ in range(20):
+        letters = draw_letters(abstraction, "random", rng)
+        assert len(set(letters)) == 27 and set(singles) <= set(letters)  # every letter before any pair: 2 pairs
+    assert letterings(abstraction) == math.comb(len(pairs), 2) * math.factorial(27)
+    shown = intervene(abstraction, "order", with_reasoning=False)
+    assert list(shown.symbols)[-2:] == ["AA", "AB"]
+    assert indefinite_article("NR") == "an" and indefinite_article("BC") == "a"
 
 
 def test_unknown_mode_is_rejected(examples):

@@ -26,7 +26,7 @@ from capt_jax.data import (
     test_sets,
 )
 from capt_jax.data.answers import answer_instruction
-from capt_jax.data.prontoqa import examples_from_capt_records, load_prontoqa_file, parse_sentence
+from capt_jax.data.prontoqa import examples_from_capt_records, load_prontoqa_file, make_example, parse_sentence
 from capt_jax.data.prontoqa_generator import FICTIONAL_CONCEPTS, TRUE_TAXONOMY
 from capt_jax.data.prontoqa_ood import anti_commonsense, non_commonsense, term_pool
 from capt_jax.data.prontoqa_oracle import refill
@@ -201,6 +201,49 @@ def test_ood_refills_keep_answers_and_structure(ontology):
     assert non == non_commonsense(examples[-20:], seed=0, real_words=real)
 
 
+def test_plurals_pluralize_does_not_make_stay_one_concept():
+    """The official generator writes "fishes" and "bacteria"; each is the concept its singular names."""
+    facts = ["Fishes are animals.", "Every bacteria is small.", "Bacteria are not fishes."]
+    claims = ["Nemo is a fish.", "Nemo is an animal."]
+    example = make_example("0", "id", facts, claims[0], claims[1], claims, facts[:1], "True")
+    abstraction = abstract(example)
+    assert abstraction.prompt.startswith("Given facts: {symbol_1}s are {symbol_2}s. Every {symbol_3} is {symbol_4}.")
+    assert "{symbol_3}s are not {symbol_1}s. Given {symbol_5} is a {symbol_1}," in abstraction.prompt
+    assert len(abstraction.terms) == 5
+    check_abstraction(example)  # and it renders back to the text exactly
+    # Both plurals of one concept in one example: the second keeps a slot of its own, so the text comes back.
+    both = ["Fish are animals.", "Fishes are not plants.", "Every fish is small."]
+    check_abstraction(make_example("1", "id", both, claims[0], claims[1], claims, both[:1], "True"))
+
+
+def test_the_anti_pool_never_takes_a_plural_concept_for_a_property():
+    """In "Cats are mammals." alone, "mammals" reads as a property; the dataset names it a concept elsewhere."""
+    rules = ["Cats are mammals.", "Every mammal is furry."]
+    alone = make_example(
+        "0",
+        "id",
+        rules[:1],
+        "Max is a cat.",
+        "Max is mammals.",
+        ["Max is a cat.", "Max is mammals."],
+        rules[:1],
+        "True",
+    )
+    named = make_example(
+        "1",
+        "id",
+        rules[1:],
+        "Sam is a mammal.",
+        "Sam is furry.",
+        ["Sam is a mammal.", "Sam is furry."],
+        rules[1:],
+        "True",
+    )
+    assert "mammals" in {t.text for t in term_pool([alone]).get("property", [])}
+    pool = term_pool([alone, named])
+    assert [t.text for t in pool["property"]] == ["furry"] and "mammal" in {t.text for t in pool["concept"]}
+
+
 # --- bad data ----------------------------------------------------------------------------------
 
 GOOD_RECORD = {
@@ -247,6 +290,36 @@ def test_official_format_contradicting_answer_is_reported(tmp_path):
     path.write_text(json.dumps({"example1": {"test_example": dict(test_example, answer="False")}}))
     with pytest.raises(DataError, match=r"official.json: record 'example1.test_example', field 'answer'"):
         load_prontoqa_file(path)
+
+
+OFFICIAL_TEST = {
+    "question": "Every cat is a feline. Max is a cat.",
+    "query": "True or false: Max is a feline.",
+    "chain_of_thought": ["Max is a cat.", "Every cat is a feline.", "Max is a feline."],
+    "answer": "True",
+}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"example1": {"test_example": dict(OFFICIAL_TEST, query="True or False:  Max is a feline. ")}},
+        {"example1": {"test_example": dict(OFFICIAL_TEST, query="true or false? Max is a feline.")}},
+        {"example1": {"test_example": dict(OFFICIAL_TEST, answer="true")}},
+        {"example1": {"test_example": dict(OFFICIAL_TEST, answer=True)}},
+        {"example1": {"test_example": {k.replace("_", "-").capitalize(): v for k, v in OFFICIAL_TEST.items()}}},
+        {"settings": {"hops": 1}, "example_count": 1, "example1": {"Test_Example": OFFICIAL_TEST}},
+        [{"test_example": OFFICIAL_TEST}, {"test_example": OFFICIAL_TEST}],
+    ],
+    ids=["query spacing", "query case and ?", "answer case", "answer boolean", "field spelling", "extra keys", "list"],
+)
+def test_official_format_spellings_load_alike(tmp_path, content):
+    """Other releases of the official generator's output differ in spelling and layout, not in content."""
+    path = tmp_path / "official.json"
+    path.write_text(json.dumps(content))
+    examples = load_prontoqa_file(path)
+    assert examples and all(e.meta["query"] == "Max is a feline." and e.answer == "True" for e in examples)
+    assert [e.id for e in examples] == (["example1"] if isinstance(content, dict) else ["example0", "example1"])
 
 
 def test_malformed_json_names_the_file(tmp_path):

@@ -16,6 +16,7 @@ from capt_jax.data import (
 )
 from capt_jax.data.config import default_data_config
 from capt_jax.data.prontoqa import load_prontoqa_file, make_example
+from capt_jax.data.prontoqa_ood import SPARE_NAMES
 from capt_jax.data.sources import default_data_dir
 
 SHARED = default_data_dir()
@@ -60,6 +61,19 @@ def test_guard_removes_same_question_and_same_template_only():
     other = _prontoqa(2, "Each cat is a feline.")  # another sentence form: another template
     kept, removed = without_overlap([train[0], same_template, other], train)
     assert removed == ["0", "1"] and [e.id for e in kept] == ["2"]
+
+
+def test_guard_keeps_a_question_whose_slots_are_linked_otherwise():
+    """The same sentence forms with the slots linked otherwise are another question: a chain dog -> cat -> feline
+    is not cat -> feline -> mammal written alike."""
+    chain = ["Max is a cat.", "Max is a feline.", "Max is a mammal."]
+    rules = ["Every cat is a feline.", "Every feline is a mammal."]
+    train = [make_example("0", "id", rules, chain[0], chain[2], chain, rules, "True")]
+    backwards = ["Max is a dog.", "Max is a cat.", "Max is a feline."]
+    facts = ["Every cat is a feline.", "Every dog is a cat."]
+    other = make_example("1", "id", facts, backwards[0], backwards[2], backwards, facts[::-1], "True")
+    kept, removed = without_overlap([other], train)
+    assert [e.id for e in kept] == ["1"] and removed == []
 
 
 # --- every shared file ---------------------------------------------------------------------------
@@ -162,8 +176,28 @@ def test_a_split_the_data_cannot_make_is_skipped_with_its_reason(tmp_path):
     }
     path = tmp_path / "one_entity.json"
     path.write_text(json.dumps({"next_steps": [record] * 20}))
+    # One name throughout: the anti refill borrows people's names.
+    anti = test_sets("prontoqa", data_file=path, n_train=2, keep_overlap=True, splits=("anti",))["anti"].examples
+    names = {e.meta["given"].split()[0] for e in anti}
+    assert len(anti) == 2 and names <= set(SPARE_NAMES) - {"Max"}, names
+    # One concept throughout: nothing to refill it with.
+    one_concept = dict(record, Facts="Every cat is furry.", Query="True or false: Max is furry.")
+    path.write_text(
+        json.dumps(
+            {
+                "next_steps": [
+                    dict(
+                        one_concept,
+                        claims=["Max is a cat.", "Max is furry."],
+                        next_steps=["Every cat is furry.", "Finish."],
+                    )
+                ]
+                * 20
+            }
+        )
+    )
     sets = test_sets("prontoqa", data_file=path, n_train=2, keep_overlap=True)
-    assert sets["anti"].examples == [] and "too few distinct entity terms" in sets["anti"].skipped
+    assert sets["anti"].examples == [] and "too few distinct concept terms" in sets["anti"].skipped
     assert len(sets["id"].examples) == len(sets["non"].examples) == 2  # the other splits still run
     # Guarded, the ID test questions are the training question itself: an empty split is skipped, not scored 0.
     guarded = test_sets("prontoqa", data_file=path, n_train=2, splits=("id",))["id"]

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from capt_jax.experiment import estimator_rows, main
+from capt_jax.data import Example, TestSplit
+from capt_jax.experiment import answers_sets, estimator_rows, main
 
 TINY = [
     "--config.data.source=generate",
@@ -76,6 +77,27 @@ def test_two_methods_two_seeds_end_to_end(tiny_chat_dir, tmp_path, capsys):
     assert all(p["seeds"] == [0] for p in json.loads((work / "paired.json").read_text()))
     assert json.loads((work / "timing.json").read_text()) == timing
     assert json.loads((work / "estimators.json").read_text()) == []  # the oracle only
+
+    # An evaluation that answered other questions than today's test sets (the data code changed under the same
+    # settings) is never summarised against them.
+    answered = work / "capt" / "seed_0" / "eval_oracle" / "predictions.jsonl"
+    lines = answered.read_text().splitlines()
+    answered.write_text("\n".join([json.dumps(dict(json.loads(lines[0]), id="another question")), *lines[1:]]) + "\n")
+    main([*args, "--report"])
+    assert "predictions do not answer the current test sets; left out of the report" in capsys.readouterr().err
+    assert {r["method"] for r in json.loads((work / "summary.json").read_text())} == {"sft"}
+
+
+def test_reused_predictions_must_answer_every_current_split_and_ignore_skipped_ones():
+    sets = {"id": TestSplit([Example(i, "prontoqa", "true", "p", "", "True") for i in ("a", "b")])}
+
+    def answered(*rows: tuple[str, str]) -> list[dict[str, str]]:
+        return [{"split": split, "id": i} for split, i in rows]
+
+    assert answers_sets(answered(("id", "a"), ("id", "b"), ("non", "a")), sets)  # "non" is skipped now: ignored
+    assert answers_sets(answered(("id", "b"), ("id", "a")), sets)  # in any order
+    assert not answers_sets(answered(("id", "a")), sets)
+    assert not answers_sets(answered(("id", "a"), ("id", "b"), ("id", "c")), sets)
 
 
 @pytest.mark.parametrize(

@@ -104,8 +104,10 @@ def report(config: ConfigDict, values: flags.FlagValues) -> None:
             except FileNotFoundError:
                 continue
             reports.append(validity_report(cladder.load_cladder_file(path, variant), str(path)))
-        for path in sorted(prontoqa.prontoqa_dir(data_dir).glob("*.json")):
-            reports.append(validity_report(prontoqa.load_prontoqa_file(path), str(path)))
+        pronto = prontoqa.prontoqa_dir(data_dir)
+        if pronto != folder or not reports:  # a CLadder folder given directly holds no PrOntoQA files
+            for path in sorted(pronto.glob("*.json")):
+                reports.append(validity_report(prontoqa.load_prontoqa_file(path), str(path)))
     for ontology, hops, seed in REPORT_GENERATOR_SETTINGS:
         records = generate_prontoqa(500, hops, ontology, True, seed)
         name = f"generator ontology={ontology} hops={hops} seed={seed}"

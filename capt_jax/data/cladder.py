@@ -11,6 +11,7 @@ story's subject noun and its plural).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from collections.abc import Mapping
@@ -143,10 +144,44 @@ def load_cladder_file(
         )
     if anticommonsense is None and (folder / "anticommonsense.yml").is_file():
         anticommonsense = read_yaml(folder / "anticommonsense.yml")
-    return [
-        _example(record, index, str(path), variant, models, stories, anticommonsense)
+    gaps = _StoryGaps()
+    examples = [
+        _example(record, index, str(path), variant, models, stories, anticommonsense, gaps)
         for index, record in enumerate(records)
     ]
+    gaps.warn(path)
+    return examples
+
+
+@dataclasses.dataclass
+class _StoryGaps:
+    """What the story tables could not tell about one file's questions, said once per file: each gap leaves
+    story phrases in (or makes ambiguous) the oracle templates of the questions it counts."""
+
+    # kind -> (what is missing -> the questions it touches)
+    found: dict[str, dict[str, set[Any]]] = dataclasses.field(default_factory=dict)
+
+    def add(self, kind: str, what: str, record_id: Any) -> None:
+        self.found.setdefault(kind, {}).setdefault(what, set()).add(record_id)
+
+    def warn(self, path: Path) -> None:
+        for kind, by_what in self.found.items():
+            questions = len(set().union(*by_what.values()))
+            listed = sorted(by_what.items(), key=lambda item: (-len(item[1]), item[0]))
+            shown = ", ".join(f"{what} ({len(ids)})" for what, ids in listed[:6]) + (", ..." if len(listed) > 6 else "")
+            counted = f"{questions} question{'s' if questions != 1 else ''}"
+            warnings.warn(f"{path}: {counted} {_GAP_TEXT[kind].format(shown)}", stacklevel=3)
+
+
+_GAP_TEXT = {
+    "missing story": "of a story with no yml in stories/: {}; their oracle templates know only the causal "
+    "models' variable names, so story phrases stay in them",
+    "unmatched variable": "with a variable whose name their story's yml does not define: {}; that variable's "
+    "story phrases stay in their oracle templates (an anti-commonsense variable's phrases come from "
+    "anticommonsense.yml beside the question file)",
+    "two-valued phrase": "with a story phrase that their story lists for both values of its variable: {}; the text "
+    "cannot say which value it means, so the oracle writes it as the variable's slot without a value",
+}
 
 
 def load_cladder(
@@ -168,26 +203,37 @@ def _example(
     models: Mapping[int, Mapping[str, Any]],
     stories: Mapping[str, Mapping[str, Any]] | None,
     anticommonsense: Mapping[str, Any] | None,
+    gaps: _StoryGaps,
 ) -> Example:
     record_id = record.get("question_id", index) if isinstance(record, Mapping) else index
     require(record, "question_id", file, record_id)
     meta = require(record, "meta", file, record_id)
+    model_id = meta.get("model_id") if isinstance(meta, Mapping) else None
+    known_model = models.get(model_id, {}) if isinstance(model_id, (int, str)) else {}
     if "background" in record and "variable_mapping" in record:
         model: Mapping[str, Any] = record
         within = ""
     else:
         model_id = require(meta, "model_id", file, record_id, "meta")
-        if model_id not in models:
+        if not known_model:
             raise DataError(file, record_id, "meta.model_id", f"unknown causal model {model_id!r}")
-        model = models[model_id]
+        model = known_model
         within = f"causal model {model_id}"
+    # A question carrying its own mapping still takes the anti-commonsense change from its causal model.
+    change = model.get("anticommonsense") or known_model.get("anticommonsense")
     background = require_str(model, "background", file, record_id, within)
     mapping = require(model, "variable_mapping", file, record_id, within)
     answer = require_str(record, "answer", file, record_id).strip().lower()
     if answer not in ("yes", "no"):
         raise DataError(file, record_id, "answer", f"expected yes or no, got {answer!r}")
     story_id = require_str(meta, "story_id", file, record_id, "meta")
-    story = _story(story_id, stories, model.get("anticommonsense"), anticommonsense, file, record_id)
+    if stories is not None and story_id not in stories:
+        gaps.add("missing story", repr(story_id), record_id)
+        story: Mapping[str, Any] = {}
+    else:
+        if not change and stories is not None and anticommonsense is not None and isinstance(mapping, Mapping):
+            change = _anticommonsense_change(mapping, stories[story_id], anticommonsense)
+        story = _story(story_id, stories, change, anticommonsense, file, record_id)
     segments = {
         "background": background,
         "given_info": require_str(record, "given_info", file, record_id),
@@ -195,7 +241,7 @@ def _example(
     }
     steps = _reasoning_steps(record.get("reasoning"), file, record_id)
     query_type = require_str(meta, "query_type", file, record_id, "meta")
-    variables = _variables(mapping, story, file, record_id)
+    variables = _variables(mapping, story, file, record_id, story_id, segments_text(segments).lower(), gaps)
     return Example(
         id=str(record["question_id"]),
         dataset="cladder",
@@ -230,8 +276,6 @@ def _story(
     """The story's phrase table, with the anti-commonsense replacement applied."""
     if stories is None:
         return {}
-    if story_id not in stories:
-        raise DataError(file, record_id, "meta.story_id", f"unknown story {story_id!r}")
     story = dict(stories[story_id])
     if not change:
         return story
@@ -258,8 +302,37 @@ def _story(
     return story
 
 
-def _variables(mapping: Any, story: Mapping[str, Any], file: str, record_id: Any) -> list[dict[str, Any]]:
-    """Per causal variable: its letter, name and every wording of each value."""
+def _anticommonsense_change(
+    mapping: Mapping[str, Any], story: Mapping[str, Any], anticommonsense: Mapping[str, Any]
+) -> dict[str, str] | None:
+    """The anti-commonsense change of a question whose causal model does not say it (or that has none, carrying its
+    own variable mapping): the replacement in anticommonsense.yml named like a variable the story does not know."""
+    for key, name in mapping.items():
+        if not key.endswith("name") or not isinstance(name, str) or _story_letter(story, name):
+            continue
+        for letter, choices in (anticommonsense.get("variables") or {}).items():
+            for choice, replacement in (choices or {}).items():
+                if (
+                    isinstance(replacement, Mapping)
+                    and str(replacement.get(f"{letter}name", "")).lower() == name.lower()
+                ):
+                    return {"variable": letter, "change": choice}
+    return None
+
+
+def _variables(
+    mapping: Any,
+    story: Mapping[str, Any],
+    file: str,
+    record_id: Any,
+    story_id: str,
+    prompt: str,
+    gaps: _StoryGaps,
+) -> list[dict[str, Any]]:
+    """Per causal variable: its letter, name and every wording of each value.
+
+    A story phrase listed for both values (a typo in some CLadder stories) says nothing about the value, so it
+    counts as a wording of the name."""
     if not isinstance(mapping, Mapping):
         raise DataError(file, record_id, "variable_mapping", "expected an object")
     letters = [key[: -len("name")] for key in mapping if key.endswith("name")]
@@ -275,6 +348,13 @@ def _variables(mapping: Any, story: Mapping[str, Any], file: str, record_id: Any
                 match = re.fullmatch(rf"{story_letter}([01])_\w+", key)
                 if match and isinstance(text, str):
                     wordings[match.group(1)].update(_wording_variants(text))
+            for phrase in wordings["1"] & wordings["0"]:
+                if phrase.lower() in prompt:
+                    gaps.add("two-valued phrase", f"{story_id}: {phrase!r}", record_id)
+                wordings["name"].add(phrase)
+            wordings["1"], wordings["0"] = wordings["1"] - wordings["0"], wordings["0"] - wordings["1"]
+        elif story:
+            gaps.add("unmatched variable", f"{story_id}: {mapping[f'{letter}name']!r}", record_id)
         variables.append(
             {
                 "letter": letter,

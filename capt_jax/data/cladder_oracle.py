@@ -68,8 +68,11 @@ def abstract_cladder(example: Example) -> Abstraction:
 
 
 def original_names(example: Example) -> list[str]:
-    """Every name and value noun of the question's variables."""
-    return [text for text in example.meta["variable_mapping"].values() if isinstance(text, str)]
+    """Every name and value noun of the question's variables, and every story wording of them: a template that
+    keeps "husbands that set the alarm" leaks as much as one that keeps "husband"."""
+    mapped = [text for text in example.meta["variable_mapping"].values() if isinstance(text, str)]
+    worded = [text for v in example.meta["variables"] for texts in v["wordings"].values() for text in texts]
+    return sorted(set(mapped + worded))
 
 
 def _wordings(variables: Sequence[Mapping]) -> tuple[dict[str, str], dict[str, str]]:

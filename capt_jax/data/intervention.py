@@ -11,7 +11,8 @@ Letters of the dataset's notation (CLadder's "P(" and "E[", in every
 example, with or without reasoning) and letters already standing alone in
 the template are never symbols, so a symbol cannot be confused with notation.
 When an example has more slots than free letters, two-letter symbols
-(AA, AB, ...) join the pool.
+(AA, AB, ..., but no common English word or abbreviation) fill the slots
+beyond them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ MODES = ("null", "order", "random", "original", "symbol")
 DEFAULT_TOTAL = 10_000
 NOTATION_LETTERS = {"cladder": frozenset("PE"), "prontoqa": frozenset()}
 _STANDALONE_CAPITALS = re.compile(r"(?<![A-Za-z])[A-Z]{1,2}(?![A-Za-z])")
+# Two-letter English words and common abbreviations: as symbols they would read as text.
+_WORD_PAIRS = frozenset(
+    """AD AH AI AM AN AS AT AX BE BY DO EH GO HA HE HI HM ID IF IN IS IT ME MY NO OF OH OK ON OR OW OX
+    PM SO TO TV UH UK UN UP US WE YE YO""".split()
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,28 +52,43 @@ class Intervened:
     symbols: dict[str, str]
 
 
-def symbol_pool(abstraction: Abstraction) -> list[str]:
-    """Letters free to act as symbols, extended by letter pairs if too few."""
+def symbol_pool(abstraction: Abstraction) -> tuple[list[str], list[str]]:
+    """(single letters free to act as symbols, letter pairs for the slots beyond them: none when they suffice).
+    Pairs that are English words ("IS", "OR") are never symbols: "Every WY is an OR." would read as text."""
     taken = set(_STANDALONE_CAPITALS.findall(abstraction.prompt + "\n" + abstraction.reasoning))
     taken |= NOTATION_LETTERS[abstraction.example.dataset]
     singles = [c for c in string.ascii_uppercase if c not in taken]
     if len(abstraction.terms) <= len(singles):
-        return singles
+        return singles, []
     pairs = ["".join(p) for p in itertools.product(string.ascii_uppercase, repeat=2)]
-    return singles + [p for p in pairs if p not in taken]
+    return singles, [p for p in pairs if p not in taken and p not in _WORD_PAIRS]
 
 
 def draw_letters(abstraction: Abstraction, mode: str, rng: random.Random | None = None) -> list[str]:
-    """One symbol per slot, in slot order, for the `order` or `random` mode."""
-    pool = symbol_pool(abstraction)
+    """One symbol per slot, in slot order, for the `order` or `random` mode. Every single letter is used before
+    any pair, so an example with one slot too many for the alphabet gets one pair, not a pool of mostly pairs."""
+    singles, pairs = symbol_pool(abstraction)
     count = len(abstraction.terms)
     if mode == "order":
-        return pool[:count]
+        return (singles + pairs)[:count]
     if mode == "random":
         if rng is None:
             raise ValueError("random mode needs an rng")
-        return rng.sample(pool, count)
+        if count <= len(singles):
+            return rng.sample(singles, count)
+        letters = singles + rng.sample(pairs, count - len(singles))
+        rng.shuffle(letters)
+        return letters
     raise ValueError(f"mode {mode!r} draws no letters")
+
+
+def letterings(abstraction: Abstraction) -> int:
+    """How many distinct results `draw_letters` can give in random mode."""
+    singles, pairs = symbol_pool(abstraction)
+    count = len(abstraction.terms)
+    if count <= len(singles):
+        return math.perm(len(singles), count)
+    return math.comb(len(pairs), count - len(singles)) * math.factorial(count)
 
 
 def intervene(
@@ -140,7 +161,7 @@ def _renderings(example: Example, mode: str, copies: int, seed: int, with_reason
     if mode != "random":
         return [intervene(abstraction, mode, with_reasoning=with_reasoning)] * copies
     rng = example_rng(seed, example)
-    possible = math.perm(len(symbol_pool(abstraction)), len(abstraction.terms))
+    possible = letterings(abstraction)
     used: set[tuple[str, ...]] = set()
     renderings = []
     for _ in range(copies):

@@ -19,6 +19,8 @@ from .example import DataError, Example, require, require_str
 from .files import read_json
 
 QUERY_PREFIX = "True or false: "
+_ENTRY_KEY = re.compile(r"example\d+", re.IGNORECASE)
+_QUERY = re.compile(r"\s*true\s+or\s+false\s*[:?]\s*(.+?)\s*", re.IGNORECASE)
 _RULE = re.compile(r"(Every|Each) (.+?) is (not )?(.+)\.")
 _PLURAL_RULE = re.compile(r"(.+?) are (not )?(.+)\.")
 _FACT = re.compile(r"(.+?) is (not )?(.+)\.")
@@ -153,16 +155,21 @@ def capt_record_example(record: Any, index: int, file: str, variant: str = "id")
 
 
 def official_record_example(key: str, record: Any, file: str, variant: str = "id") -> Example:
-    """The test_example of one official-generator entry; its id is the entry key."""
+    """The test_example of one official-generator entry; its id is the entry key. Field names are read in any case
+    and with "-" or "_" ("chain-of-thought"), the answer in any case or as a boolean."""
     test = require(record, "test_example", file, key)
     record_id = f"{key}.test_example"
+    if isinstance(test, Mapping):
+        test = {_field_name(k): v for k, v in test.items()}
+        if isinstance(test.get("answer"), bool):
+            test["answer"] = str(test["answer"])
     question = require_str(test, "question", file, record_id)
     query = _query_statement(require_str(test, "query", file, record_id), file, record_id, "query")
     chain = _string_list(require(test, "chain_of_thought", file, record_id), file, record_id, "chain_of_thought")
     if len(chain) % 2 != 1:
         raise DataError(file, record_id, "chain_of_thought", "expected claim, rule, claim, ... , claim")
     claims, steps = chain[0::2], chain[1::2]
-    answer = require_str(test, "answer", file, record_id)
+    answer = require_str(test, "answer", file, record_id).strip().capitalize()
     if answer != derive_answer(claims[-1], query):
         raise DataError(file, record_id, "answer", f"{answer!r} contradicts the proof's last claim")
     facts = split_sentences(question)
@@ -184,16 +191,30 @@ def examples_from_capt_records(records: Any, file: str, variant: str = "id") -> 
 
 
 def load_prontoqa_file(path: str | Path, variant: str = "id") -> list[Example]:
-    """Load either format, recognised by its shape."""
+    """Load either format, recognised by its shape. The official generator's entries may sit in an object (keyed
+    "example0", ...; other top-level values, such as settings, are ignored) or in a list."""
     path = Path(path)
     content = read_json(path)
-    if (
-        isinstance(content, Mapping)
-        and content
-        and all(isinstance(v, Mapping) and "test_example" in v for v in content.values())
-    ):
-        return [official_record_example(key, record, str(path), variant) for key, record in content.items()]
+    if isinstance(content, list) and content and all(_is_official_entry(v) for v in content):
+        content = {f"example{index}": entry for index, entry in enumerate(content)}
+    if isinstance(content, Mapping) and "next_steps" not in content:
+        entries = {k: v for k, v in content.items() if _is_official_entry(v) or _ENTRY_KEY.fullmatch(str(k))}
+        if entries:
+            return [official_record_example(key, _entry(record), str(path), variant) for key, record in entries.items()]
     return examples_from_capt_records(content, str(path), variant)
+
+
+def _entry(value: Any) -> Any:
+    """An entry with its keys spelled as the generator does ("Test_Example" -> "test_example")."""
+    return {_field_name(k): v for k, v in value.items()} if isinstance(value, Mapping) else value
+
+
+def _is_official_entry(value: Any) -> bool:
+    return isinstance(value, Mapping) and "test_example" in _entry(value)
+
+
+def _field_name(key: Any) -> str:
+    return re.sub(r"[-\s]+", "_", str(key).strip().lower())
 
 
 def _check_grammar(fields: Mapping[str, Sequence[str]], file: str, record_id: Any) -> None:
@@ -207,9 +228,11 @@ def _check_grammar(fields: Mapping[str, Sequence[str]], file: str, record_id: An
 
 
 def _query_statement(query: str, file: str, record_id: Any, field: str) -> str:
-    if not query.startswith(QUERY_PREFIX):
+    """The statement a query asks about, after "True or false:" in any case, spacing, or with "?" for ":"."""
+    match = _QUERY.fullmatch(query)
+    if not match:
         raise DataError(file, record_id, field, f"expected it to start with {QUERY_PREFIX!r}")
-    return query[len(QUERY_PREFIX) :]
+    return match.group(1)
 
 
 def _string_list(value: Any, file: str, record_id: Any, field: str) -> list[str]:

@@ -39,29 +39,45 @@ _GRAMMAR_WORDS = frozenset(
         "finish",
     }
 )
+SPARE_NAMES = ("Alex", "Fae", "Max", "Polly", "Rex", "Sally", "Sam", "Stella", "Wren", "Jack", "Nina", "Tom")
 _CONSONANTS = "bcdfghjklmnprstvwz"
 _VOWELS = "aeiou"
 
 
 def term_pool(examples: Iterable[Example]) -> dict[str, list[Term]]:
-    """Every distinct real term per kind, in first-seen order (concepts need a singular)."""
+    """Every distinct real term per kind, in first-seen order (concepts need a singular).
+
+    After "are", one example cannot tell a plural concept it names nowhere else from a property ("Cats are
+    mammals"); such a word is a concept of the dataset, never a property to refill with ("Sally is mammals")."""
     pool: dict[str, dict[str, Term]] = {kind: {} for kind in KIND_ORDER}
+    plurals: set[str] = set()
     for example in examples:
         abstraction = abstract(example)
         for slot, term in abstraction.terms.items():
             kind = abstraction.kinds[slot]
-            if kind == "concept" and term.text == term.plural and pluralize(term.text) != term.text:
-                continue  # only its plural is known
+            if kind == "concept":
+                plurals.add(term.plural_form().lower())
+                if term.text == term.plural and pluralize(term.text) != term.text:
+                    continue  # only its plural is known
             pool[kind].setdefault(term.text.lower(), term)
+    pool["property"] = {key: term for key, term in pool["property"].items() if key not in plurals}
     return {kind: list(terms.values()) for kind, terms in pool.items()}
 
 
 def anti_commonsense(examples: Sequence[Example], pool: dict[str, list[Term]], seed: int) -> list[Example]:
-    """Refill every slot with a random real term of its kind."""
-    return [
-        _refill(example, seed, "anti", lambda kind, rng, taken: _pick_real(kind, pool[kind], rng, taken))
-        for example in examples
-    ]
+    """Refill every slot with a random real term of its kind. A dataset with too few names of its own (one
+    character throughout) borrows people's names from `SPARE_NAMES`."""
+    spare = [Term(name) for name in SPARE_NAMES if name.lower() not in {t.text.lower() for t in pool["entity"]}]
+
+    def pick(kind: str, rng: random.Random, taken: set[str]) -> Term:
+        try:
+            return _pick_real(kind, pool[kind], rng, taken)
+        except ValueError:
+            if kind != "entity":
+                raise
+            return _pick_real(kind, spare, rng, taken)
+
+    return [_refill(example, seed, "anti", pick) for example in examples]
 
 
 def non_commonsense(examples: Sequence[Example], seed: int, real_words: Iterable[str] = ()) -> list[Example]:

@@ -50,6 +50,27 @@ class _Lexicon:
             if s.subject_kind == "concepts" and s.predicate_kind == "bare":
                 self.plural_predicates.setdefault(s.predicate.lower(), s.predicate)
         self.plural_to_singular = {pluralize(v).lower(): k for k, v in self.singular.items()}
+        # Plurals `pluralize` does not make ("fishes", "bacteria"), kept as written so templates render back exactly.
+        self.written_plural: dict[str, str] = {}
+        # A concept written with both plurals in one example ("fish" and "fishes") keeps the second as a slot of
+        # its own, as any unknown plural: one Term cannot render both.
+        written = {*self.plural_subjects, *self.plural_predicates}
+        for lower, surface in [*self.plural_subjects.items(), *self.plural_predicates.items()]:
+            if lower not in self.plural_to_singular:
+                key = self._singular_key(lower, invariant=lower in self.plural_subjects)
+                if key is not None and pluralize(self.singular[key]).lower() not in written:
+                    self.plural_to_singular[lower] = key
+                    self.written_plural.setdefault(key, surface[0].lower() + surface[1:])
+
+    def _singular_key(self, plural: str, invariant: bool) -> str | None:
+        """The known singular a plural strips to ("fishes" -> "fish", "ponies" -> "pony"), or, for a plural
+        subject (always a concept), the same word ("bacteria"). After "are" a word alike in both numbers could
+        be a property, so it is not taken for the concept there."""
+        candidates = [plural[:-3] + "y"] if plural.endswith("ies") else []
+        candidates += [plural[:-2]] if plural.endswith("es") else []
+        candidates += [plural[:-1]] if plural.endswith("s") else []
+        candidates += [plural] if invariant else []
+        return next((c for c in candidates if c in self.singular), None)
 
     def concept_key(self, plural: str) -> str:
         """The key of the concept a plural names: its singular where known."""
@@ -80,7 +101,7 @@ class _Lexicon:
             return Term(surface)
         if not name.startswith("plural:"):
             singular = self.singular[name]
-            return Term(singular, pluralize(singular), self.article.get(name, ""))
+            return Term(singular, self.written_plural.get(name) or pluralize(singular), self.article.get(name, ""))
         plural = self.plural_predicates.get(name[len("plural:") :]) or surface[0].lower() + surface[1:]
         return Term(plural, plural)
 

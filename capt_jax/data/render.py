@@ -65,9 +65,9 @@ def pluralize(noun: str) -> str:
 
 
 def indefinite_article(word: str) -> str:
-    """'a' or 'an' before `word`; single capital letters are read as letter names."""
-    if len(word) == 1 and word.isupper():
-        return "an" if word in _VOWEL_SOUND_LETTERS else "a"
+    """'a' or 'an' before `word`; symbols (one or two capitals) are read as letter names: "an R", "an NR"."""
+    if len(word) <= 2 and word.isalpha() and word.isupper():
+        return "an" if word[0] in _VOWEL_SOUND_LETTERS else "a"
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 

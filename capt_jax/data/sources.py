@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,16 @@ class TestSplit:
     examples: list[Example]
     excluded_overlap: tuple[str, ...] = ()
     skipped: str | None = None
+    # Removed questions per query type (CLadder): the guard can take a whole type whose templates are few
+    # (backdoor-adjustment questions carry no numbers), and then the accuracy no longer covers that type.
+    excluded_by_query_type: dict[str, int] = dataclasses.field(default_factory=dict)
 
     __test__ = False  # a data type, not a pytest class
+
+    def query_types_gone(self) -> list[str]:
+        """The query types the guard removed every question of."""
+        kept = {e.meta.get("query_type") for e in self.examples}
+        return sorted(t for t in self.excluded_by_query_type if t not in kept)
 
 
 def test_sets(
@@ -174,7 +183,9 @@ def test_sets(
                 if removed and not kept
                 else None
             )
-            sets[name] = TestSplit(kept, tuple(removed), skipped=empty)
+            gone = set(removed)
+            by_type = Counter(str(e.meta["query_type"]) for e in found if e.id in gone and "query_type" in e.meta)
+            sets[name] = TestSplit(kept, tuple(removed), empty, dict(sorted(by_type.items())))
     return sets
 
 

@@ -15,7 +15,6 @@ from typing import TypeVar
 
 from .abstraction import abstract
 from .example import Example
-from .render import SLOT
 
 T = TypeVar("T")
 
@@ -50,10 +49,11 @@ def normalised_question(example: Example) -> str:
 
 
 def normalised_template(example: Example) -> str:
-    """The exact abstraction's template with every slot written alike, so slot numbering and the letters an
-    intervention would draw are ignored: two questions with one template differ only in their names."""
-    template = SLOT.sub("{}", abstract(example).prompt)
-    return _SPACE.sub(" ", template).strip().lower()
+    """The exact abstraction's template, case and spacing ignored: two questions with one template differ only in
+    their names, so a test question with a trained template is seen. The slots keep their numbers, which the
+    abstraction gives in order of first appearance: "{1}s are {2}s. {4}s are {1}s." and "{1}s are {2}s. {2}s are
+    {3}s." are different questions, whose answers can differ."""
+    return _SPACE.sub(" ", abstract(example).prompt).strip().lower()
 
 
 def without_overlap(test: Sequence[Example], train: Sequence[Example]) -> tuple[list[Example], list[str]]:
