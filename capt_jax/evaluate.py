@@ -32,10 +32,13 @@ from capt_jax.data import (
     intervene,
     leftover_names,
     parse_answer,
+    questions_digest,
     test_examples,
+    training_examples,
     training_questions,
 )
 from capt_jax.data.intervention import example_rng
+from capt_jax.errors import CaptError
 from capt_jax.estimate import Estimates, model_estimates, openai_completer, oracle_estimates
 from capt_jax.generate import Sampling, generate
 from capt_jax.lora import check_adapters, lora_scale
@@ -76,31 +79,57 @@ SPLIT_KEYS = (
 LOCATION_KEYS = ("data.source", "data.data_dir", "data.data_file")
 
 
-def check_guarded_against(config: ConfigDict, workdir: str) -> None:
-    """The test sets lose the questions of the training split that `config` selects, so it must be the split
-    the workdir trained on. Compared by the questions' digest in the checkpoint; a checkpoint from before the
-    digest is compared by the keys that select them (file locations may have moved, so not those). A workdir
-    trained on another dataset, or on a JSONL file, has no such split to compare."""
+def trained_questions(config: ConfigDict, workdir: str) -> list[Example]:
+    """The questions the workdir trained on, when `config` selects another training split (another file, seed or
+    size): the test sets must lose those as well as the config's own. Rebuilt from the workdir's config.json and
+    checked against the digest its checkpoint recorded. Empty when the config selects the workdir's own split, or
+    when there is none to compare (the base model, another dataset, JSONL training data)."""
     saved = saved_settings(workdir)
     if saved is None or saved.get("data.kind") != "capt" or saved.get("data.dataset") != config.data.dataset:
-        return
+        return []
     now = dotted(json.loads(config.to_json_best_effort()))
     differ = [key for key in SPLIT_KEYS if key in saved and key in now and saved[key] != now[key]]
     recorded = ckpt.read_meta(workdir)[1].get("training_questions")
-    if recorded is not None:
-        if recorded == training_questions(config.data):
-            return
-        differ = differ or ["the files' contents"]
-    else:
+    if recorded is None:  # a checkpoint from before the digest: the selecting keys decide, file locations aside
         differ = [key for key in differ if key not in LOCATION_KEYS]
-        if not differ:
-            return
-    shown = "; ".join(f"{k}: {saved[k]!r} there, {now[k]!r} here" if k in saved else k for k in differ[:4])
-    raise ConfigError(
-        f"{workdir}: trained on other questions than the training split this config selects ({shown}), so its "
-        "test sets would not be cleaned of what it trained on. Evaluate it with its own data settings "
-        "(its config.json)"
+        if differ:
+            raise ConfigError(
+                f"{workdir}: trained on other questions than the training split this config selects "
+                f"({_differences(differ, saved, now)}), and its checkpoint predates the record of which, so its "
+                "questions cannot be removed from the test sets. Evaluate it with its own data settings (its "
+                "config.json)"
+            )
+        return []
+    if recorded == training_questions(config.data):
+        return []
+    own = ConfigDict(config.data.to_dict(), type_safe=False)  # JSON gave lists for tuples, ints for floats
+    for key, value in saved.items():
+        name = key.removeprefix("data.")
+        if key.startswith("data.") and name in own and key in SPLIT_KEYS:
+            own[name] = tuple(value) if isinstance(value, list) else value
+    try:
+        examples = training_examples(own)
+    except (CaptError, OSError, ValueError) as err:
+        examples, why = [], f"its data settings fail here: {err}"
+    else:
+        why = "its data settings give other questions here (moved or changed files)"
+    if not examples or questions_digest(examples) != recorded:
+        shown = _differences(differ, saved, now) or "the files' contents"
+        raise ConfigError(
+            f"{workdir}: trained on other questions than the training split this config selects ({shown}), and "
+            f"{why}, so they cannot be removed from the test sets. Evaluate it where its config.json's data "
+            "settings find its training files"
+        )
+    print(
+        f"note: {workdir} trained on other questions ({recorded}) than this config's training split; the test sets "
+        "lose both",
+        file=sys.stderr,
     )
+    return examples
+
+
+def _differences(keys: Sequence[str], saved: dict[str, Any], now: dict[str, Any]) -> str:
+    return "; ".join(f"{k}: {saved[k]!r} there, {now[k]!r} here" for k in keys[:4])
 
 
 def method_label(method: str, estimator: str | None) -> str:
@@ -135,9 +164,12 @@ def method_name(config: ConfigDict, base_only: bool, trained: dict[str, Any] | N
     return name if dataset == config.data.dataset else f"{name}, trained on {dataset}"
 
 
-def evaluation_sets(config: ConfigDict) -> dict[str, TestSplit]:
-    """The configured splits (only those are built), each cut to eval.max_examples (0: all)."""
+def evaluation_sets(config: ConfigDict, trained_on: Sequence[Example] = ()) -> dict[str, TestSplit]:
+    """The configured splits (only those are built), cleaned of `trained_on` too (a workdir's training questions,
+    when the config selects others), each cut to eval.max_examples (0: all)."""
     sets = test_examples(config.data, tuple(config.eval.splits))
+    if trained_on and not config.data.keep_overlap:
+        sets = {name: split.without(trained_on) for name, split in sets.items()}
     for name, split in sets.items():
         if split.query_types_gone() and not split.skipped:
             print(
@@ -260,8 +292,6 @@ def make_estimator(config: ConfigDict, base: Pretrained, tuned: Pretrained) -> E
         return oracle_estimates
     shots: list[Example] = []
     if e.estimator in ("lm", "openai") and e.estimator_shots:
-        from capt_jax.data import training_examples
-
         shots = training_examples(config.data)[: e.estimator_shots]
     if e.estimator == "openai":
         complete = openai_completer(e.openai_base_url, e.openai_model, e.openai_api_key_env)
@@ -400,9 +430,8 @@ def finished_results(out: Path, config: ConfigDict, base_only: bool, step: int |
 def evaluate(config: ConfigDict, workdir: str | None, base_only: bool = False) -> tuple[dict[str, Any], list[dict]]:
     """Everything `python -m capt_jax.evaluate` computes: (JSON-ready results, one record per question)."""
     check_estimator(config, base_only, None if base_only else trained_settings(workdir))
-    sets = evaluation_sets(config)  # data errors surface before any model loads
-    if not base_only and workdir is not None:
-        check_guarded_against(config, workdir)
+    trained_on = [] if base_only or workdir is None else trained_questions(config, workdir)
+    sets = evaluation_sets(config, trained_on)  # data errors surface before any model loads
     base, reasoner_model, info = load_reasoner_model(config, None if base_only else workdir)
     return evaluate_loaded(config, sets, base, reasoner_model, info, base_only)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from capt_jax.config import ConfigDict, ConfigError, get_config
-from capt_jax.data import Example, TestSplit, abstract, load_examples, training_questions
+from capt_jax.data import Example, TestSplit, abstract, load_examples, training_examples, training_questions
 from capt_jax.estimate import (
     estimation_target,
     model_estimates,
@@ -16,14 +16,15 @@ from capt_jax.estimate import (
 )
 from capt_jax.evaluate import (
     check_estimator,
-    check_guarded_against,
     evaluate_sets,
+    evaluation_sets,
     finished_results,
     markdown_table,
     method_name,
     plot,
     score_split,
     settings_key,
+    trained_questions,
     trained_settings,
 )
 
@@ -180,9 +181,11 @@ def test_an_adapter_is_labelled_by_how_its_workdir_trained_it(tmp_path):
     assert method_name(config, True, trained_settings(str(tmp_path))) == "base"
 
 
-def test_evaluating_a_workdir_guards_against_the_questions_it_trained_on(tmp_path, monkeypatch):
-    """evaluate --workdir W cleans its test sets of the training split its config selects: that must be W's.
-    Compared by the questions' digest in W's checkpoint, or by the selecting keys for an older one."""
+def test_evaluating_a_workdir_guards_against_the_questions_it_trained_on(tmp_path, monkeypatch, capsys):
+    """evaluate --workdir W cleans its test sets of the training split its config selects and, when that is not
+    W's (other data, seed or size), of W's own training questions too: rebuilt from W's config.json and checked
+    against the digest in W's checkpoint. An older checkpoint without the digest must be evaluated with its own
+    split."""
     import capt_jax.evaluate as evaluate
 
     def trained_with(**data) -> ConfigDict:
@@ -197,19 +200,27 @@ def test_evaluating_a_workdir_guards_against_the_questions_it_trained_on(tmp_pat
     (tmp_path / "config.json").write_text(trained.to_json_best_effort())
     meta = {"training_questions": training_questions(trained.data)}
     monkeypatch.setattr(evaluate.ckpt, "read_meta", lambda workdir: (3, meta))
-    check_guarded_against(trained_with(), str(tmp_path))
-    with pytest.raises(ConfigError, match="data.split_seed: 19 there, 20 here"):
-        check_guarded_against(trained_with(split_seed=20), str(tmp_path))
-    with pytest.raises(ConfigError, match="the files' contents"):  # same keys, other questions
+    assert trained_questions(trained_with(), str(tmp_path)) == []  # its own split: the usual guard is enough
+    other = trained_with(split_seed=20)
+    own = trained_questions(other, str(tmp_path))
+    assert [e.prompt for e in own] == [e.prompt for e in training_examples(trained.data)]
+    assert "trained on other questions (10 questions, " in capsys.readouterr().err
+    seen = {e.prompt for e in own}
+    unguarded = evaluation_sets(other)["id"]
+    guarded = evaluation_sets(other, own)["id"]
+    overlap = [e.id for e in unguarded.examples if e.prompt in seen]
+    assert overlap and not {e.prompt for e in guarded.examples} & seen  # seed 20 tests some of seed 19's training
+    assert set(guarded.excluded_overlap) >= set(overlap) | set(unguarded.excluded_overlap)
+    with pytest.raises(ConfigError, match="data settings give other questions here"):  # same keys, other questions
         meta["training_questions"] = "10 questions, 0123456789abcdef"
-        check_guarded_against(trained_with(), str(tmp_path))
+        trained_questions(trained_with(), str(tmp_path))
     meta.pop("training_questions")  # a checkpoint from before the digest: the keys decide, locations aside
-    check_guarded_against(trained_with(data_dir="/moved"), str(tmp_path))
-    with pytest.raises(ConfigError, match="data.n_train: 10 there, 12 here"):
-        check_guarded_against(trained_with(n_train=12), str(tmp_path))
+    assert trained_questions(trained_with(data_dir="/moved"), str(tmp_path)) == []
+    with pytest.raises(ConfigError, match="data.n_train: 10 there, 12 here.*predates"):
+        trained_questions(trained_with(n_train=12), str(tmp_path))
     cladder = trained_with(n_train=12)
     cladder.data.dataset = "cladder"  # another dataset: no training split of it to compare
-    check_guarded_against(cladder, str(tmp_path))
+    assert trained_questions(cladder, str(tmp_path)) == []
 
 
 def test_reused_results_are_labelled_by_the_current_code(tmp_path):

@@ -23,7 +23,7 @@ from .answers import answer_instruction, format_target, parse_answer
 from .config import default_data_config, load_options, paper_data_config
 from .example import Abstraction, DataError, Example
 from .intervention import MODES, Intervened, intervene, render_examples, training_pairs
-from .pipeline import test_examples, training_data, training_examples, training_questions
+from .pipeline import questions_digest, test_examples, training_data, training_examples, training_questions
 from .prontoqa_generator import generate_prontoqa
 from .render import Term, render
 from .sources import SPLITS, TestSplit, default_data_dir, load_examples, test_sets
@@ -55,6 +55,7 @@ __all__ = [
     "original_names",
     "paper_data_config",
     "parse_answer",
+    "questions_digest",
     "render",
     "render_examples",
     "split",

@@ -27,9 +27,13 @@ def training_examples(config: ml_collections.ConfigDict) -> list[Example]:
 
 
 def training_questions(config: ml_collections.ConfigDict) -> str:
-    """The training examples' count and digest (ids and prompts): which questions a run trained on, wherever
-    the files now are, so an evaluation can check that it guards its test sets against them."""
-    examples = training_examples(config)
+    """The training examples' count and digest (`questions_digest`)."""
+    return questions_digest(training_examples(config))
+
+
+def questions_digest(examples: Sequence[Example]) -> str:
+    """Count and digest of the examples' ids and prompts: which questions a run trained on, wherever the files
+    now are, so an evaluation can check that it guards its test sets against them."""
     digest = hashlib.sha256(json.dumps([[e.id, e.prompt] for e in examples], ensure_ascii=False).encode())
     return f"{len(examples)} questions, {digest.hexdigest()[:16]}"
 

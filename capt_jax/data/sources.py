@@ -123,6 +123,20 @@ class TestSplit:
         kept = {e.meta.get("query_type") for e in self.examples}
         return sorted(t for t in self.excluded_by_query_type if t not in kept)
 
+    def without(self, train: Sequence[Example]) -> TestSplit:
+        """This split less its questions that share a question or normalised template with `train`
+        (`without_overlap`), counted with those removed before. A split the guard empties is not a score of 0: it
+        is skipped, like one that cannot be made."""
+        if self.skipped:
+            return self
+        kept, removed = without_overlap(self.examples, train)
+        gone = set(removed)
+        by_type = Counter(self.excluded_by_query_type)
+        by_type.update(str(e.meta["query_type"]) for e in self.examples if e.id in gone and "query_type" in e.meta)
+        excluded = self.excluded_overlap + tuple(removed)
+        empty = f"all {len(excluded)} test questions share a question or template with training" if not kept else None
+        return TestSplit(kept, excluded, empty if excluded else None, dict(sorted(by_type.items())))
+
 
 def test_sets(
     dataset: str,
@@ -173,19 +187,8 @@ def test_sets(
     for name, found in raw.items():
         if isinstance(found, str):
             sets[name] = TestSplit([], skipped=found)
-        elif keep_overlap:
-            sets[name] = TestSplit(found)
         else:
-            kept, removed = without_overlap(found, train)
-            # A split the guard empties is not a score of 0: it is skipped, like one that cannot be made.
-            empty = (
-                f"all {len(removed)} test questions share a question or template with training"
-                if removed and not kept
-                else None
-            )
-            gone = set(removed)
-            by_type = Counter(str(e.meta["query_type"]) for e in found if e.id in gone and "query_type" in e.meta)
-            sets[name] = TestSplit(kept, tuple(removed), empty, dict(sorted(by_type.items())))
+            sets[name] = TestSplit(found) if keep_overlap else TestSplit(found).without(train)
     return sets
 
 
