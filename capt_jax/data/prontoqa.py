@@ -160,7 +160,7 @@ def official_record_example(key: str, record: Any, file: str, variant: str = "id
     test = require(record, "test_example", file, key)
     record_id = f"{key}.test_example"
     if isinstance(test, Mapping):
-        test = {_field_name(k): v for k, v in test.items()}
+        test = _entry(test)
         if isinstance(test.get("answer"), bool):
             test["answer"] = str(test["answer"])
     question = require_str(test, "question", file, record_id)
@@ -195,22 +195,26 @@ def load_prontoqa_file(path: str | Path, variant: str = "id") -> list[Example]:
     "example0", ...; other top-level values, such as settings, are ignored) or in a list."""
     path = Path(path)
     content = read_json(path)
-    if isinstance(content, list) and content and all(_is_official_entry(v) for v in content):
-        content = {f"example{index}": entry for index, entry in enumerate(content)}
+    if isinstance(content, list) and content:
+        listed = [_entry(value) for value in content]
+        if all(_is_official_entry(entry) for entry in listed):
+            content = {f"example{index}": entry for index, entry in enumerate(listed)}
     if isinstance(content, Mapping) and "next_steps" not in content:
-        entries = {k: v for k, v in content.items() if _is_official_entry(v) or _ENTRY_KEY.fullmatch(str(k))}
+        entries = {key: _entry(value) for key, value in content.items()}
+        entries = {k: v for k, v in entries.items() if _is_official_entry(v) or _ENTRY_KEY.fullmatch(str(k))}
         if entries:
-            return [official_record_example(key, _entry(record), str(path), variant) for key, record in entries.items()]
+            return [official_record_example(key, record, str(path), variant) for key, record in entries.items()]
     return examples_from_capt_records(content, str(path), variant)
 
 
 def _entry(value: Any) -> Any:
-    """An entry with its keys spelled as the generator does ("Test_Example" -> "test_example")."""
+    """An object with its keys spelled as the generator does ("Test_Example" -> "test_example")."""
     return {_field_name(k): v for k, v in value.items()} if isinstance(value, Mapping) else value
 
 
-def _is_official_entry(value: Any) -> bool:
-    return isinstance(value, Mapping) and "test_example" in _entry(value)
+def _is_official_entry(entry: Any) -> bool:
+    """Whether an object, its keys already spelled as the generator does (`_entry`), is a generator entry."""
+    return isinstance(entry, Mapping) and "test_example" in entry
 
 
 def _field_name(key: Any) -> str:

@@ -54,8 +54,8 @@ class _Lexicon:
         self.written_plural: dict[str, str] = {}
         # A concept written with both plurals in one example ("fish" and "fishes") keeps the second as a slot of
         # its own, as any unknown plural: one Term cannot render both.
-        written = {*self.plural_subjects, *self.plural_predicates}
-        for lower, surface in [*self.plural_subjects.items(), *self.plural_predicates.items()]:
+        written = {**self.plural_predicates, **self.plural_subjects}
+        for lower, surface in written.items():
             if lower not in self.plural_to_singular:
                 key = self._singular_key(lower, invariant=lower in self.plural_subjects)
                 if key is not None and pluralize(self.singular[key]).lower() not in written:

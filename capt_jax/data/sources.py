@@ -134,8 +134,8 @@ class TestSplit:
         by_type = Counter(self.excluded_by_query_type)
         by_type.update(str(e.meta["query_type"]) for e in self.examples if e.id in gone and "query_type" in e.meta)
         excluded = self.excluded_overlap + tuple(removed)
-        empty = f"all {len(excluded)} test questions share a question or template with training" if not kept else None
-        return TestSplit(kept, excluded, empty if excluded else None, dict(sorted(by_type.items())))
+        empty = f"all {len(excluded)} test questions share a question or template with training"
+        return TestSplit(kept, excluded, empty if excluded and not kept else None, dict(sorted(by_type.items())))
 
 
 def test_sets(
