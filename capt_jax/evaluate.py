@@ -240,6 +240,17 @@ def estimator_metrics(examples: Sequence[Example], estimates: Estimates, fallbac
     }
 
 
+def accuracy_by_path(records: Sequence[dict[str, Any]]) -> dict[str, float | int | None]:
+    """Accuracy on the questions answered through an accepted estimate and on those answered from the raw prompt.
+    The first stage chooses which is which, so the two are not random halves of the split."""
+    split: dict[str, float | int | None] = {}
+    for path, estimated in (("estimated", True), ("fallback", False)):
+        correct = [r["correct"] for r in records if r["estimated"] == estimated]
+        split[f"n_{path}"] = len(correct)
+        split[f"accuracy_{path}"] = sum(correct) / len(correct) if correct else None
+    return split
+
+
 def evaluate_sets(
     sets: dict[str, TestSplit],
     estimate: Estimator,
@@ -264,6 +275,9 @@ def evaluate_sets(
             results[name]["excluded_by_query_type"] = split.excluded_by_query_type
         if mode != "null":
             results[name].update(estimator_metrics(examples, estimates, fallbacks))
+            for record, abstraction in zip(records, estimates.abstractions):
+                record["estimated"] = abstraction is not None  # False: answered from the raw prompt
+            results[name].update(accuracy_by_path(records))
         predictions += [{"split": name, "prompt": p, **r} for p, r in zip(prompts, records)]
     return results, predictions
 

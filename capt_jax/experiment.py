@@ -13,8 +13,10 @@ resumes training and reuses finished evaluations. The results:
 * W/predictions.jsonl: one line per answered question (method, estimator, seed, split, id, prompt, reply, ...);
 * W/summary.json: rows {method, estimator, split, n, seeds, accuracy_mean, ci_low, ci_high};
 * W/paired.json: CAPT (per estimator) vs SFT on every split, {split, a, b, seeds, a_better, b_better, p_value, test};
+* W/gaps.json: each model's ID minus OOD accuracy, and CAPT's gap minus SFT's, in points with intervals:
+  {label, method, estimator, split, seeds, points_mean, ci_low, ci_high};
 * W/estimators.json: per model estimator and split, the rate of estimates passing the gold-free check;
-* W/summary.md, W/accuracy.png (bars with 95% intervals) and W/loss.png (training loss per method);
+* W/summary.md, W/accuracy.png (bars with 95% intervals) and W/loss.png (training loss per trained method);
 * W/timing.json: seconds of training and of each evaluation per cell, summed over invocations, kept after each cell.
 
 `--report` trains and evaluates nothing: it summarises the evaluations already finished (each row over the seeds
@@ -50,7 +52,7 @@ from capt_jax.evaluate import (
     write_results,
 )
 from capt_jax.outputs import check_output_dir
-from capt_jax.stats import bootstrap_interval, paired_sign_test
+from capt_jax.stats import bootstrap_contrast, bootstrap_interval, paired_sign_test
 
 METHOD_MODES = {
     "base": None,
@@ -63,6 +65,12 @@ METHOD_MODES = {
 INTERVAL = (
     "95% percentile interval of a two-level bootstrap (2000 replicates): seeds and questions each redrawn "
     "with replacement, one question draw shared by all seeds"
+)
+GAPS = (
+    "a model's ID accuracy minus its accuracy on the split, mean over the seeds; \"minus sft\" is CAPT's gap "
+    "minus SFT's (CAPT claims a negative one), seed s of each paired; 95% interval of the two-level bootstrap, "
+    "with the questions of each split drawn independently (conservative where the OOD questions are refills of "
+    "the ID ones)"
 )
 PAIRED_TEST = (
     "exact two-sided sign test over questions: a question favours a method when its correct count, summed over "
@@ -172,6 +180,20 @@ def run_cell(
     return outputs
 
 
+def finished_base_replies(config: ConfigDict, cells: Sequence[Cell], sets: dict[str, TestSplit]) -> dict[str, str]:
+    """prompt -> reply of every finished base evaluation made under today's settings for today's test sets.
+    `cached_reasoner` reads them only when decoding is greedy, where a reply is a function of its prompt."""
+    replies: dict[str, str] = {}
+    for cell in cells:
+        out = eval_dir(cell, None)
+        if cell.trained or finished_results(out, cell_config(config, cell, None), True, None) is None:
+            continue
+        predictions = read_predictions(out / "predictions.jsonl")
+        if answers_sets(predictions, sets):
+            replies.update((p["prompt"], p["reply"]) for p in predictions)
+    return replies
+
+
 def read_predictions(file: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
 
@@ -236,7 +258,41 @@ def summarise(
                     "test": PAIRED_TEST,
                 }
             )
-    return rows, paired
+    return rows, paired, ood_gaps(matrices)
+
+
+def ood_gaps(matrices: dict[tuple[str, str | None, str], dict[int, np.ndarray]]) -> list[dict[str, Any]]:
+    """Each model's ID accuracy minus its accuracy on every other split, and CAPT's gap (per estimator) minus
+    SFT's, with the two-level bootstrap interval over the seeds they share. CAPT claims a smaller gap."""
+    gaps = []
+    for method, estimator, split in matrices:
+        parts = [(method, estimator, "id", 1.0), (method, estimator, split, -1.0)]
+        if split != "id" and (gap := contrast(matrices, parts)):
+            label = method_label(method, estimator)
+            gaps.append({"label": label, "method": method, "estimator": estimator, "split": split, **gap})
+    for method, estimator, split in matrices:
+        parts = [("capt", estimator, "id", 1.0), ("capt", estimator, split, -1.0)]
+        parts += [("sft", None, "id", -1.0), ("sft", None, split, 1.0)]
+        if method == "capt" and split != "id" and (difference := contrast(matrices, parts)):
+            label = f"{method_label('capt', estimator)} minus sft"
+            gaps.append({"label": label, "method": "capt-sft", "estimator": estimator, "split": split, **difference})
+    return gaps
+
+
+def contrast(
+    matrices: dict[tuple[str, str | None, str], dict[int, np.ndarray]], parts: list[tuple[str, str | None, str, float]]
+) -> dict[str, Any] | None:
+    """sum(weight * accuracy) over (method, estimator, split, weight) parts, over the seeds every part has, with
+    its bootstrap interval; None when a part is missing or no seed is shared."""
+    if any((m, e, s) not in matrices for m, e, s, _ in parts):
+        return None
+    seeds = sorted(set.intersection(*(set(matrices[(m, e, s)]) for m, e, s, _ in parts)))
+    if not seeds:
+        return None
+    blocks = [(w, np.array([matrices[(m, e, s)][seed] for seed in seeds]), s) for m, e, s, w in parts]
+    low, high = bootstrap_contrast(blocks)
+    mean = sum(w * float(block.mean()) for w, block, _ in blocks)
+    return {"seeds": seeds, "points_mean": 100 * mean, "ci_low": 100 * low, "ci_high": 100 * high}
 
 
 def estimator_rows(evaluations: list[tuple[str, str | None, int, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -255,58 +311,92 @@ def estimator_rows(evaluations: list[tuple[str, str | None, int, dict[str, Any]]
             "seeds": sorted(f["seed"] for f in found),
             "valid_rate_mean": float(np.mean([f["estimator_valid_rate"] for f in found])),
             "gold_leftovers": int(sum(f["estimator_gold_leftovers"] for f in found)),
+            **{key: value for path in ("estimated", "fallback") for key, value in pooled_accuracy(found, path).items()},
         }
         for (method, estimator, split), found in groups.items()
     ]
 
 
+def pooled_accuracy(found: list[dict[str, Any]], path: str) -> dict[str, float | int | None]:
+    """Accuracy over the seeds on the questions answered through an accepted estimate (`path` "estimated") or from
+    the raw prompt ("fallback"); None where an evaluation predates the count (older capt_jax) or none was."""
+    if any(f"n_{path}" not in f for f in found):
+        return {f"n_{path}": None, f"accuracy_{path}": None}
+    n = sum(f[f"n_{path}"] for f in found)
+    correct = sum(f[f"n_{path}"] * (f[f"accuracy_{path}"] or 0.0) for f in found)
+    return {f"n_{path}": n, f"accuracy_{path}": correct / n if n else None}
+
+
 def markdown(
     rows: list[dict[str, Any]],
     paired: list[dict[str, Any]],
+    gaps: list[dict[str, Any]],
     estimates: list[dict[str, Any]],
     splits: Sequence[str],
     note: str,
 ) -> str:
-    """summary.md: accuracy with intervals per (method, estimator) and split, the paired tests, the estimators."""
+    """summary.md: accuracy with intervals per (method, estimator) and split, the paired tests, the OOD gaps,
+    the estimators."""
     labels = list(dict.fromkeys((r["method"], r["estimator"]) for r in rows))
     by_key = {(r["method"], r["estimator"], r["split"]): r for r in rows}
     n = {s: next((r["n"] for r in rows if r["split"] == s), 0) for s in splits}
-    lines = [
-        "| method | seeds | " + " | ".join(f"{s} (n={n[s]})" for s in splits) + " |",
-        "|---|---|" + "---|" * len(splits),
-    ]
+    cells = []
     for method, estimator in labels:
         seeds = sorted(
             {seed for r in rows if r["method"] == method and r["estimator"] == estimator for seed in r["seeds"]}
         )
-        cells = [",".join(map(str, seeds))]
-        for s in splits:
-            r = by_key.get((method, estimator, s))
-            cells.append(
-                f"{100 * r['accuracy_mean']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]" if r else "-"
-            )
-        lines.append(f"| {method_label(method, estimator)} | " + " | ".join(cells) + " |")
-    lines += ["", f"Accuracy in %, mean over the seeds; {INTERVAL}.", ""]
+        found = [by_key.get((method, estimator, s)) for s in splits]
+        accuracies = [
+            f"{100 * r['accuracy_mean']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]" if r else "-"
+            for r in found
+        ]
+        cells.append([method_label(method, estimator), ",".join(map(str, seeds)), *accuracies])
+    header = ["method", "seeds", *(f"{s} (n={n[s]})" for s in splits)]
+    lines = table(header, cells, f"Accuracy in %, mean over the seeds; {INTERVAL}.")
     if paired:
-        lines += ["| split | A | B | seeds | questions favouring A | favouring B | p |", "|---" * 7 + "|"]
-        lines += [
-            f"| {p['split']} | {p['a']} | {p['b']} | {','.join(map(str, p['seeds']))} | {p['a_better']} "
-            f"| {p['b_better']} | {p['p_value']:.3g} |"
+        header = ["split", "A", "B", "seeds", "questions favouring A", "favouring B", "p"]
+        cells = [
+            [p["split"], p["a"], p["b"], seed_list(p), p["a_better"], p["b_better"], f"{p['p_value']:.3g}"]
             for p in paired
         ]
-        lines += ["", f"Paired test: {PAIRED_TEST}.", ""]
-    if estimates:
-        lines += [
-            "| method | estimator | split | seeds | valid estimates | accepted with a gold name |",
-            "|---" * 6 + "|",
+        lines += table(header, cells, f"Paired test: {PAIRED_TEST}.")
+    if gaps:
+        header = ["method", "split", "seeds", "ID minus split accuracy, points"]
+        cells = [
+            [g["label"], g["split"], seed_list(g), f"{g['points_mean']:+.1f} [{g['ci_low']:+.1f}, {g['ci_high']:+.1f}]"]
+            for g in gaps
         ]
-        lines += [
-            f"| {e['method']} | {e['estimator']} | {e['split']} | {','.join(map(str, e['seeds']))} "
-            f"| {100 * e['valid_rate_mean']:.1f}% | {e['gold_leftovers']} |"
+        lines += table(header, cells, f"OOD gaps: {GAPS}.")
+    if estimates:
+        header = ["method", "estimator", "split", "seeds", "valid estimates", "accepted with a gold name"]
+        header += ["accuracy through an estimate", "accuracy from the raw prompt"]
+        cells = [
+            [e["method"], e["estimator"], e["split"], seed_list(e), f"{100 * e['valid_rate_mean']:.1f}%"]
+            + [e["gold_leftovers"], path_cell(e, "estimated"), path_cell(e, "fallback")]
             for e in estimates
         ]
-        lines += ["", "Questions without a valid estimate are answered as raw prompts.", ""]
+        note = (
+            "Questions without a valid estimate are answered as raw prompts. The accuracies per path are pooled "
+            "over the seeds (n: question-seed pairs); the first stage decides which questions take which path, so "
+            "they are not random halves of the split."
+        )
+        lines += table(header, cells, note)
     return "\n".join(lines + [note])
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]], note: str) -> list[str]:
+    """Markdown lines of one table and the note under it."""
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return [*lines, *("| " + " | ".join(map(str, row)) + " |" for row in rows), "", note, ""]
+
+
+def seed_list(row: dict[str, Any]) -> str:
+    return ",".join(map(str, row["seeds"]))
+
+
+def path_cell(row: dict[str, Any], path: str) -> str:
+    accuracy = row[f"accuracy_{path}"]
+    return "-" if accuracy is None else f"{100 * accuracy:.1f}% (n={row[f'n_{path}']})"
 
 
 def plot_accuracy(rows: list[dict[str, Any]], splits: Sequence[str], file: Path) -> None:
@@ -337,7 +427,7 @@ def plot_accuracy(rows: list[dict[str, Any]], splits: Sequence[str], file: Path)
 
 
 def plot_losses(cells: Sequence[Cell], file: Path) -> None:
-    """Training loss per step, one line per method (mean over its seeds)."""
+    """Training loss per step, one line per method (mean over its seeds); no file when nothing trained."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -349,6 +439,8 @@ def plot_losses(cells: Sequence[Cell], file: Path) -> None:
         if cell.trained and log.exists():
             points = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
             curves.setdefault(cell.method, []).append({p["step"]: p["loss"] for p in points if "loss" in p})
+    if not curves:  # a grid of the base model alone trains nothing
+        return
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for method, runs in curves.items():
         steps = sorted(set.intersection(*(set(run) for run in runs)))
@@ -383,7 +475,10 @@ def run_experiment(
     timing_file = workdir / "timing.json"
     timing: dict[str, float] = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     predictions, evaluations = [], []
-    caches: dict[str, dict[str, str]] = {}  # one per model: the base model is the same in every seed's cell
+    # One reply cache per model. The base model is the same in every seed's cell, so its cache starts with the
+    # replies of its evaluations that finished in earlier invocations: a grid resumed or extended seed by seed
+    # answers each base prompt once, not once per invocation.
+    caches: dict[str, dict[str, str]] = {"base": finished_base_replies(config, cells, sets)}
     for cell in tqdm(cells, desc="report" if report_only else "experiment", unit="model", dynamic_ncols=True):
         cache = caches.setdefault("base" if not cell.trained else str(cell.workdir), {})
         for estimator, results, cell_predictions in run_cell(
@@ -399,14 +494,15 @@ def run_experiment(
         raise ConfigError(f"{workdir}: no finished evaluation of {list(methods)} x seeds {list(seeds)} to report")
     with open(workdir / "predictions.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
-    rows, paired = summarise(predictions, sets)
+    rows, paired, gaps = summarise(predictions, sets)
     (workdir / "summary.json").write_text(json.dumps(rows, indent=2))
     (workdir / "paired.json").write_text(json.dumps(paired, indent=2))
+    (workdir / "gaps.json").write_text(json.dumps(gaps, indent=2))
     estimates = estimator_rows(evaluations)
     (workdir / "estimators.json").write_text(json.dumps(estimates, indent=2))
     excluded = {name: len(found.excluded_overlap) for name, found in sets.items()}
     note = f"Test questions removed by the contamination guard, per split: {excluded}."
-    (workdir / "summary.md").write_text(markdown(rows, paired, estimates, list(sets), note) + "\n")
+    (workdir / "summary.md").write_text(markdown(rows, paired, gaps, estimates, list(sets), note) + "\n")
     plot_accuracy(rows, list(sets), workdir / "accuracy.png")
     plot_losses(cells, workdir / "loss.png")
     return rows, paired
@@ -458,10 +554,9 @@ def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
         raise MissingFileError(f"{workdir}: no experiment here to report on; run it first, without --report")
     run_experiment(config, methods, seeds, estimators, workdir, values.report)
     print((workdir / "summary.md").read_text())
-    print(
-        f"files: {workdir}/summary.json, paired.json, estimators.json, predictions.jsonl, accuracy.png, loss.png, "
-        "timing.json"
-    )
+    names = ["summary.json", "paired.json", "gaps.json", "estimators.json", "predictions.jsonl", "accuracy.png"]
+    names += ["loss.png"]
+    print(f"files in {workdir}: " + ", ".join(name for name in [*names, "timing.json"] if (workdir / name).exists()))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,6 +6,7 @@ Pure functions over 0/1 outcomes, so every number in a table can be recomputed f
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -56,12 +57,34 @@ def bootstrap_interval(
     with replacement (one draw of questions shared by all seeds, since every seed answered the same ones), so
     the interval holds both training-seed and question-sampling variance.
     """
-    outcomes = np.asarray(outcomes, np.float64)
-    seeds, questions = outcomes.shape
+    return bootstrap_contrast([(1.0, outcomes, "questions")], replicates, seed, level)
+
+
+def bootstrap_contrast(
+    parts: Sequence[tuple[float, np.ndarray, str]], replicates: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of sum(weight * mean accuracy) over `parts`, each (weight, outcomes [seeds, questions],
+    name of its question set): an OOD gap is [(1, id, "id"), (-1, anti, "anti")].
+
+    The same two-level bootstrap as `bootstrap_interval`, with one draw of seed indices for every part (all parts
+    need the same number of seeds) and one draw of questions per question set, shared by the parts that answered
+    it. Different sets are drawn independently, which is conservative where their questions are paired.
+    """
+    matrices = [np.asarray(outcomes, np.float64) for _, outcomes, _ in parts]
+    seeds = {m.shape[0] for m in matrices}
+    if len(seeds) != 1:
+        raise ValueError(f"every part needs the same number of seeds, got {sorted(seeds)}")
+    sizes = dict.fromkeys(name for _, _, name in parts)
+    for (_, _, name), m in zip(parts, matrices):
+        if sizes[name] not in (None, m.shape[1]):
+            raise ValueError(f"question set {name!r} has {sizes[name]} and {m.shape[1]} questions in two parts")
+        sizes[name] = m.shape[1]
     rng = np.random.default_rng(seed)
-    seed_draws = rng.integers(0, seeds, size=(replicates, seeds))
-    question_draws = rng.integers(0, questions, size=(replicates, questions))
-    means = np.array([outcomes[np.ix_(s, q)].mean() for s, q in zip(seed_draws, question_draws)])
+    seed_draws = rng.integers(0, seeds.pop(), size=(replicates, matrices[0].shape[0]))
+    question_draws = {name: rng.integers(0, size, size=(replicates, size)) for name, size in sizes.items()}
+    values = np.zeros(replicates)
+    for (weight, _, name), m in zip(parts, matrices):
+        values += weight * np.array([m[np.ix_(s, q)].mean() for s, q in zip(seed_draws, question_draws[name])])
     tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
+    low, high = np.quantile(values, [tail, 1 - tail])
     return float(low), float(high)

@@ -131,6 +131,17 @@ def test_estimates_are_validated_and_invalid_ones_retried(prontoqa_examples, for
     assert results["id"]["estimator_valid_rate"] == pytest.approx(2 / 3)
     assert results["id"]["estimator_gold_leftovers"] == 0
 
+    # Accuracy is also kept per path: the two estimated questions, and the one answered from its raw prompt.
+    def answers_raw_prompts_only(prompts):
+        return [f"<answer>{e.answer}</answer>" if p.startswith(e.prompt) else "" for e, p in zip(examples, prompts)]
+
+    results, predictions = evaluate_sets(
+        {"id": TestSplit(examples)}, lambda exs: estimates, answers_raw_prompts_only, "random"
+    )
+    assert [p["estimated"] for p in predictions] == [True, False, True]
+    assert results["id"]["n_estimated"] == 2 and results["id"]["accuracy_estimated"] == 0
+    assert results["id"]["n_fallback"] == 1 and results["id"]["accuracy_fallback"] == 1
+
 
 @pytest.mark.parametrize("form", ["map", "template"])
 def test_parse_estimation_accepts_the_oracle_and_rejects_malformed_replies(prontoqa_examples, form):

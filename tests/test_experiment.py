@@ -52,6 +52,22 @@ def test_two_methods_two_seeds_end_to_end(tiny_chat_dir, tmp_path, capsys):
     paired = json.loads((work / "paired.json").read_text())
     assert [p["split"] for p in paired] == ["id", "anti", "non"]
     assert all(p["a"] == "capt (oracle: upper bound)" and p["b"] == "sft" and 0 <= p["p_value"] <= 1 for p in paired)
+    # OOD gaps: each model's ID minus OOD accuracy, and CAPT's gap minus SFT's, from the same outcomes as the rows.
+    gaps = {(g["label"], g["split"]): g for g in json.loads((work / "gaps.json").read_text())}
+    oracle = "capt (oracle: upper bound)"
+    labels = ("sft", oracle, f"{oracle} minus sft")
+    assert set(gaps) == {(label, split) for label in labels for split in ("anti", "non")}
+    accuracy = {(r["method"], r["split"]): 100 * r["accuracy_mean"] for r in rows}
+    for split in ("anti", "non"):
+        for method, label in (("sft", "sft"), ("capt", oracle)):
+            gap = accuracy[(method, "id")] - accuracy[(method, split)]
+            assert gaps[(label, split)]["points_mean"] == pytest.approx(gap)
+        difference = gaps[(f"{oracle} minus sft", split)]
+        assert difference["points_mean"] == pytest.approx(
+            gaps[(oracle, split)]["points_mean"] - gaps[("sft", split)]["points_mean"]
+        )
+        assert difference["seeds"] == [0, 1]
+        assert difference["ci_low"] <= difference["points_mean"] <= difference["ci_high"]
     for name in ("summary.md", "accuracy.png", "loss.png"):
         assert (work / name).stat().st_size > 0
     # Seeds differ in what they train on: the two CAPT seeds letter the same test question differently.
@@ -88,6 +104,33 @@ def test_two_methods_two_seeds_end_to_end(tiny_chat_dir, tmp_path, capsys):
     assert {r["method"] for r in json.loads((work / "summary.json").read_text())} == {"sft"}
 
 
+def test_a_grid_extended_seed_by_seed_answers_each_base_prompt_once(tiny_chat_dir, tmp_path, monkeypatch):
+    import capt_jax.evaluate
+
+    calls = []
+
+    def counting_generate(model, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return real_generate(model, prompts, *args, **kwargs)
+
+    real_generate = capt_jax.evaluate.generate
+    monkeypatch.setattr(capt_jax.evaluate, "generate", counting_generate)
+    work = tmp_path / "exp"
+    args = ["--config=configs/experiment_prontoqa_smollm2.py", "--methods=base", f"--workdir={work}"]
+    args += [f"--config.model.path={tiny_chat_dir}", *TINY]
+    main([*args, "--seeds=0"])
+    assert sum(calls) == 9  # 3 splits x 3 questions
+    main([*args, "--seeds=0,1"])  # a new invocation: no reply kept in memory from the first
+    assert sum(calls) == 9
+    replies = {}
+    for line in (work / "predictions.jsonl").read_text().splitlines():
+        p = json.loads(line)
+        replies.setdefault((p["split"], p["id"]), set()).add(p["reply"])
+    assert len(replies) == 9 and all(len(r) == 1 for r in replies.values())
+    main([*args, "--seeds=0,1,2", "--config.eval.max_new_tokens=3"])  # other settings: nothing is reused
+    assert sum(calls) == 9 + 9
+
+
 def test_reused_predictions_must_answer_every_current_split_and_ignore_skipped_ones():
     sets = {"id": TestSplit([Example(i, "prontoqa", "true", "p", "", "True") for i in ("a", "b")])}
 
@@ -113,12 +156,13 @@ def test_bad_grid_flags_are_one_error_line(flag, message, capsys):
 
 
 def test_estimator_rows_average_valid_rates_over_seeds_and_leave_out_the_oracle():
-    def results(valid: float, leftovers: int) -> dict:
-        return {"splits": {"id": {"estimator_valid_rate": valid, "estimator_gold_leftovers": leftovers}}}
+    def results(valid: float, leftovers: int, **paths: float | int | None) -> dict:
+        return {"splits": {"id": {"estimator_valid_rate": valid, "estimator_gold_leftovers": leftovers, **paths}}}
 
+    paths = {"n_estimated": 4, "accuracy_estimated": 0.5, "n_fallback": 16, "accuracy_fallback": 0.75}
     evaluations = [
-        ("capt", "self", 0, results(0.2, 3)),
-        ("capt", "self", 1, results(0.4, 1)),
+        ("capt", "self", 0, results(0.2, 3, **paths)),
+        ("capt", "self", 1, results(0.4, 1, **dict(paths, n_estimated=8, accuracy_estimated=1.0, n_fallback=12))),
         ("capt", "oracle", 0, results(1.0, 0)),
         ("sft", None, 0, {"splits": {"id": {}}}),
     ]
@@ -130,4 +174,11 @@ def test_estimator_rows_average_valid_rates_over_seeds_and_leave_out_the_oracle(
         "seeds": [0, 1],
         "valid_rate_mean": pytest.approx(0.3),
         "gold_leftovers": 4,
+        "n_estimated": 12,
+        "accuracy_estimated": pytest.approx((2 + 8) / 12),
+        "n_fallback": 28,
+        "accuracy_fallback": pytest.approx(0.75),
     }
+    # An evaluation from before the per-path counts leaves them unknown rather than pooled over fewer seeds.
+    (row,) = estimator_rows([*evaluations[:1], ("capt", "self", 1, results(0.4, 1))])
+    assert row["n_estimated"] is None and row["accuracy_fallback"] is None

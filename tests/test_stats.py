@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from capt_jax.stats import bootstrap_interval, mcnemar_exact, paired_sign_test, wilson_interval
+from capt_jax.stats import bootstrap_contrast, bootstrap_interval, mcnemar_exact, paired_sign_test, wilson_interval
 
 
 def test_wilson_interval_known_values():
@@ -40,3 +40,25 @@ def test_bootstrap_interval_covers_the_mean_and_widens_with_seed_spread():
     spread_low, spread_high = bootstrap_interval(spread)
     assert spread_high - spread_low > high - low  # seed variance is part of the interval
     assert bootstrap_interval(steady) == (low, high)  # deterministic
+
+
+def test_bootstrap_contrast_of_ood_gaps():
+    rng = np.random.default_rng(0)
+    id_ = rng.integers(0, 2, size=(3, 200))
+    # A model against itself on one question set: every replicate's difference is exactly 0.
+    assert bootstrap_contrast([(1, id_, "id"), (-1, id_, "id")]) == (0.0, 0.0)
+    # The same answers called two question sets are drawn independently: an interval around 0, not a point.
+    low, high = bootstrap_contrast([(1, id_, "id"), (-1, id_, "anti")])
+    assert low < -0.03 and high > 0.03
+    # A model that loses every second answer out of distribution: the gap's interval covers that loss, above 0.
+    ood = id_.copy()
+    ood[:, ::2] = 0
+    gap = id_.mean() - ood.mean()
+    low, high = bootstrap_contrast([(1, id_, "id"), (-1, ood, "anti")])
+    assert 0 < low < gap < high
+    # One part alone is bootstrap_interval.
+    assert bootstrap_contrast([(1.0, id_, "id")]) == bootstrap_interval(id_)
+    with pytest.raises(ValueError, match="same number of seeds"):
+        bootstrap_contrast([(1, id_, "id"), (-1, id_[:2], "anti")])
+    with pytest.raises(ValueError, match="question set 'id'"):
+        bootstrap_contrast([(1, id_, "id"), (-1, id_[:, :10], "id")])
