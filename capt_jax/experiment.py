@@ -375,12 +375,12 @@ def markdown(
             + [e["gold_leftovers"], path_cell(e, "estimated"), path_cell(e, "fallback")]
             for e in estimates
         ]
-        note = (
+        paths = (
             "Questions without a valid estimate are answered as raw prompts. The accuracies per path are pooled "
             "over the seeds (n: question-seed pairs); the first stage decides which questions take which path, so "
             "they are not random halves of the split."
         )
-        lines += table(header, cells, note)
+        lines += table(header, cells, paths)
     return "\n".join(lines + [note])
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from capt_jax.data import Example, TestSplit
-from capt_jax.experiment import answers_sets, estimator_rows, main
+from capt_jax.experiment import answers_sets, estimator_rows, main, markdown
 
 TINY = [
     "--config.data.source=generate",
@@ -68,6 +68,8 @@ def test_two_methods_two_seeds_end_to_end(tiny_chat_dir, tmp_path, capsys):
         )
         assert difference["seeds"] == [0, 1]
         assert difference["ci_low"] <= difference["points_mean"] <= difference["ci_high"]
+    last_line = (work / "summary.md").read_text().rstrip().splitlines()[-1]
+    assert last_line.startswith("Test questions removed by the contamination guard, per split: {'id': ")
     for name in ("summary.md", "accuracy.png", "loss.png"):
         assert (work / name).stat().st_size > 0
     # Seeds differ in what they train on: the two CAPT seeds letter the same test question differently.
@@ -182,3 +184,6 @@ def test_estimator_rows_average_valid_rates_over_seeds_and_leave_out_the_oracle(
     # An evaluation from before the per-path counts leaves them unknown rather than pooled over fewer seeds.
     (row,) = estimator_rows([*evaluations[:1], ("capt", "self", 1, results(0.4, 1))])
     assert row["n_estimated"] is None and row["accuracy_fallback"] is None
+    # summary.md shows the unknown paths as "-" and still ends with the caller's note.
+    text = markdown([], [], [], [row], ["id"], "NOTE")
+    assert "| capt | self | id | 0,1 | 30.0% | 4 | - | - |" in text and text.endswith("\nNOTE")
