@@ -68,9 +68,9 @@ INTERVAL = (
 )
 GAPS = (
     "a model's ID accuracy minus its accuracy on the split, mean over the seeds; \"minus sft\" is CAPT's gap "
-    "minus SFT's (CAPT claims a negative one), seed s of each paired; 95% interval of the two-level bootstrap, "
-    "with the questions of each split drawn independently (conservative where the OOD questions are refills of "
-    "the ID ones)"
+    "minus SFT's (CAPT claims a negative one), over the seeds all four evaluations have, seed s of each paired; "
+    "95% interval of the two-level bootstrap, with the questions of each split drawn independently: where the OOD "
+    "questions are refills of the ID ones this ignores that pairing, so the width can be off either way"
 )
 PAIRED_TEST = (
     "exact two-sided sign test over questions: a question favours a method when its correct count, summed over "
@@ -186,7 +186,8 @@ def finished_base_replies(config: ConfigDict, cells: Sequence[Cell], sets: dict[
     replies: dict[str, str] = {}
     for cell in cells:
         out = eval_dir(cell, None)
-        if cell.trained or finished_results(out, cell_config(config, cell, None), True, None) is None:
+        results = None if cell.trained else finished_results(out, cell_config(config, cell, None), True, None)
+        if results is None or "settings_key" not in results:  # older results do not say how they were decoded
             continue
         predictions = read_predictions(out / "predictions.jsonl")
         if answers_sets(predictions, sets):
@@ -216,8 +217,8 @@ def outcomes(rows: list[dict[str, Any]], seeds: Sequence[int], ids: Sequence[str
 
 def summarise(
     predictions: list[dict[str, Any]], sets: dict[str, TestSplit]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(summary rows with bootstrap intervals, paired tests of CAPT per estimator vs SFT on every split).
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(summary rows with bootstrap intervals, paired tests of CAPT per estimator vs SFT on every split, OOD gaps).
 
     Each row is over the seeds its predictions have; a paired test over the seeds both sides have."""
     groups: dict[tuple[str, str | None, str], list[dict[str, Any]]] = {}

@@ -68,7 +68,8 @@ def bootstrap_contrast(
 
     The same two-level bootstrap as `bootstrap_interval`, with one draw of seed indices for every part (all parts
     need the same number of seeds) and one draw of questions per question set, shared by the parts that answered
-    it. Different sets are drawn independently, which is conservative where their questions are paired.
+    it. Different sets are drawn independently: where their questions are paired (refills of one another) this
+    ignores the covariance between them, so the interval can be too wide or too narrow.
     """
     matrices = [np.asarray(outcomes, np.float64) for _, outcomes, _ in parts]
     seeds = {m.shape[0] for m in matrices}

@@ -131,6 +131,14 @@ def test_a_grid_extended_seed_by_seed_answers_each_base_prompt_once(tiny_chat_di
     assert len(replies) == 9 and all(len(r) == 1 for r in replies.values())
     main([*args, "--seeds=0,1,2", "--config.eval.max_new_tokens=3"])  # other settings: nothing is reused
     assert sum(calls) == 9 + 9
+    # Results from before capt_jax recorded its settings do not say how they were decoded: they fill no cache.
+    for file in work.glob("base/seed_*/eval_raw/results.json"):
+        results = json.loads(file.read_text())
+        del results["settings_key"]
+        file.write_text(json.dumps(results))
+    (work / "base" / "seed_2" / "eval_raw" / "results.json").unlink()
+    main([*args, "--seeds=0,1,2", "--config.eval.max_new_tokens=3"])
+    assert sum(calls) == 9 + 9 + 9
 
 
 def test_reused_predictions_must_answer_every_current_split_and_ignore_skipped_ones():

@@ -56,8 +56,9 @@ def test_bootstrap_contrast_of_ood_gaps():
     gap = id_.mean() - ood.mean()
     low, high = bootstrap_contrast([(1, id_, "id"), (-1, ood, "anti")])
     assert 0 < low < gap < high
-    # One part alone is bootstrap_interval.
-    assert bootstrap_contrast([(1.0, id_, "id")]) == bootstrap_interval(id_)
+    # One part alone is the accuracy interval, the same draws as the intervals published before the contrast.
+    outcomes = np.random.default_rng(1).integers(0, 2, size=(3, 200))
+    assert bootstrap_contrast([(1.0, outcomes, "id")]) == pytest.approx((0.4483333333333333, 0.5583333333333333))
     with pytest.raises(ValueError, match="same number of seeds"):
         bootstrap_contrast([(1, id_, "id"), (-1, id_[:2], "anti")])
     with pytest.raises(ValueError, match="question set 'id'"):
