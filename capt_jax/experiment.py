@@ -14,7 +14,7 @@ resumes training and reuses finished evaluations. The results:
 * W/summary.json: rows {method, estimator, split, n, seeds, accuracy_mean, ci_low, ci_high};
 * W/paired.json: CAPT (per estimator) vs SFT on every split, {split, a, b, seeds, a_better, b_better, p_value, test};
 * W/gaps.json: each model's ID minus OOD accuracy, and CAPT's gap minus SFT's, in points with intervals:
-  {label, method, estimator, split, seeds, points_mean, ci_low, ci_high};
+  {label, method, estimator, split, seeds, points_mean, ci_low, ci_high, questions: paired or independent};
 * W/estimators.json: per model estimator and split, the rate of estimates passing the gold-free check;
 * W/summary.md, W/accuracy.png (bars with 95% intervals) and W/loss.png (training loss per trained method);
 * W/timing.json: seconds of training and of each evaluation per cell, summed over invocations, kept after each cell.
@@ -69,8 +69,9 @@ INTERVAL = (
 GAPS = (
     "a model's ID accuracy minus its accuracy on the split, mean over the seeds; \"minus sft\" is CAPT's gap "
     "minus SFT's (CAPT claims a negative one), over the seeds all four evaluations have, seed s of each paired; "
-    "95% interval of the two-level bootstrap, with the questions of each split drawn independently: where the OOD "
-    "questions are refills of the ID ones this ignores that pairing, so the width can be off either way"
+    '95% interval of the two-level bootstrap. "questions" says how it drew the split\'s questions: "paired" where '
+    "they are the ID questions' refills, one for one with the same ids and answers (PrOntoQA's OOD sets, CLadder's "
+    'anticommonsense file), so that each draw takes a question with its refill; "independent" otherwise'
 )
 PAIRED_TEST = (
     "exact two-sided sign test over questions: a question favours a method when its correct count, summed over "
@@ -259,41 +260,66 @@ def summarise(
                     "test": PAIRED_TEST,
                 }
             )
-    return rows, paired, ood_gaps(matrices)
+    drawn_with = {name: question_draw(name, sets) for name in sets}
+    return rows, paired, ood_gaps(matrices, drawn_with)
 
 
-def ood_gaps(matrices: dict[tuple[str, str | None, str], dict[int, np.ndarray]]) -> list[dict[str, Any]]:
+def question_draw(name: str, sets: dict[str, TestSplit]) -> str:
+    """The question set a split's bootstrap draws come from: the ID set's where the split's questions carry the ID
+    questions' ids and answers in the same order, so that each is a refill of its ID twin (PrOntoQA's OOD sets,
+    CLadder's anticommonsense file) and their outcomes are paired; else its own."""
+
+    def keys(split: TestSplit) -> list[tuple[str, str]]:
+        return [(e.id, e.answer) for e in split.examples]
+
+    return "id" if "id" in sets and keys(sets[name]) == keys(sets["id"]) else name
+
+
+def ood_gaps(
+    matrices: dict[tuple[str, str | None, str], dict[int, np.ndarray]], drawn_with: dict[str, str]
+) -> list[dict[str, Any]]:
     """Each model's ID accuracy minus its accuracy on every other split, and CAPT's gap (per estimator) minus
-    SFT's, with the two-level bootstrap interval over the seeds they share. CAPT claims a smaller gap."""
+    SFT's, with the two-level bootstrap interval over the seeds they share. CAPT claims a smaller gap.
+    `drawn_with` names each split's question draw (`question_draw`): a split drawn with the ID set is paired."""
     gaps = []
     for method, estimator, split in matrices:
         parts = [(method, estimator, "id", 1.0), (method, estimator, split, -1.0)]
-        if split != "id" and (gap := contrast(matrices, parts)):
+        if split != "id" and (gap := contrast(matrices, parts, drawn_with)):
             label = method_label(method, estimator)
             gaps.append({"label": label, "method": method, "estimator": estimator, "split": split, **gap})
     for method, estimator, split in matrices:
         parts = [("capt", estimator, "id", 1.0), ("capt", estimator, split, -1.0)]
         parts += [("sft", None, "id", -1.0), ("sft", None, split, 1.0)]
-        if method == "capt" and split != "id" and (difference := contrast(matrices, parts)):
+        if method == "capt" and split != "id" and (difference := contrast(matrices, parts, drawn_with)):
             label = f"{method_label('capt', estimator)} minus sft"
             gaps.append({"label": label, "method": "capt-sft", "estimator": estimator, "split": split, **difference})
     return gaps
 
 
 def contrast(
-    matrices: dict[tuple[str, str | None, str], dict[int, np.ndarray]], parts: list[tuple[str, str | None, str, float]]
+    matrices: dict[tuple[str, str | None, str], dict[int, np.ndarray]],
+    parts: list[tuple[str, str | None, str, float]],
+    drawn_with: dict[str, str],
 ) -> dict[str, Any] | None:
     """sum(weight * accuracy) over (method, estimator, split, weight) parts, over the seeds every part has, with
-    its bootstrap interval; None when a part is missing or no seed is shared."""
+    its bootstrap interval (splits drawn with one question set share its draws); None when a part is missing or
+    no seed is shared."""
     if any((m, e, s) not in matrices for m, e, s, _ in parts):
         return None
     seeds = sorted(set.intersection(*(set(matrices[(m, e, s)]) for m, e, s, _ in parts)))
     if not seeds:
         return None
-    blocks = [(w, np.array([matrices[(m, e, s)][seed] for seed in seeds]), s) for m, e, s, w in parts]
+    blocks = [(w, np.array([matrices[(m, e, s)][seed] for seed in seeds]), drawn_with[s]) for m, e, s, w in parts]
     low, high = bootstrap_contrast(blocks)
     mean = sum(w * float(block.mean()) for w, block, _ in blocks)
-    return {"seeds": seeds, "points_mean": 100 * mean, "ci_low": 100 * low, "ci_high": 100 * high}
+    questions = "paired" if len({name for _, _, name in blocks}) == 1 else "independent"
+    return {
+        "seeds": seeds,
+        "points_mean": 100 * mean,
+        "ci_low": 100 * low,
+        "ci_high": 100 * high,
+        "questions": questions,
+    }
 
 
 def estimator_rows(evaluations: list[tuple[str, str | None, int, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -362,9 +388,10 @@ def markdown(
         ]
         lines += table(header, cells, f"Paired test: {PAIRED_TEST}.")
     if gaps:
-        header = ["method", "split", "seeds", "ID minus split accuracy, points"]
+        header = ["method", "split", "seeds", "questions", "ID minus split accuracy, points"]
         cells = [
-            [g["label"], g["split"], seed_list(g), f"{g['points_mean']:+.1f} [{g['ci_low']:+.1f}, {g['ci_high']:+.1f}]"]
+            [g["label"], g["split"], seed_list(g), g["questions"]]
+            + [f"{g['points_mean']:+.1f} [{g['ci_low']:+.1f}, {g['ci_high']:+.1f}]"]
             for g in gaps
         ]
         lines += table(header, cells, f"OOD gaps: {GAPS}.")

@@ -67,9 +67,9 @@ def bootstrap_contrast(
     name of its question set): an OOD gap is [(1, id, "id"), (-1, anti, "anti")].
 
     The same two-level bootstrap as `bootstrap_interval`, with one draw of seed indices for every part (all parts
-    need the same number of seeds) and one draw of questions per question set, shared by the parts that answered
-    it. Different sets are drawn independently: where their questions are paired (refills of one another) this
-    ignores the covariance between them, so the interval can be too wide or too narrow.
+    need the same number of seeds) and one draw of questions per question set, shared by the parts that name it.
+    A split whose questions refill another's one for one, in the same order, names that set, so that each draw
+    keeps a question with its refill; sets drawn independently ignore any covariance between their questions.
     """
     matrices = [np.asarray(outcomes, np.float64) for _, outcomes, _ in parts]
     seeds = {m.shape[0] for m in matrices}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from capt_jax.data import Example, TestSplit
-from capt_jax.experiment import answers_sets, estimator_rows, main, markdown
+from capt_jax.experiment import answers_sets, estimator_rows, main, markdown, ood_gaps, question_draw
 
 TINY = [
     "--config.data.source=generate",
@@ -67,6 +68,8 @@ def test_two_methods_two_seeds_end_to_end(tiny_chat_dir, tmp_path, capsys):
             gaps[(oracle, split)]["points_mean"] - gaps[("sft", split)]["points_mean"]
         )
         assert difference["seeds"] == [0, 1]
+        # PrOntoQA's OOD questions refill the ID ones: the bootstrap draws each with its twin.
+        assert {gaps[(label, split)]["questions"] for label in labels} == {"paired"}
         assert difference["ci_low"] <= difference["points_mean"] <= difference["ci_high"]
     last_line = (work / "summary.md").read_text().rstrip().splitlines()[-1]
     assert last_line.startswith("Test questions removed by the contamination guard, per split: {'id': ")
@@ -151,6 +154,36 @@ def test_reused_predictions_must_answer_every_current_split_and_ignore_skipped_o
     assert answers_sets(answered(("id", "b"), ("id", "a")), sets)  # in any order
     assert not answers_sets(answered(("id", "a")), sets)
     assert not answers_sets(answered(("id", "a"), ("id", "b"), ("id", "c")), sets)
+
+
+def test_a_split_of_refills_is_drawn_with_the_id_questions():
+    def split(*questions: tuple[str, str]) -> TestSplit:
+        return TestSplit([Example(i, "prontoqa", "true", "p", "", answer) for i, answer in questions])
+
+    sets = {
+        "id": split(("a", "True"), ("b", "False")),
+        "anti": split(("a", "True"), ("b", "False")),  # the ID questions' refills: same ids and answers, in order
+        "non": split(("a", "True"), ("b", "True")),  # an answer differs: other questions
+        "other": split(("b", "False"), ("a", "True")),  # another order
+    }
+    assert {name: question_draw(name, sets) for name in sets} == {
+        "id": "id",
+        "anti": "id",
+        "non": "non",
+        "other": "other",
+    }
+    # Paired, a model that loses the same two of 40 questions out of distribution in every seed has a gap interval
+    # of exactly 5 points; drawn independently it is wide.
+    id_ = np.tile(np.arange(40) % 2, (3, 1))
+    ood = id_.copy()
+    ood[:, [1, 3]] = 0
+    matrices = {("sft", None, "id"): dict(enumerate(id_)), ("sft", None, "anti"): dict(enumerate(ood))}
+    [paired] = ood_gaps(matrices, {"id": "id", "anti": "id"})
+    [independent] = ood_gaps(matrices, {"id": "id", "anti": "anti"})
+    assert (paired["questions"], independent["questions"]) == ("paired", "independent")
+    assert paired["points_mean"] == independent["points_mean"] == pytest.approx(5.0)
+    assert 0 <= paired["ci_low"] and paired["ci_high"] <= 15
+    assert independent["ci_high"] - independent["ci_low"] > 2 * (paired["ci_high"] - paired["ci_low"])
 
 
 @pytest.mark.parametrize(
