@@ -12,9 +12,10 @@ resumes training and reuses finished evaluations. The results:
 
 * W/predictions.jsonl: one line per answered question (method, estimator, seed, split, id, prompt, reply, ...);
 * W/summary.json: rows {method, estimator, split, n, seeds, accuracy_mean, ci_low, ci_high};
-* W/paired.json: CAPT (per estimator) vs SFT on every split, {split, a, b, seeds, a_better, b_better, p_value, test};
-* W/gaps.json: each model's ID minus OOD accuracy, and CAPT's gap minus SFT's, in points with intervals:
-  {label, method, estimator, split, seeds, points_mean, ci_low, ci_high, questions: paired or independent};
+* W/paired.json: CAPT and each ablation (per estimator) vs SFT on every split,
+  {split, a, b, seeds, a_better, b_better, p_value, test};
+* W/gaps.json: each model's ID minus OOD accuracy, and CAPT's and each ablation's gap minus SFT's, in points with
+  intervals: {label, method, estimator, split, seeds, points_mean, ci_low, ci_high, questions: paired or independent};
 * W/estimators.json: per model estimator and split, the rate of estimates passing the gold-free check;
 * W/summary.md, W/accuracy.png (bars with 95% intervals) and W/loss.png (training loss per trained method);
 * W/timing.json: seconds of training and of each evaluation per cell, summed over invocations, kept after each cell.
@@ -67,11 +68,12 @@ INTERVAL = (
     "with replacement, one question draw shared by all seeds"
 )
 GAPS = (
-    "a model's ID accuracy minus its accuracy on the split, mean over the seeds; \"minus sft\" is CAPT's gap "
-    "minus SFT's (CAPT claims a negative one), over the seeds all four evaluations have, seed s of each paired; "
-    '95% interval of the two-level bootstrap. "questions" says how it drew the split\'s questions: "paired" where '
-    "they are the ID questions' refills, one for one with the same ids and answers (PrOntoQA's OOD sets, CLadder's "
-    'anticommonsense file), so that each draw takes a question with its refill; "independent" otherwise'
+    'a model\'s ID accuracy minus its accuracy on the split, mean over the seeds; "minus sft" is the gap of CAPT '
+    "or an ablation minus SFT's (CAPT claims a negative one), over the seeds all four evaluations have, seed s of "
+    'each paired; 95% interval of the two-level bootstrap. "questions" says how it drew the split\'s questions: '
+    "\"paired\" where they are the ID questions' refills, one for one with the same ids and answers (PrOntoQA's "
+    'OOD sets, CLadder\'s anticommonsense file), so that each draw takes a question with its refill; "independent" '
+    "otherwise"
 )
 PAIRED_TEST = (
     "exact two-sided sign test over questions: a question favours a method when its correct count, summed over "
@@ -219,7 +221,8 @@ def outcomes(rows: list[dict[str, Any]], seeds: Sequence[int], ids: Sequence[str
 def summarise(
     predictions: list[dict[str, Any]], sets: dict[str, TestSplit]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(summary rows with bootstrap intervals, paired tests of CAPT per estimator vs SFT on every split, OOD gaps).
+    """(summary rows with bootstrap intervals, paired tests of CAPT and the ablations per estimator vs SFT on every
+    split, OOD gaps).
 
     Each row is over the seeds its predictions have; a paired test over the seeds both sides have."""
     groups: dict[tuple[str, str | None, str], list[dict[str, Any]]] = {}
@@ -248,12 +251,12 @@ def summarise(
     for (method, estimator, split), by_seed in matrices.items():
         sft = matrices.get(("sft", None, split), {})
         common = sorted(set(by_seed) & set(sft))
-        if method == "capt" and common:
+        if method not in ("base", "sft") and common:
             test = paired_sign_test(np.array([by_seed[s] for s in common]), np.array([sft[s] for s in common]))
             paired.append(
                 {
                     "split": split,
-                    "a": method_label("capt", estimator),
+                    "a": method_label(method, estimator),
                     "b": "sft",
                     "seeds": common,
                     **test,
@@ -278,8 +281,9 @@ def question_draw(name: str, sets: dict[str, TestSplit]) -> str:
 def ood_gaps(
     matrices: dict[tuple[str, str | None, str], dict[int, np.ndarray]], drawn_with: dict[str, str]
 ) -> list[dict[str, Any]]:
-    """Each model's ID accuracy minus its accuracy on every other split, and CAPT's gap (per estimator) minus
-    SFT's, with the two-level bootstrap interval over the seeds they share. CAPT claims a smaller gap.
+    """Each model's ID accuracy minus its accuracy on every other split, and CAPT's and each ablation's gap (per
+    estimator) minus SFT's, with the two-level bootstrap interval over the seeds they share. CAPT claims a smaller
+    gap.
     `drawn_with` names each split's question draw (`question_draw`): a split drawn with the ID set is paired."""
     gaps = []
     for method, estimator, split in matrices:
@@ -288,11 +292,14 @@ def ood_gaps(
             label = method_label(method, estimator)
             gaps.append({"label": label, "method": method, "estimator": estimator, "split": split, **gap})
     for method, estimator, split in matrices:
-        parts = [("capt", estimator, "id", 1.0), ("capt", estimator, split, -1.0)]
+        parts = [(method, estimator, "id", 1.0), (method, estimator, split, -1.0)]
         parts += [("sft", None, "id", -1.0), ("sft", None, split, 1.0)]
-        if method == "capt" and split != "id" and (difference := contrast(matrices, parts, drawn_with)):
-            label = f"{method_label('capt', estimator)} minus sft"
-            gaps.append({"label": label, "method": "capt-sft", "estimator": estimator, "split": split, **difference})
+        trained_on_abstractions = method not in ("base", "sft")
+        if trained_on_abstractions and split != "id" and (difference := contrast(matrices, parts, drawn_with)):
+            label = f"{method_label(method, estimator)} minus sft"
+            gaps.append(
+                {"label": label, "method": f"{method}-sft", "estimator": estimator, "split": split, **difference}
+            )
     return gaps
 
 

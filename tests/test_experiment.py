@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from capt_jax.data import Example, TestSplit
-from capt_jax.experiment import answers_sets, estimator_rows, main, markdown, ood_gaps, question_draw
+from capt_jax.experiment import answers_sets, estimator_rows, main, markdown, ood_gaps, question_draw, summarise
 
 TINY = [
     "--config.data.source=generate",
@@ -184,6 +184,25 @@ def test_a_split_of_refills_is_drawn_with_the_id_questions():
     assert paired["points_mean"] == independent["points_mean"] == pytest.approx(5.0)
     assert 0 <= paired["ci_low"] and paired["ci_high"] <= 15
     assert independent["ci_high"] - independent["ci_low"] > 2 * (paired["ci_high"] - paired["ci_low"])
+
+
+def test_every_ablation_is_compared_with_sft_like_capt():
+    questions = [Example(str(i), "prontoqa", "true", "p", "", "True") for i in range(6)]
+    sets = {"id": TestSplit(questions), "anti": TestSplit(questions)}
+    right = {"sft": (6, 3), "capt": (5, 5), "order": (6, 4)}  # correct answers on (id, anti), every seed
+    predictions = [
+        {"method": m, "estimator": None if m == "sft" else "self", "seed": seed, "split": split, "id": str(i)}
+        | {"correct": i < right[m][k]}
+        for m in right
+        for seed in (0, 1)
+        for k, split in enumerate(sets)
+        for i in range(6)
+    ]
+    _, paired, gaps = summarise(predictions, sets)
+    assert {(p["a"], p["split"]) for p in paired} == {(f"{m} (self)", s) for m in ("capt", "order") for s in sets}
+    differences = {g["label"]: g["points_mean"] for g in gaps if g["method"].endswith("-sft")}
+    # (id - anti) of the method minus SFT's 50 points: capt 0 - 50, order 33.3 - 50.
+    assert differences == pytest.approx({"capt (self) minus sft": -50.0, "order (self) minus sft": -50 / 3})
 
 
 @pytest.mark.parametrize(
