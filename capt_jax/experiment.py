@@ -63,6 +63,7 @@ METHOD_MODES = {
     "original": "original",
     "symbol": "symbol",
 }
+RAW_PROMPT_METHODS = ("base", "sft")  # the rest train on intervened abstractions and are each compared with SFT
 INTERVAL = (
     "95% percentile interval of a two-level bootstrap (2000 replicates): seeds and questions each redrawn "
     "with replacement, one question draw shared by all seeds"
@@ -120,7 +121,7 @@ def cell_config(config: ConfigDict, cell: Cell, estimator: str | None) -> Config
 def estimators_of(cell: Cell, estimators: Sequence[str]) -> list[str | None]:
     """CAPT goes through every estimator and an ablation through the first (it isolates the intervention, not the
     first stage); base and SFT answer raw prompts."""
-    if cell.method in ("base", "sft"):
+    if cell.method in RAW_PROMPT_METHODS:
         return [None]
     return list(estimators) if cell.method == "capt" else [estimators[0]]
 
@@ -251,7 +252,7 @@ def summarise(
     for (method, estimator, split), by_seed in matrices.items():
         sft = matrices.get(("sft", None, split), {})
         common = sorted(set(by_seed) & set(sft))
-        if method not in ("base", "sft") and common:
+        if method not in RAW_PROMPT_METHODS and common:
             test = paired_sign_test(np.array([by_seed[s] for s in common]), np.array([sft[s] for s in common]))
             paired.append(
                 {
@@ -294,8 +295,7 @@ def ood_gaps(
     for method, estimator, split in matrices:
         parts = [(method, estimator, "id", 1.0), (method, estimator, split, -1.0)]
         parts += [("sft", None, "id", -1.0), ("sft", None, split, 1.0)]
-        trained_on_abstractions = method not in ("base", "sft")
-        if trained_on_abstractions and split != "id" and (difference := contrast(matrices, parts, drawn_with)):
+        if method not in RAW_PROMPT_METHODS and split != "id" and (difference := contrast(matrices, parts, drawn_with)):
             label = f"{method_label(method, estimator)} minus sft"
             gaps.append(
                 {"label": label, "method": f"{method}-sft", "estimator": estimator, "split": split, **difference}
