@@ -496,7 +496,11 @@ def _flags(values: flags.FlagValues, bench: str) -> None:
     )
     flags.DEFINE_integer("seed", 0, "random weights and tokens", flag_values=values)
     flags.DEFINE_float(
-        "peak-flops", None, "MFU denominator in FLOP/s (default: see capt_jax/flops.py)", flag_values=values
+        "peak-flops",
+        None,
+        "MFU denominator in FLOP/s (default: see capt_jax/flops.py)",
+        lower_bound=1.0,
+        flag_values=values,
     )
     if bench == "train":
         flags.DEFINE_bool(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -287,8 +288,10 @@ def _choice(config: ConfigDict, key: str, options: Sequence[str]) -> None:
 
 def _positive(config: ConfigDict, key: str, allow_zero: bool = False) -> None:
     value = _get(config, key)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"config key {key!r}: {value!r} must be {'>= 0' if allow_zero else '> 0'}")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"config key {key!r}: {value!r} must be {bound if number else 'a finite number ' + bound}")
 
 
 def _get(config: ConfigDict, key: str) -> Any:
@@ -339,6 +342,7 @@ def validate(config: ConfigDict) -> None:
     _choice(config, "data.loss_on", ("completion", "all"))
     _choice(config, "data.packing", (False, True))
     _choice(config, "distributed.initialize", ("auto", "always", "never"))
+    _positive(config, "seed", allow_zero=True)  # numpy's generators take no negative seed
     validate_batch(config)
     validate_lora(config)
     for key in (
@@ -441,6 +445,12 @@ def validate_data(config: ConfigDict) -> None:
     _choice(config, "data.mode", MODES)
     _choice(config, "data.estimation_form", FORMS)
     _choice(config, "data.prontoqa_ontology", ONTOLOGIES)
+    made_by = {"generate": "prontoqa", "download": "cladder"}  # the sources that are not files
+    if made_by.get(config.data.source, config.data.dataset) != config.data.dataset:
+        raise ConfigError(
+            f"config key 'data.source': {config.data.source!r} makes {made_by[config.data.source]} data only, and "
+            f"data.dataset is {config.data.dataset!r}; use 'auto' or 'files' for it"
+        )
     if config.data.dataset == "cladder" and (config.data.variant or "commonsense").lower() not in VARIANT_ALIASES:
         raise ConfigError(f"config key 'data.variant': {config.data.variant!r} is not one of {sorted(VARIANT_ALIASES)}")
     if config.data.dataset == "prontoqa" and (config.data.variant or "id") != "id":
@@ -486,6 +496,7 @@ def validate_eval(config: ConfigDict) -> None:
     validate_decoding(config)
     _choice(config, "eval.estimator", ("oracle", "lm", "openai", "self"))
     _positive(config, "eval.estimator_max_new_tokens")
+    _positive(config, "eval.seed", allow_zero=True)
     for key in ("eval.max_examples", "eval.estimator_retries", "eval.estimator_shots"):
         _positive(config, key, allow_zero=True)
     from capt_jax.data import SPLITS

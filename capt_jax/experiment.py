@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from capt_jax import checkpoint as ckpt
 from capt_jax import cli
-from capt_jax.config import ConfigDict, ConfigError
+from capt_jax.config import ConfigDict, ConfigError, validate
 from capt_jax.data import TestSplit
 from capt_jax.errors import MissingFileError
 from capt_jax.evaluate import (
@@ -500,12 +500,15 @@ def run_experiment(
     tests) and writes every file under `workdir`."""
     for estimator in estimators:
         check_estimator(cell_config(config, Cell("capt", seeds[0], workdir), estimator), base_only=False)
+    cells = [Cell(m, s, workdir / m / f"seed_{s}") for m in methods for s in seeds]
+    for cell in cells:  # a training setting that cannot run fails now, not after the base model's evaluation
+        if cell.trained:
+            validate(cell_config(config, cell, None))
     sets = evaluation_sets(config)  # data errors surface before anything trains
     for name, found in sets.items():
         if found.skipped:
             print(f"note: split {name} is skipped: {found.skipped}", file=sys.stderr)
     sets = {name: found for name, found in sets.items() if not found.skipped}
-    cells = [Cell(m, s, workdir / m / f"seed_{s}") for m in methods for s in seeds]
     workdir.mkdir(parents=True, exist_ok=True)
     timing_file = workdir / "timing.json"
     timing: dict[str, float] = json.loads(timing_file.read_text()) if timing_file.exists() else {}
@@ -583,6 +586,8 @@ def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
         seeds = [int(s) for s in seed_items]
     except ValueError as e:
         raise ConfigError(f"--seeds: {values.seeds!r} must be comma-separated integers") from e
+    if min(seeds) < 0:
+        raise ConfigError(f"--seeds: {values.seeds!r} must be integers >= 0")
     workdir = Path(values.workdir or config.workdir)
     check_output_dir(workdir, "--workdir" if values.workdir else "--config.workdir")
     if values.report and not workdir.is_dir():

@@ -37,6 +37,7 @@ from capt_jax.errors import CaptError
 from capt_jax.lora import check_adapters, flat, lora_scale, merge_lora, split_trainable
 from capt_jax.model import ModelConfig, Params
 from capt_jax.model.decoder import dequantized
+from capt_jax.outputs import check_output_dir
 from capt_jax.pretrained import resolve_model_dir
 from capt_jax.weights import hf_state_dict, hf_tensor_name, load_params, save_safetensors
 
@@ -107,7 +108,9 @@ def tokenizer_files(folder: Path) -> list[Path]:
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber anything but an empty folder unless asked: an export may land on a previous model."""
+    """Refuse to clobber anything but an empty folder unless asked: an export may land on a previous model. A file
+    is never replaced (an export is a folder), and a folder that cannot be written fails here, before any work."""
+    check_output_dir(out, "--out")
     if out.exists() and not overwrite and not (out.is_dir() and not any(out.iterdir())):
         raise ExportError(f"{out}: already exists and is not empty; pass --overwrite to replace it")
 

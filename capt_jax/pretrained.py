@@ -46,6 +46,12 @@ class Pretrained:
     adapters: Params | None = None
     lora_scale: float = 1.0
 
+    def require_tokenizer(self, needed_for: str) -> Any:
+        """The tokenizer, or a MissingFileError naming the folder: weight-only folders load without one."""
+        if self.tokenizer is None:
+            raise MissingFileError(f"{self.path}: the model folder has no tokenizer; {needed_for} needs one")
+        return self.tokenizer
+
     def logits(self, input_ids: Any, attention_mask: Any | None = None) -> jax.Array:
         """Logits [batch, seq, vocab]; attention_mask marks real tokens (left padding allowed)."""
         input_ids = jnp.asarray(input_ids, jnp.int32)

@@ -322,7 +322,7 @@ def tokenize_data(
 ) -> Data:
     tokenize = functools.partial(
         tokenize_pairs,
-        model.tokenizer,
+        model.require_tokenizer("training"),
         seq_len=config.train.seq_len,
         chat_template=config.data.chat_template,
         loss_on=config.data.loss_on,

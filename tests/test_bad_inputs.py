@@ -70,6 +70,11 @@ def world(tmp_path_factory, tiny_chat_dir):
     tokenizer_config = json.loads((no_chat / "tokenizer_config.json").read_text())
     tokenizer_config.pop("chat_template", None)
     (no_chat / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    no_tokenizer = root / "no_tokenizer"
+    shutil.copytree(tiny_chat_dir, no_tokenizer)
+    for file in no_tokenizer.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges")):
+            file.unlink()
     (root / "a_file").write_text("not a folder\n")
     (root / "not.gguf").write_text("garbage\n")
     (root / "raises.py").write_text("def get_config():\n    return 1 / 0\n")
@@ -225,6 +230,36 @@ CASES = [
         ["train", "--arch=tiny", "--config.model.quantize=nf3"],
         "config key 'model.quantize': 'nf3' is not one of",
     ),
+    # Found by an audit of user mistakes on 2026-12-06: each of these ended in a traceback or did the wrong thing.
+    (
+        "train",
+        ["--config", SFT, "--config.data.path={sft}", "--config.model.path={root}/no_tokenizer"],
+        "no_tokenizer: the model folder has no tokenizer; training needs one",
+    ),
+    ("train", ["--config", SFT, "--config.seed=-1"], "config key 'seed': -1 must be >= 0"),
+    ("train", ["--config", SFT, "--config.train.learning_rate=nan"], "'train.learning_rate': nan must be a finite"),
+    ("generate", ["--prompt=hi", "--config.eval.temperature=inf"], "'eval.temperature': inf must be a finite number"),
+    (  # generation's KV-cache attention has no cuDNN branch; the training step's attention does
+        "train",
+        [*ON_WORK, "--config.workdir={root}/cudnn", "--config.model.attention_impl=cudnn"],
+        "config key 'model.attention_impl': 'cudnn' runs on a GPU in bfloat16 or float16 only",
+    ),
+    (
+        "train",
+        ["--config", SFT, "--config.data.kind=capt", "--config.data.dataset=cladder", "--config.data.source=generate"],
+        "config key 'data.source': 'generate' makes prontoqa data only",
+    ),
+    ("data", ["show", "--config", DEMO, "--config.data.source=download"], "'download' makes cladder data only"),
+    ("data", ["report", "--config.data.data_dir={root}/missing"], "'data.data_dir': '{root}/missing' is not a folder"),
+    ("export", ["--workdir={work}", "--out=/proc/capt_out", "--format=peft"], "cannot write in /proc"),
+    ("export", ["--workdir={work}", "--out={root}/a_file", "--format=peft", "--overwrite"], "is a file, not a folder"),
+    ("experiment", ["--config", DEMO, "--seeds=-1"], "--seeds: '-1' must be integers >= 0"),
+    (  # a training setting fails before the base model is evaluated
+        "experiment",
+        ["--config", DEMO, "--methods=base,sft", "--config.train.learning_rate=-1", "--workdir={root}/exp"],
+        "config key 'train.learning_rate': -1.0 must be > 0",
+    ),
+    ("bench", ["train", "--arch=tiny", "--peak-flops=-5"], "--peak-flops"),
 ]
 
 
@@ -234,6 +269,20 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("command, args, names", CASES, ids=[f"{c}-{i}" for i, (c, *_) in enumerate(CASES)])
 def test_bad_input_is_one_clean_error_line(world, command, args, names, capsys):
+    assert_one_error_line(world, command, args, names, capsys)
+    if command == "experiment":
+        assert not (world["root"] / "exp").exists()
+
+
+def test_files_source_without_any_data_folder_names_the_key(world, monkeypatch, capsys):
+    from capt_jax.data import sources
+
+    monkeypatch.setattr(sources, "default_data_dir", lambda: None)
+    args = ["show", "--config", DEMO, "--config.data.source=files"]
+    assert_one_error_line(world, "data", args, "config key 'data.data_dir': data.source='files' needs", capsys)
+
+
+def assert_one_error_line(world, command: str, args: list[str], names: str, capsys) -> None:
     module = importlib.import_module("capt_jax.data.__main__" if command == "data" else f"capt_jax.{command}")
     args = [a.format(**{k: str(v) for k, v in world.items()}) for a in args]
     before = {name: snapshot(world[name]) for name in ("work", "corrupt")}

@@ -19,6 +19,7 @@ from absl import flags
 
 from capt_jax import cli
 from capt_jax.config import ConfigDict, validate_data
+from capt_jax.errors import MissingFileError
 from capt_jax.outputs import check_output_file
 
 from . import cladder, prontoqa
@@ -108,6 +109,9 @@ def report(config: ConfigDict, values: flags.FlagValues) -> None:
         if pronto != folder or not reports:  # a CLadder folder given directly holds no PrOntoQA files
             for path in sorted(pronto.glob("*.json")):
                 reports.append(validity_report(prontoqa.load_prontoqa_file(path), str(path)))
+    if config.data.data_dir and not reports:  # a folder the user named must hold something to report on
+        what = "is not a folder" if not data_dir.is_dir() else "holds no CLadder question file and no PrOntoQA .json"
+        raise MissingFileError(f"config key 'data.data_dir': {str(data_dir)!r} {what}")
     for ontology, hops, seed in REPORT_GENERATOR_SETTINGS:
         records = generate_prontoqa(500, hops, ontology, True, seed)
         name = f"generator ontology={ontology} hops={hops} seed={seed}"

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from capt_jax.errors import MissingFileError
+
 from . import cladder, prontoqa
 from .cladder_release import downloaded_release
 from .example import DATASETS, Example
@@ -57,6 +59,13 @@ def load_examples(
         raise ValueError(f"PrOntoQA variant {variant!r} is derived from the test split; use test_sets()")
     if source == "auto":
         source, data_dir = _resolve_auto(dataset, variant, data_dir, data_file)
+    if source == "files" and data_dir is None and data_file is None:
+        data_dir = default_data_dir()
+        if data_dir is None:
+            raise MissingFileError(
+                "config key 'data.data_dir': data.source='files' needs data.data_dir or data.data_file, and "
+                "neither $CAPT_DATA_DIR nor ../shared/data beside the project is there"
+            )
     if source == "generate":
         if dataset != "prontoqa":
             raise ValueError("only PrOntoQA has a generator")

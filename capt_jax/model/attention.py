@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from capt_jax.errors import ConfigError
 from capt_jax.model.config import ModelConfig
 from capt_jax.model.layers import AdapterConfig, Linear, adapter_for, constrain
 from capt_jax.model.rope import apply_rotary
@@ -89,9 +90,14 @@ def attention_implementation(config: ModelConfig) -> str:
 
     `jax.nn.dot_product_attention(implementation=None)` always picks XLA, so the choice is made here.
     """
+    half = jnp.dtype(config.dtype) in (jnp.bfloat16, jnp.float16)
+    if config.attention_impl == "cudnn" and not (half and jax.default_backend() == "gpu"):
+        raise ConfigError(
+            f"config key 'model.attention_impl': 'cudnn' runs on a GPU in bfloat16 or float16 only (here: "
+            f"{jax.default_backend()}, compute in {jnp.dtype(config.dtype).name}); use 'auto' or 'xla'"
+        )
     if config.attention_impl is not None:
         return config.attention_impl
-    half = jnp.dtype(config.dtype) in (jnp.bfloat16, jnp.float16)
     return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
 
 
