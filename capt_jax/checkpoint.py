@@ -131,6 +131,8 @@ def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict[str, Any
     mgr = manager(workdir, read_only=True)
     step = mgr.latest_step() if step is None else step
     if step is None:
+        if os.path.isfile(workdir):
+            raise CheckpointError(f"{workdir}: is a file, not a workdir")
         raise CheckpointError(f"{checkpoint_dir(workdir)}: no checkpoint found")
     try:
         meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

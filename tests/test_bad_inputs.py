@@ -260,6 +260,13 @@ CASES = [
         "config key 'train.learning_rate': -1.0 must be > 0",
     ),
     ("bench", ["train", "--arch=tiny", "--peak-flops=-5"], "--peak-flops"),
+    ("export", ["--workdir={root}/a_file", "--out={root}/out", "--format=peft"], "a_file: is a file, not a workdir"),
+    ("train", ["--config", SFT, "--config.data.path={sft}", "--config.model.path="], "'model.path' is empty"),
+    (
+        "data",
+        ["show", "--config", DEMO, "--config.data.source=files", "--config.data.data_file={root}"],
+        "is a folder, not a data file",
+    ),
 ]
 
 

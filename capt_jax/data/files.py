@@ -34,5 +34,5 @@ def read_yaml(path: str | Path) -> Any:
 def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f"{path}: data file not found")
+        raise MissingFileError(f"{path}: {'is a folder, not a data file' if path.is_dir() else 'data file not found'}")
     return path
