@@ -439,3 +439,52 @@ def _template_text(abstraction) -> str:
 
 def _wordings(example) -> list[str]:
     return [w for v in example.meta["variables"] for texts in v["wordings"].values() for w in texts]
+
+
+DET_QUESTION = {  # the official generator's deterministic counterfactual (causalbenchmark/queries/deterministic.py)
+    "question_id": 8,
+    "desc_id": "toy-chain-det-counterfactual-model0-spec0-q0",
+    "given_info": "We know that heavy rain causes open umbrella.",
+    "question": "Would the umbrella is open if no rain instead of heavy rain?",
+    "answer": "no",
+    "meta": {
+        "story_id": "toy",
+        "graph_id": "chain",
+        "given_info": {},
+        "formal_form": "Y_{X=0} = 1 | ",
+        "treatment": "X",
+        "outcome": "Y",
+        "action": 0,
+        "polarity": 1,
+        "groundtruth": 0,
+        "query_type": "det-counterfactual",
+        "rung": 3,
+        "model_id": 0,
+    },
+    "reasoning": {
+        "step0": "Let X = rain; Y = umbrella.",
+        "step1": "X->Y",
+        "step2": "Y_{X=0} = 1 | ",
+        "step3": "Solve for Y, given the evidence and the action",
+        "step4": "Y = X",
+        "step5": "Y = 0 = 0",
+        "end": "0",
+    },
+}
+
+
+def test_deterministic_counterfactual_abstracts_exactly(tmp_path):
+    """A query type the shared files lack but the v1 release holds (rung 3, no numbers)."""
+    write_toy(tmp_path, questions=[DET_QUESTION])
+    [example] = load_examples("cladder", "commonsense", data_dir=tmp_path)
+    abstraction = abstract(example)
+    assert abstraction.prompt.endswith(
+        "{symbol_1} has a direct effect on {symbol_2}. We know that {symbol_1}=1 causes {symbol_2}=1. "
+        "Would {symbol_2}=1 if {symbol_1}=0 instead of {symbol_1}=1?"
+    )
+    assert abstraction.symbols == {"symbol_1": "rain", "symbol_2": "umbrella"}
+    assert is_valid(abstraction)
+    shown = intervene(abstraction, "order")
+    assert "We know that A=1 causes B=1. Would B=1 if A=0 instead of A=1?" in shown.prompt
+    assert "Step 2) Query type: deterministic counterfactual\nStep 3) Formal query: B_{A=0} = 1 | " in shown.target
+    assert shown.target.endswith("Result: 0, so the answer is no.</think><answer>No</answer>")
