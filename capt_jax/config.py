@@ -373,6 +373,13 @@ def validate(config: ConfigDict) -> None:
         raise ConfigError(f"config key 'data.path': JSONL file {config.data.path!r} {what}")
 
 
+def validate_attention(config: ConfigDict) -> None:
+    """model.attention_impl on this machine's backend (starting it: after `jax.distributed.initialize`)."""
+    from capt_jax.model.attention import check_implementation
+
+    check_implementation(config.model.attention_impl, config.model.compute_dtype)
+
+
 def validate_batch(config: ConfigDict) -> None:
     """The step's shape: what `validate` and `python -m capt_jax.bench` both read."""
     for key in ("train.batch_size", "train.grad_accum", "train.seq_len"):

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from capt_jax import checkpoint as ckpt
 from capt_jax import cli
-from capt_jax.config import ConfigDict, ConfigError, validate
+from capt_jax.config import ConfigDict, ConfigError, validate, validate_attention
 from capt_jax.data import TestSplit
 from capt_jax.errors import MissingFileError
 from capt_jax.evaluate import (
@@ -504,6 +504,8 @@ def run_experiment(
     for cell in cells:  # a training setting that cannot run fails now, not after the base model's evaluation
         if cell.trained:
             validate(cell_config(config, cell, None))
+    if any(cell.trained for cell in cells):
+        validate_attention(config)
     sets = evaluation_sets(config)  # data errors surface before anything trains
     for name, found in sets.items():
         if found.skipped:

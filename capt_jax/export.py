@@ -110,7 +110,11 @@ def tokenizer_files(folder: Path) -> list[Path]:
 def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse to clobber anything but an empty folder unless asked: an export may land on a previous model. A file
     is never replaced (an export is a folder), and a folder that cannot be written fails here, before any work."""
-    check_output_dir(out, "--out")
+    try:
+        check_output_dir(out, "--out")
+        check_output_dir(out.parent, "--out's folder")  # the export is staged there, then renamed to `out`
+    except ConfigError as e:  # export's own error class, for callers that catch it
+        raise ExportError(str(e)) from None
     if out.exists() and not overwrite and not (out.is_dir() and not any(out.iterdir())):
         raise ExportError(f"{out}: already exists and is not empty; pass --overwrite to replace it")
 

@@ -79,7 +79,10 @@ def resolve_model_dir(path_or_id: str | Path) -> Path:
     from capt_jax.convert import SMOLLM2_ALIAS, converted_gguf, packaged_smollm2_gguf
 
     if not str(path_or_id).strip():  # Path("") is the current folder
-        raise MissingFileError("config key 'model.path' is empty: give a model folder, a .gguf file, a hub id, smollm2")
+        raise MissingFileError(
+            "the model path (model.path, or --base-model) is empty: give a model folder, a .gguf "
+            "file, a hub id or smollm2"
+        )
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path

@@ -44,7 +44,7 @@ from capt_jax.batches import (
     read_jsonl_pairs,
     tokenize_pairs,
 )
-from capt_jax.config import ConfigDict, ConfigError, training_mesh, validate
+from capt_jax.config import ConfigDict, ConfigError, training_mesh, validate, validate_attention
 from capt_jax.data import abstract, training_data, training_examples, training_questions
 from capt_jax.data.config import default_data_config
 from capt_jax.distributed import maybe_initialize_distributed
@@ -493,6 +493,7 @@ def prepare(config: ConfigDict) -> None:
     validate(config)
     check_output_dir(config.workdir, "--config.workdir")
     maybe_initialize_distributed(config)
+    validate_attention(config)
 
 
 def finished_position(config: ConfigDict) -> int | None:

@@ -239,7 +239,7 @@ CASES = [
     ("train", ["--config", SFT, "--config.seed=-1"], "config key 'seed': -1 must be >= 0"),
     ("train", ["--config", SFT, "--config.train.learning_rate=nan"], "'train.learning_rate': nan must be a finite"),
     ("generate", ["--prompt=hi", "--config.eval.temperature=inf"], "'eval.temperature': inf must be a finite number"),
-    (  # generation's KV-cache attention has no cuDNN branch; the training step's attention does
+    (  # refused when the run starts, before the model loads (`generate` reads no model.attention_impl)
         "train",
         [*ON_WORK, "--config.workdir={root}/cudnn", "--config.model.attention_impl=cudnn"],
         "config key 'model.attention_impl': 'cudnn' runs on a GPU in bfloat16 or float16 only",
@@ -250,7 +250,7 @@ CASES = [
         "config key 'data.source': 'generate' makes prontoqa data only",
     ),
     ("data", ["show", "--config", DEMO, "--config.data.source=download"], "'download' makes cladder data only"),
-    ("data", ["report", "--config.data.data_dir={root}/missing"], "'data.data_dir': '{root}/missing' is not a folder"),
+    ("data", ["report", "--config.data.data_dir={root}/missing"], "'data.data_dir': '{root}/missing' not found"),
     ("export", ["--workdir={work}", "--out=/proc/capt_out", "--format=peft"], "cannot write in /proc"),
     ("export", ["--workdir={work}", "--out={root}/a_file", "--format=peft", "--overwrite"], "is a file, not a folder"),
     ("experiment", ["--config", DEMO, "--seeds=-1"], "--seeds: '-1' must be integers >= 0"),
@@ -259,9 +259,18 @@ CASES = [
         ["--config", DEMO, "--methods=base,sft", "--config.train.learning_rate=-1", "--workdir={root}/exp"],
         "config key 'train.learning_rate': -1.0 must be > 0",
     ),
+    (
+        "experiment",
+        ["--config", DEMO, "--methods=base,sft", "--config.model.attention_impl=cudnn", "--workdir={root}/exp"],
+        "config key 'model.attention_impl': 'cudnn' runs on a GPU",
+    ),
     ("bench", ["train", "--arch=tiny", "--peak-flops=-5"], "--peak-flops"),
     ("export", ["--workdir={root}/a_file", "--out={root}/out", "--format=peft"], "a_file: is a file, not a workdir"),
-    ("train", ["--config", SFT, "--config.data.path={sft}", "--config.model.path="], "'model.path' is empty"),
+    (
+        "train",
+        ["--config", SFT, "--config.data.path={sft}", "--config.model.path="],
+        "the model path (model.path, or --base-model) is empty",
+    ),
     (
         "data",
         ["show", "--config", DEMO, "--config.data.source=files", "--config.data.data_file={root}"],

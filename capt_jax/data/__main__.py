@@ -110,7 +110,10 @@ def report(config: ConfigDict, values: flags.FlagValues) -> None:
             for path in sorted(pronto.glob("*.json")):
                 reports.append(validity_report(prontoqa.load_prontoqa_file(path), str(path)))
     if config.data.data_dir and not reports:  # a folder the user named must hold something to report on
-        what = "is not a folder" if not data_dir.is_dir() else "holds no CLadder question file and no PrOntoQA .json"
+        if data_dir.is_dir():
+            what = "holds no CLadder question file and no PrOntoQA .json"
+        else:
+            what = "is a file, not a folder" if data_dir.exists() else "not found"
         raise MissingFileError(f"config key 'data.data_dir': {str(data_dir)!r} {what}")
     for ontology, hops, seed in REPORT_GENERATOR_SETTINGS:
         records = generate_prontoqa(500, hops, ontology, True, seed)

@@ -17,7 +17,7 @@ layer (decoding's default) writes its key into its own buffer in place first.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -90,15 +90,22 @@ def attention_implementation(config: ModelConfig) -> str:
 
     `jax.nn.dot_product_attention(implementation=None)` always picks XLA, so the choice is made here.
     """
-    half = jnp.dtype(config.dtype) in (jnp.bfloat16, jnp.float16)
-    if config.attention_impl == "cudnn" and not (half and jax.default_backend() == "gpu"):
-        raise ConfigError(
-            f"config key 'model.attention_impl': 'cudnn' runs on a GPU in bfloat16 or float16 only (here: "
-            f"{jax.default_backend()}, compute in {jnp.dtype(config.dtype).name}); use 'auto' or 'xla'"
-        )
+    check_implementation(config.attention_impl, config.dtype)
     if config.attention_impl is not None:
         return config.attention_impl
+    half = jnp.dtype(config.dtype) in (jnp.bfloat16, jnp.float16)
     return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
+
+
+def check_implementation(implementation: str | None, compute_dtype: Any) -> None:
+    """A forced 'cudnn' fails, by its config key, where cuDNN cannot run, instead of with cuDNN's runtime error.
+    It starts jax's backend, so commands call it once the multi-host runtime is joined (`config.validate_attention`)."""
+    half = jnp.dtype(compute_dtype) in (jnp.bfloat16, jnp.float16)
+    if implementation == "cudnn" and not (half and jax.default_backend() == "gpu"):
+        raise ConfigError(
+            f"config key 'model.attention_impl': 'cudnn' runs on a GPU in bfloat16 or float16 only (here: "
+            f"{jax.default_backend()}, compute in {jnp.dtype(compute_dtype).name}); use 'auto' or 'xla'"
+        )
 
 
 def grouped_attention(q: jax.Array, parts: list[tuple[jax.Array, jax.Array, jax.Array]], scale: float) -> jax.Array:
