@@ -192,13 +192,30 @@ def test_ood_refills_keep_answers_and_structure(ontology):
             # Every slot changed: no filler is one of the example's own terms.
             new_words = {t.text.lower() for t in again.terms.values()}
             assert not new_words & {t.text.lower() for t in template.terms.values()}
-        assert not names_present(n.prompt + n.reasoning, original_names(source), "prontoqa")
+        for refilled in (a, n):
+            assert not names_present(refilled.prompt + refilled.reasoning, original_names(source), "prontoqa")
         assert {t.text.lower() for t in abstract(a).terms.values()} <= real
         for term in abstract(n).terms.values():  # a pseudo-word, or its plural where only that shows
             assert re.fullmatch(r"[A-Za-z]{3,5}", term.text) or re.fullmatch(r"[a-z]{2,5}(s|es|ies)", term.text)
             assert term.text.lower() not in real
     assert anti == anti_commonsense(examples[-20:], pool, seed=0)
     assert non == non_commonsense(examples[-20:], seed=0, real_words=real)
+
+
+def test_an_anti_filler_never_holds_an_original_term_as_words():
+    """ "composite number" shares "composite" with an example about composite integers: it is not drawn for it."""
+
+    def example(i: str, concept: str, prop: str, name: str):
+        rule = f"Each {concept} is not {prop}."
+        claims = [f"{name} is a {concept}.", f"{name} is not {prop}."]
+        return make_example(i, "id", [rule], claims[0], f"{name} is {prop}.", claims, [rule], "False")
+
+    examples = [example("0", "integer", "composite", "Sam"), example("1", "composite number", "even", "Rex")]
+    examples.append(example("2", "prime", "odd", "Tom"))
+    pool = term_pool(examples)
+    assert {t.text for t in pool["concept"]} == {"integer", "composite number", "prime"}
+    refills = [anti_commonsense(examples[:1], pool, seed)[0] for seed in range(20)]
+    assert all("composite" not in r.prompt and "prime" in r.prompt for r in refills)
 
 
 def test_plurals_pluralize_does_not_make_stay_one_concept():

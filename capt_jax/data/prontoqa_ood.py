@@ -3,9 +3,10 @@
 Each example is abstracted and its slots are refilled: `anti` with real
 terms of the same kind (entity, concept, property) drawn from the pool of all
 terms in the dataset, `non` with random 3-5 letter pseudo-words. The proof's
-structure is untouched, so the answer stays. Fillers are distinct within an
-example and differ from every original term of the example where the pool
-allows; a slot never gets its own original term back.
+structure is untouched, so the answer stays. Where the pool allows, no filler
+holds another filler or an original term of the example as whole words, nor is
+held by one ("composite number" does not refill an example about "composite");
+a slot never gets its own original term back.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def anti_commonsense(examples: Sequence[Example], pool: dict[str, list[Term]], s
 
 def non_commonsense(examples: Sequence[Example], seed: int, real_words: Iterable[str] = ()) -> list[Example]:
     """Refill every slot with a random pseudo-word (capitalised for entities), never a real term."""
-    avoid = _GRAMMAR_WORDS | {w.lower() for w in real_words}
+    avoid = _GRAMMAR_WORDS | {word for term in real_words for word in term.lower().split()}
     return [
         _refill(example, seed, "non", lambda kind, rng, taken: _pick_pseudo(kind, rng, taken | avoid))
         for example in examples
@@ -121,9 +122,18 @@ def _slots_of(abstraction: Abstraction, kind: str) -> list[str]:
 
 def _pick_real(kind: str, candidates: Sequence[Term], rng: random.Random, taken: set[str]) -> Term:
     free = [t for t in candidates if t.text.lower() not in taken and t.plural_form().lower() not in taken]
-    if not free:
-        raise ValueError(f"the pool holds too few distinct {kind} terms to refill every slot with another one")
-    return rng.choice(free)
+    while free:  # uniform among the terms that neither hold a taken one nor are held by one, as words ("composite"
+        term = rng.choice(free)  # in "composite number"): by rejection, so a draw that passes is the one it always was
+        forms = [form.lower() for form in _forms(term)]
+        if not any(_holds(form, other) or _holds(other, form) for form in forms for other in taken):
+            return term
+        free.remove(term)
+    raise ValueError(f"the pool holds too few distinct {kind} terms to refill every slot with another one")
+
+
+def _holds(phrase: str, words: str) -> bool:
+    """Whether `words` occur in `phrase` as whole words."""
+    return f" {words} " in f" {phrase} "
 
 
 def _pick_pseudo(kind: str, rng: random.Random, taken: set[str]) -> Term:
