@@ -218,6 +218,16 @@ def test_an_anti_filler_never_holds_an_original_term_as_words():
     assert all("composite" not in r.prompt and "prime" in r.prompt for r in refills)
 
 
+def test_an_anti_refill_from_too_small_a_pool_says_it_reshuffles_own_terms():
+    """A fictional ontology with distractors can use every concept of its file in one example."""
+    rule = "Every wumpus is a yumpus."
+    claims = ["Sam is a wumpus.", "Sam is a yumpus."]
+    example = make_example("0", "id", [rule], claims[0], claims[1], claims, [rule], "True")
+    with pytest.warns(UserWarning, match="anti: 1 of 1 refills put an original term of their example into another"):
+        [refilled] = anti_commonsense([example], term_pool([example]), seed=0)
+    assert "Every yumpus is a wumpus." in refilled.prompt and refilled.answer == "True"
+
+
 def test_plurals_pluralize_does_not_make_stay_one_concept():
     """The official generator writes "fishes" and "bacteria"; each is the concept its singular names."""
     facts = ["Fishes are animals.", "Every bacteria is small.", "Bacteria are not fishes."]

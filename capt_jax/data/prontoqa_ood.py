@@ -12,6 +12,7 @@ a slot never gets its own original term back.
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 from .abstraction import abstract
@@ -78,24 +79,37 @@ def anti_commonsense(examples: Sequence[Example], pool: dict[str, list[Term]], s
                 raise
             return _pick_real(kind, spare, rng, taken)
 
-    return [_refill(example, seed, "anti", pick) for example in examples]
+    refills = [_refill(example, seed, "anti", pick) for example in examples]
+    reshuffled = sum(own_terms_reused for _, own_terms_reused in refills)
+    if reshuffled:
+        warnings.warn(
+            f"anti: {reshuffled} of {len(refills)} refills put an original term of their example into another of "
+            "its slots, because the data holds too few terms of a kind (a small ontology, such as a fictional one "
+            "with distractors): those questions reshuffle their own names rather than bring other ones",
+            stacklevel=2,
+        )
+    return [example for example, _ in refills]
 
 
 def non_commonsense(examples: Sequence[Example], seed: int, real_words: Iterable[str] = ()) -> list[Example]:
     """Refill every slot with a random pseudo-word (capitalised for entities), never a real term."""
     avoid = _GRAMMAR_WORDS | {word for term in real_words for word in term.lower().split()}
     return [
-        _refill(example, seed, "non", lambda kind, rng, taken: _pick_pseudo(kind, rng, taken | avoid))
+        _refill(example, seed, "non", lambda kind, rng, taken: _pick_pseudo(kind, rng, taken | avoid))[0]
         for example in examples
     ]
 
 
-def _refill(example: Example, seed: int, variant: str, pick: Callable[[str, random.Random, set[str]], Term]) -> Example:
+def _refill(
+    example: Example, seed: int, variant: str, pick: Callable[[str, random.Random, set[str]], Term]
+) -> tuple[Example, bool]:
+    """The refilled example, and whether a slot took another slot's original term (the pool was too small)."""
     abstraction = abstract(example)
     rng = random.Random(f"{seed}/{variant}/{example.id}")
     own = {form.lower() for term in abstraction.terms.values() for form in _forms(term)}
     chosen: set[str] = set()
     fillers: dict[str, Term] = {}
+    own_terms_reused = False
     for kind in KIND_ORDER:
         for slot in _slots_of(abstraction, kind):
             try:
@@ -107,9 +121,10 @@ def _refill(example: Example, seed: int, variant: str, pick: Callable[[str, rand
                     term = pick(kind, rng, {form.lower() for form in _forms(abstraction.terms[slot])} | chosen)
                 except ValueError as err:
                     raise ValueError(f"example {example.id!r}: {err}") from err
+                own_terms_reused |= bool({form.lower() for form in _forms(term)} & own)
             chosen |= {form.lower() for form in _forms(term)}
             fillers[slot] = term
-    return refill(abstraction, fillers, variant)
+    return refill(abstraction, fillers, variant), own_terms_reused
 
 
 def _forms(term: Term) -> tuple[str, str]:
