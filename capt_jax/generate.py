@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from capt_jax import cli
 from capt_jax.config import ConfigDict, ConfigError, validate_decoding
+from capt_jax.errors import MissingFileError
 from capt_jax.model import KVCache, Lora, ModelConfig, Params, hidden_states, logits_from_hidden
 from capt_jax.model.decoder import lm_head, unstack_layers
 from capt_jax.pretrained import Pretrained, load_pretrained
@@ -191,7 +192,9 @@ def generate(
     progress: bool = True,
 ) -> list[str]:
     """Completions for `prompts`, in order; prompts are sorted by length so each batch pads little."""
-    tok = model.require_tokenizer("generation")
+    tok = model.tokenizer
+    if tok is None:
+        raise MissingFileError(f"{model.path}: the model folder has no tokenizer; generation needs one")
     texts = [chat_prompt(tok, p) if chat else p for p in prompts]
     # A chat template already holds the special tokens it wants; plain prompts get the tokenizer's defaults.
     encoded = [tok(t, add_special_tokens=not chat)["input_ids"] for t in texts]

@@ -46,12 +46,6 @@ class Pretrained:
     adapters: Params | None = None
     lora_scale: float = 1.0
 
-    def require_tokenizer(self, needed_for: str) -> Any:
-        """The tokenizer, or a MissingFileError naming the folder: weight-only folders load without one."""
-        if self.tokenizer is None:
-            raise MissingFileError(f"{self.path}: the model folder has no tokenizer; {needed_for} needs one")
-        return self.tokenizer
-
     def logits(self, input_ids: Any, attention_mask: Any | None = None) -> jax.Array:
         """Logits [batch, seq, vocab]; attention_mask marks real tokens (left padding allowed)."""
         input_ids = jnp.asarray(input_ids, jnp.int32)
@@ -103,9 +97,13 @@ def resolve_model_dir(path_or_id: str | Path) -> Path:
         ) from e
 
 
+def has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
 def load_tokenizer(folder: Path) -> Any | None:
     """The folder's tokenizer, or None for weight-only folders (e.g. random test models)."""
-    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+    if not has_tokenizer(folder):
         return None
     from transformers import AutoTokenizer
 

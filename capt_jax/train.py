@@ -48,7 +48,7 @@ from capt_jax.config import ConfigDict, ConfigError, training_mesh, validate, va
 from capt_jax.data import abstract, training_data, training_examples, training_questions
 from capt_jax.data.config import default_data_config
 from capt_jax.distributed import maybe_initialize_distributed
-from capt_jax.errors import CaptError, Interrupted
+from capt_jax.errors import CaptError, Interrupted, MissingFileError
 from capt_jax.estimate import estimation_prompt, estimation_target
 from capt_jax.lora import (
     extra_trainable_paths,
@@ -66,7 +66,7 @@ from capt_jax.model import ModelConfig, Params
 from capt_jax.model.decoder import axis_sizes, lora_axes, param_axes, param_shapes
 from capt_jax.objective import loss_sums, position_nll, row_coefficients
 from capt_jax.outputs import check_output_dir
-from capt_jax.pretrained import Pretrained, load_pretrained, resolve_model_dir
+from capt_jax.pretrained import Pretrained, has_tokenizer, load_pretrained, resolve_model_dir
 from capt_jax.sharding import Layout, batch_sharding, make_layout, make_mesh, mirrored_axes, placer, replicated
 
 # {"step", "lora", "opt", "rng"}: everything a checkpoint restores. "lora" is the trainable tree: the adapters
@@ -261,6 +261,8 @@ def setup(config: ConfigDict) -> Run:
     meta = checkpoint_meta(config, pairs)
     check_same_data(config.workdir, meta)
     folder = resolve_model_dir(config.model.path)
+    if not has_tokenizer(folder):  # before the weights load, which takes minutes for a 3B model
+        raise MissingFileError(f"{folder}: the model folder has no tokenizer; training needs one")
     ckpt.check_base_quantization(config.workdir, base_quantization(config))
     # quantized leaves have their own shapes and axes
     architecture = ModelConfig.from_pretrained_dir(folder, **base_quantization(config))
@@ -322,7 +324,7 @@ def tokenize_data(
 ) -> Data:
     tokenize = functools.partial(
         tokenize_pairs,
-        model.require_tokenizer("training"),
+        model.tokenizer,
         seq_len=config.train.seq_len,
         chat_template=config.data.chat_template,
         loss_on=config.data.loss_on,
