@@ -501,10 +501,10 @@ def run_experiment(
     for estimator in estimators:
         check_estimator(cell_config(config, Cell("capt", seeds[0], workdir), estimator), base_only=False)
     cells = [Cell(m, s, workdir / m / f"seed_{s}") for m in methods for s in seeds]
-    for cell in cells:  # a training setting that cannot run fails now, not after the base model's evaluation
-        if cell.trained:
-            validate(cell_config(config, cell, None))
-    if any(cell.trained for cell in cells):
+    trained = [cell for cell in cells if cell.trained]
+    for cell in trained:  # a training setting that cannot run fails now, not after the base model's evaluation
+        validate(cell_config(config, cell, None))
+    if trained:
         validate_attention(config)
     sets = evaluation_sets(config)  # data errors surface before anything trains
     for name, found in sets.items():

@@ -106,7 +106,7 @@ def _refill(
     """The refilled example, and whether a slot took another slot's original term (the pool was too small)."""
     abstraction = abstract(example)
     rng = random.Random(f"{seed}/{variant}/{example.id}")
-    own = {form.lower() for term in abstraction.terms.values() for form in _forms(term)}
+    own = {form for term in abstraction.terms.values() for form in _forms(term)}
     chosen: set[str] = set()
     fillers: dict[str, Term] = {}
     own_terms_reused = False
@@ -118,17 +118,19 @@ def _refill(
                 # A small ontology (a fictional one, deep proofs) may hold too few terms of a kind to avoid all
                 # of the example's own: then a slot may take another slot's original term, never its own.
                 try:
-                    term = pick(kind, rng, {form.lower() for form in _forms(abstraction.terms[slot])} | chosen)
+                    term = pick(kind, rng, _forms(abstraction.terms[slot]) | chosen)
                 except ValueError as err:
                     raise ValueError(f"example {example.id!r}: {err}") from err
-                own_terms_reused |= bool({form.lower() for form in _forms(term)} & own)
-            chosen |= {form.lower() for form in _forms(term)}
+            forms = _forms(term)
+            own_terms_reused |= bool(forms & own)  # only the fallback above can take an original term
+            chosen |= forms
             fillers[slot] = term
     return refill(abstraction, fillers, variant), own_terms_reused
 
 
-def _forms(term: Term) -> tuple[str, str]:
-    return term.text, term.plural_form()
+def _forms(term: Term) -> set[str]:
+    """The term's singular and plural, lowercased: what the taken sets hold."""
+    return {term.text.lower(), term.plural_form().lower()}
 
 
 def _slots_of(abstraction: Abstraction, kind: str) -> list[str]:
@@ -136,11 +138,10 @@ def _slots_of(abstraction: Abstraction, kind: str) -> list[str]:
 
 
 def _pick_real(kind: str, candidates: Sequence[Term], rng: random.Random, taken: set[str]) -> Term:
-    free = [t for t in candidates if t.text.lower() not in taken and t.plural_form().lower() not in taken]
+    free = [t for t in candidates if not _forms(t) & taken]
     while free:  # uniform among the terms that neither hold a taken one nor are held by one, as words ("composite"
         term = rng.choice(free)  # in "composite number"): by rejection, so a draw that passes is the one it always was
-        forms = [form.lower() for form in _forms(term)]
-        if not any(_holds(form, other) or _holds(other, form) for form in forms for other in taken):
+        if not any(_holds(form, other) or _holds(other, form) for form in _forms(term) for other in taken):
             return term
         free.remove(term)
     raise ValueError(f"the pool holds too few distinct {kind} terms to refill every slot with another one")

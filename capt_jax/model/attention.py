@@ -93,15 +93,17 @@ def attention_implementation(config: ModelConfig) -> str:
     check_implementation(config.attention_impl, config.dtype)
     if config.attention_impl is not None:
         return config.attention_impl
-    half = jnp.dtype(config.dtype) in (jnp.bfloat16, jnp.float16)
-    return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
+    return "cudnn" if _cudnn_runs(config.dtype) else "xla"
+
+
+def _cudnn_runs(compute_dtype: Any) -> bool:
+    return jnp.dtype(compute_dtype) in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "gpu"
 
 
 def check_implementation(implementation: str | None, compute_dtype: Any) -> None:
     """A forced 'cudnn' fails, by its config key, where cuDNN cannot run, instead of with cuDNN's runtime error.
     It starts jax's backend, so commands call it once the multi-host runtime is joined (`config.validate_attention`)."""
-    half = jnp.dtype(compute_dtype) in (jnp.bfloat16, jnp.float16)
-    if implementation == "cudnn" and not (half and jax.default_backend() == "gpu"):
+    if implementation == "cudnn" and not _cudnn_runs(compute_dtype):
         raise ConfigError(
             f"config key 'model.attention_impl': 'cudnn' runs on a GPU in bfloat16 or float16 only (here: "
             f"{jax.default_backend()}, compute in {jnp.dtype(compute_dtype).name}); use 'auto' or 'xla'"
