@@ -12,9 +12,9 @@ resumes training and reuses finished evaluations. The results:
 
 * W/predictions.jsonl: one line per answered question (method, estimator, seed, split, id, prompt, reply, ...);
 * W/summary.json: rows {method, estimator, split, n, seeds, accuracy_mean, ci_low, ci_high};
-* W/paired.json: CAPT and each ablation (per estimator) vs SFT on every split,
-  {split, a, b, seeds, a_better, b_better, p_value, test};
-* W/gaps.json: each model's ID minus OOD accuracy, and CAPT's and each ablation's gap minus SFT's, in points with
+* W/paired.json: CAPT and each ablation (per estimator) vs SFT, and CAPT vs each ablation through the same
+  estimator, on every split: {split, a, b, seeds, a_better, b_better, p_value, test};
+* W/gaps.json: each model's ID minus OOD accuracy, and the same pairs' differences of gaps, in points with
   intervals: {label, method, estimator, split, seeds, points_mean, ci_low, ci_high, questions: paired or independent};
 * W/estimators.json: per model estimator and split, the rate of estimates passing the gold-free check;
 * W/summary.md, W/accuracy.png (bars with 95% intervals) and W/loss.png (training loss per trained method);
@@ -69,9 +69,10 @@ INTERVAL = (
     "with replacement, one question draw shared by all seeds"
 )
 GAPS = (
-    'a model\'s ID accuracy minus its accuracy on the split, mean over the seeds; "minus sft" is the gap of CAPT '
-    "or an ablation minus SFT's (CAPT claims a negative one), over the seeds all four evaluations have, seed s of "
-    'each paired; 95% interval of the two-level bootstrap. "questions" says how it drew the split\'s questions: '
+    "a model's ID accuracy minus its accuracy on the split, mean over the seeds; \"A minus B\" is A's gap minus "
+    "B's: CAPT's or an ablation's minus SFT's, and CAPT's minus an ablation's through the same estimator (CAPT "
+    "claims negative ones), over the seeds all four evaluations have, seed s of each paired; 95% interval of the "
+    'two-level bootstrap. "questions" says how it drew the split\'s questions: '
     "\"paired\" where they are the ID questions' refills, one for one with the same ids and answers (PrOntoQA's "
     'OOD sets, CLadder\'s anticommonsense file), so that each draw takes a question with its refill; "independent" '
     "otherwise"
@@ -222,8 +223,8 @@ def outcomes(rows: list[dict[str, Any]], seeds: Sequence[int], ids: Sequence[str
 def summarise(
     predictions: list[dict[str, Any]], sets: dict[str, TestSplit]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(summary rows with bootstrap intervals, paired tests of CAPT and the ablations per estimator vs SFT on every
-    split, OOD gaps).
+    """(summary rows with bootstrap intervals, paired tests of every `compared_models` pair on every split, OOD
+    gaps).
 
     Each row is over the seeds its predictions have; a paired test over the seeds both sides have."""
     groups: dict[tuple[str, str | None, str], list[dict[str, Any]]] = {}
@@ -249,23 +250,29 @@ def summarise(
             }
         )
     paired = []
-    for (method, estimator, split), by_seed in matrices.items():
-        sft = matrices.get(("sft", None, split), {})
-        common = sorted(set(by_seed) & set(sft))
-        if method not in RAW_PROMPT_METHODS and common:
-            test = paired_sign_test(np.array([by_seed[s] for s in common]), np.array([sft[s] for s in common]))
-            paired.append(
-                {
-                    "split": split,
-                    "a": method_label(method, estimator),
-                    "b": "sft",
-                    "seeds": common,
-                    **test,
-                    "test": PAIRED_TEST,
-                }
-            )
+    for a, b in compared_models(matrices):
+        for split in sets:
+            first, second = matrices.get((*a, split), {}), matrices.get((*b, split), {})
+            if common := sorted(set(first) & set(second)):
+                test = paired_sign_test(np.array([first[s] for s in common]), np.array([second[s] for s in common]))
+                label_a, label_b = method_label(*a), method_label(*b)
+                paired.append(
+                    {"split": split, "a": label_a, "b": label_b, "seeds": common, **test, "test": PAIRED_TEST}
+                )
     drawn_with = {name: question_draw(name, sets) for name in sets}
     return rows, paired, ood_gaps(matrices, drawn_with)
+
+
+def compared_models(
+    matrices: dict[tuple[str, str | None, str], dict[int, np.ndarray]],
+) -> list[tuple[tuple[str, str | None], tuple[str, str | None]]]:
+    """The (A, B) pairs of models that the paired tests and the gap differences compare: CAPT and every ablation
+    (per estimator) against SFT, and CAPT against every ablation through the same estimator, since the paper's
+    ablations claim that random letters keep the OOD gap smaller than fixed letters, names or literal symbols."""
+    models = list(dict.fromkeys((method, estimator) for method, estimator, _ in matrices))
+    trained = [model for model in models if model[0] not in RAW_PROMPT_METHODS]
+    pairs = [(model, ("sft", None)) for model in trained if ("sft", None) in models]
+    return pairs + [(("capt", e), (m, e)) for m, e in trained if m != "capt" and ("capt", e) in models]
 
 
 def question_draw(name: str, sets: dict[str, TestSplit]) -> str:
@@ -282,9 +289,9 @@ def question_draw(name: str, sets: dict[str, TestSplit]) -> str:
 def ood_gaps(
     matrices: dict[tuple[str, str | None, str], dict[int, np.ndarray]], drawn_with: dict[str, str]
 ) -> list[dict[str, Any]]:
-    """Each model's ID accuracy minus its accuracy on every other split, and CAPT's and each ablation's gap (per
-    estimator) minus SFT's, with the two-level bootstrap interval over the seeds they share. CAPT claims a smaller
-    gap.
+    """Each model's ID accuracy minus its accuracy on every other split, and the difference of gaps of every
+    `compared_models` pair, with the two-level bootstrap interval over the seeds they share. CAPT claims a smaller
+    gap than SFT and than each ablation.
     `drawn_with` names each split's question draw (`question_draw`): a split drawn with the ID set is paired."""
     gaps = []
     for method, estimator, split in matrices:
@@ -292,14 +299,22 @@ def ood_gaps(
         if split != "id" and (gap := contrast(matrices, parts, drawn_with)):
             label = method_label(method, estimator)
             gaps.append({"label": label, "method": method, "estimator": estimator, "split": split, **gap})
-    for method, estimator, split in matrices:
-        parts = [(method, estimator, "id", 1.0), (method, estimator, split, -1.0)]
-        parts += [("sft", None, "id", -1.0), ("sft", None, split, 1.0)]
-        if method not in RAW_PROMPT_METHODS and split != "id" and (difference := contrast(matrices, parts, drawn_with)):
-            label = f"{method_label(method, estimator)} minus sft"
-            gaps.append(
-                {"label": label, "method": f"{method}-sft", "estimator": estimator, "split": split, **difference}
-            )
+    splits = [split for split in dict.fromkeys(split for _, _, split in matrices) if split != "id"]
+    for (method, estimator), (other, other_estimator) in compared_models(matrices):
+        for split in splits:
+            parts = [(method, estimator, "id", 1.0), (method, estimator, split, -1.0)]
+            parts += [(other, other_estimator, "id", -1.0), (other, other_estimator, split, 1.0)]
+            if difference := contrast(matrices, parts, drawn_with):
+                label = f"{method_label(method, estimator)} minus {method_label(other, other_estimator)}"
+                gaps.append(
+                    {
+                        "label": label,
+                        "method": f"{method}-{other}",
+                        "estimator": estimator,
+                        "split": split,
+                        **difference,
+                    }
+                )
     return gaps
 
 
