@@ -292,9 +292,12 @@ def model_completer(model: Pretrained, max_new_tokens: int, batch_size: int):
 
     def complete(conversations, attempt: int) -> list[str]:
         sampling = Sampling() if attempt == 0 else Sampling(temperature=0.7, top_p=0.95)
-        return generate(
+        replies = generate(
             model, list(conversations), max_new_tokens, sampling, chat=True, batch_size=batch_size, seed=attempt
         )
+        if note := replies.note("eval.estimator_max_new_tokens", max_new_tokens, "estimates"):
+            print(note, file=sys.stderr)
+        return replies
 
     return complete
 
@@ -365,6 +368,8 @@ def cached_reasoner(model: Pretrained, config: ConfigDict, cache: dict[str, str]
             replies = generate(
                 model, todo, e.max_new_tokens, sampling(config), chat=True, batch_size=e.batch_size, seed=e.seed
             )
+            if note := replies.note("eval.max_new_tokens", e.max_new_tokens):
+                print(note, file=sys.stderr)
             cache.update(zip(todo, replies))
         return [cache[p] for p in prompts]
 

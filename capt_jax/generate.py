@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import sys
 from collections.abc import Sequence
 
 import jax
@@ -181,6 +182,25 @@ def scans_when_decoding(config: ModelConfig, params: Params) -> bool:
     return jax.default_backend() == "cpu" and weight.dtype != jnp.float32
 
 
+class Completions(list):
+    """`generate`'s completions in prompt order, with `cut_off`: the indices of those that reached max_new_tokens
+    before an end-of-sequence token. A reply cut off before its answer cannot be scored, so a caller that knows
+    which setting sets the budget says to raise it."""
+
+    def __init__(self, texts: Sequence[str], cut_off: Sequence[int]):
+        super().__init__(texts)
+        self.cut_off = list(cut_off)
+
+    def note(self, budget: str, max_new_tokens: int, what: str = "replies") -> str | None:
+        """A one-line note naming `budget` (a config key or flag) when any completion was cut off, else None."""
+        if not self.cut_off:
+            return None
+        return (
+            f"note: {len(self.cut_off)} of {len(self)} {what} were cut off at {budget}={max_new_tokens} new tokens "
+            f"before they ended; raise {budget} if they should have ended"
+        )
+
+
 def generate(
     model: Pretrained,
     prompts: Sequence[str | list[dict[str, str]]],
@@ -190,7 +210,7 @@ def generate(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = True,
-) -> list[str]:
+) -> Completions:
     """Completions for `prompts`, in order; prompts are sorted by length so each batch pads little."""
     tok = model.tokenizer
     if tok is None:
@@ -202,10 +222,11 @@ def generate(
     pad = pad_id(tok, eos_ids)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[str] = [""] * len(encoded)
+    cut_off: list[int] = []
     rng = jax.random.key(seed)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if not batches:
-        return results
+        return Completions(results, cut_off)
     # Once for all the batches of this call, instead of once per decode call, and dropped when it returns, so a
     # process holds one copy of the base between calls.
     params, adapters = decoding_layout(model.config, model.params, model.adapters)
@@ -233,17 +254,21 @@ def generate(
             )
         )
         for r, i in enumerate(rows):
-            results[i] = tok.decode(_until_eos(new[r], eos_ids), skip_special_tokens=True)
-    return results
+            tokens, ended = _until_eos(new[r], eos_ids)
+            results[i] = tok.decode(tokens, skip_special_tokens=True)
+            if not ended:
+                cut_off.append(i)
+    return Completions(results, sorted(cut_off))
 
 
-def _until_eos(tokens: np.ndarray, eos_ids: tuple[int, ...]) -> list[int]:
+def _until_eos(tokens: np.ndarray, eos_ids: tuple[int, ...]) -> tuple[list[int], bool]:
+    """(the tokens before the first EOS, whether there was one)."""
     out = []
     for t in tokens.tolist():
         if t in eos_ids:
-            break
+            return out, True
         out.append(t)
-    return out
+    return out, False
 
 
 def define_flags(values: flags.FlagValues) -> None:
@@ -287,6 +312,8 @@ def run_command(config: ConfigDict, values: flags.FlagValues) -> None:
     )
     for prompt, completion in zip(values.prompt, completions):
         print(json.dumps({"prompt": prompt, "completion": completion}) if values.json else completion + "\n")
+    if note := completions.note("--config.eval.max_new_tokens", e.max_new_tokens):
+        print(note, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -142,6 +142,28 @@ def test_generate_compiles_once_per_bucket(smollm2_dir):
     assert decode._cache_size() == compiled + 1  # one new batch bucket (2); lengths share one bucket
 
 
+def test_replies_cut_off_by_the_budget_are_reported_with_the_key_to_raise(smollm2_dir, capsys):
+    from capt_jax.config import default_config
+    from capt_jax.evaluate import cached_reasoner
+    from capt_jax.generate import _until_eos, generate
+
+    assert _until_eos(np.array([5, 7, 2, 9, 2]), (2,)) == ([5, 7], True)
+    assert _until_eos(np.array([5, 7, 9]), (2,)) == ([5, 7, 9], False)
+    model = capt_jax.load_pretrained(smollm2_dir, progress=False)
+    prompts = ["Write a long story about a dragon.", "List every prime below 1000."]
+    replies = generate(model, prompts, max_new_tokens=2, chat=True, progress=False)
+    assert replies.cut_off == [0, 1] and len(replies) == 2
+    assert replies.note("eval.max_new_tokens", 2) == (
+        "note: 2 of 2 replies were cut off at eval.max_new_tokens=2 new tokens before they ended; "
+        "raise eval.max_new_tokens if they should have ended"
+    )
+    # An evaluation says so on stderr, naming its config key.
+    config = default_config()
+    config.eval.max_new_tokens = 2
+    assert cached_reasoner(model, config)(prompts) == list(replies)
+    assert "2 of 2 replies were cut off at eval.max_new_tokens=2" in capsys.readouterr().err
+
+
 def test_repetition_penalty_matches_transformers(tiny_qwen2_dir):
     from transformers import AutoModelForCausalLM
 
