@@ -295,15 +295,13 @@ def ood_gaps(
     `drawn_with` names each split's question draw (`question_draw`): a split drawn with the ID set is paired."""
     gaps = []
     for method, estimator, split in matrices:
-        parts = [(method, estimator, "id", 1.0), (method, estimator, split, -1.0)]
-        if split != "id" and (gap := contrast(matrices, parts, drawn_with)):
+        if split != "id" and (gap := contrast(matrices, gap_parts((method, estimator), split), drawn_with)):
             label = method_label(method, estimator)
             gaps.append({"label": label, "method": method, "estimator": estimator, "split": split, **gap})
     splits = [split for split in dict.fromkeys(split for _, _, split in matrices) if split != "id"]
     for (method, estimator), (other, other_estimator) in compared_models(matrices):
         for split in splits:
-            parts = [(method, estimator, "id", 1.0), (method, estimator, split, -1.0)]
-            parts += [(other, other_estimator, "id", -1.0), (other, other_estimator, split, 1.0)]
+            parts = gap_parts((method, estimator), split) + gap_parts((other, other_estimator), split, -1.0)
             if difference := contrast(matrices, parts, drawn_with):
                 label = f"{method_label(method, estimator)} minus {method_label(other, other_estimator)}"
                 gaps.append(
@@ -316,6 +314,12 @@ def ood_gaps(
                     }
                 )
     return gaps
+
+
+def gap_parts(model: tuple[str, str | None], split: str, sign: float = 1.0) -> list[tuple[str, str | None, str, float]]:
+    """`contrast` parts of `sign` times the model's ID accuracy minus its accuracy on `split`."""
+    method, estimator = model
+    return [(method, estimator, "id", sign), (method, estimator, split, -sign)]
 
 
 def contrast(
