@@ -27,6 +27,7 @@ setup(
         "matplotlib>=3.7",
         "pyyaml>=6",
         "openai>=1.0",
+        "english-words>=2.0",  # PrOntoQA's nonsense split: pseudo-words that are no English word
     ],
     extras_require={
         # GGUF conversion goes through transformers' GGUF reader, which builds torch tensors.

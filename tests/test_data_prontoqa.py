@@ -28,7 +28,7 @@ from capt_jax.data import (
 from capt_jax.data.answers import answer_instruction
 from capt_jax.data.prontoqa import examples_from_capt_records, load_prontoqa_file, make_example, parse_sentence
 from capt_jax.data.prontoqa_generator import FICTIONAL_CONCEPTS, TRUE_TAXONOMY
-from capt_jax.data.prontoqa_ood import anti_commonsense, non_commonsense, term_pool
+from capt_jax.data.prontoqa_ood import _english_words, anti_commonsense, non_commonsense, term_pool
 from capt_jax.data.prontoqa_oracle import refill
 from capt_jax.data.render import letter_term, pluralize
 
@@ -200,6 +200,15 @@ def test_ood_refills_keep_answers_and_structure(ontology):
             assert term.text.lower() not in real
     assert anti == anti_commonsense(examples[-20:], pool, seed=0)
     assert non == non_commonsense(examples[-20:], seed=0, real_words=real)
+
+
+def test_nonsense_fillers_are_no_english_words():
+    """Consonant-vowel strings are often words ("cup", "set", "take"): about one draw in five was one."""
+    examples = generated("true", (1, 3), seed=5, n=150)
+    fillers = {t.text.lower() for e in non_commonsense(examples, seed=0) for t in abstract(e).terms.values()}
+    assert len(fillers) > 300
+    assert not fillers & _english_words()
+    assert {"cup", "set", "take"} <= _english_words()
 
 
 def test_an_anti_filler_never_holds_an_original_term_as_words():

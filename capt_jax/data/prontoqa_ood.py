@@ -2,7 +2,10 @@
 
 Each example is abstracted and its slots are refilled: `anti` with real
 terms of the same kind (entity, concept, property) drawn from the pool of all
-terms in the dataset, `non` with random 3-5 letter pseudo-words. The proof's
+terms in the dataset, `non` with random 3-5 letter pseudo-words that are not
+English words (checked against the `english-words` package's web2 and GCIDE
+lists, 263k words: without it, about one draw in five was a word such as "cup",
+"set" or "take"). The proof's
 structure is untouched, so the answer stays. Where the pool allows, no filler
 holds another filler or an original term of the example as whole words, nor is
 held by one ("composite number" does not refill an example about "composite");
@@ -11,9 +14,12 @@ a slot never gets its own original term back.
 
 from __future__ import annotations
 
+import functools
 import random
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+
+from english_words import get_english_words_set
 
 from .abstraction import abstract
 from .example import Abstraction, Example
@@ -153,10 +159,18 @@ def _holds(phrase: str, words: str) -> bool:
 
 
 def _pick_pseudo(kind: str, rng: random.Random, taken: set[str]) -> Term:
+    english = _english_words()
     while True:
         word = pseudo_word(rng)
-        if word not in taken and pluralize(word) not in taken:
+        forms = {word, pluralize(word)}
+        if not forms & taken and not forms & english:
             return Term(word.capitalize()) if kind == "entity" else Term(word)
+
+
+@functools.cache
+def _english_words() -> frozenset[str]:
+    """Lowercase English words, so that a `non` filler carries no meaning; read once: 0.2 s, 32 MB held."""
+    return frozenset(get_english_words_set(["web2", "gcide"], lower=True, alpha=True))
 
 
 def pseudo_word(rng: random.Random) -> str:
