@@ -444,7 +444,7 @@ def validate_data(config: ConfigDict) -> None:
     from capt_jax.data.cladder import VARIANT_ALIASES
     from capt_jax.data.example import DATASETS
     from capt_jax.data.intervention import MODES
-    from capt_jax.data.prontoqa_generator import ONTOLOGIES
+    from capt_jax.data.prontoqa_generator import ONTOLOGIES, hop_range
     from capt_jax.data.sources import SOURCES
 
     _choice(config, "data.dataset", DATASETS)
@@ -462,10 +462,10 @@ def validate_data(config: ConfigDict) -> None:
         raise ConfigError(f"config key 'data.variant': {config.data.variant!r} is not one of {sorted(VARIANT_ALIASES)}")
     if config.data.dataset == "prontoqa" and (config.data.variant or "id") != "id":
         raise ConfigError("config key 'data.variant': PrOntoQA trains on its ID file; anti and non are test splits")
-    hops = config.data.prontoqa_hops
-    hops = (hops, hops) if isinstance(hops, int) else tuple(hops)
-    if len(hops) != 2 or not all(isinstance(h, int) for h in hops) or not 1 <= hops[0] <= hops[1]:
-        raise ConfigError(f"config key 'data.prontoqa_hops': {config.data.prontoqa_hops!r} must be (low, high) >= 1")
+    try:
+        hop_range(config.data.prontoqa_hops)
+    except ValueError as err:
+        raise ConfigError(f"config key 'data.prontoqa_hops': {err}") from None
     for key in ("data.n_train", "data.prontoqa_num_examples"):
         _positive(config, key)
     if not 0 < config.data.test_fraction < 1:

@@ -27,7 +27,7 @@ from capt_jax.data import (
 )
 from capt_jax.data.answers import answer_instruction
 from capt_jax.data.prontoqa import examples_from_capt_records, load_prontoqa_file, make_example, parse_sentence
-from capt_jax.data.prontoqa_generator import FICTIONAL_CONCEPTS, TRUE_TAXONOMY
+from capt_jax.data.prontoqa_generator import FICTIONAL_CONCEPTS, TRUE_TAXONOMY, hop_range, max_hops
 from capt_jax.data.prontoqa_ood import _english_words, anti_commonsense, non_commonsense, term_pool
 from capt_jax.data.prontoqa_oracle import refill
 from capt_jax.data.render import letter_term, pluralize
@@ -143,6 +143,15 @@ def test_generator_output_abstracts_exactly(ontology, hops, seed):
 def test_generator_is_deterministic_per_seed():
     assert generate_prontoqa(20, 4, "fictional", seed=3) == generate_prontoqa(20, 4, "fictional", seed=3)
     assert generate_prontoqa(20, 4, "fictional", seed=3) != generate_prontoqa(20, 4, "fictional", seed=4)
+
+
+def test_the_deepest_proof_each_ontology_holds_is_generated_and_one_hop_more_is_refused():
+    for ontology in ("true", "fictional", "false"):
+        deepest = max_hops(ontology)
+        assert all(len(r["claims"]) == deepest + 1 for r in generate_prontoqa(5, deepest, ontology, seed=1))
+        with pytest.raises(ValueError, match=f"at most {deepest} hops"):
+            generate_prontoqa(5, (1, deepest + 1), ontology)
+    assert hop_range((3,)) == hop_range(3) == (3, 3)
 
 
 def test_true_ontology_states_only_true_facts():

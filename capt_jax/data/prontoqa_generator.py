@@ -168,11 +168,32 @@ def generate_prontoqa(
     """CAPT-format records; `hops` is a count or an inclusive (low, high) range."""
     if ontology not in ONTOLOGIES:
         raise ValueError(f"unknown ontology {ontology!r}; expected one of {ONTOLOGIES}")
-    low, high = (hops, hops) if isinstance(hops, int) else tuple(hops)
-    if not 1 <= low <= high:
-        raise ValueError(f"hops must be a positive count or range, got {hops!r}")
+    low, high = hop_range(hops)
+    if high > max_hops(ontology):
+        raise ValueError(f"the {ontology} ontology holds proofs of at most {max_hops(ontology)} hops, not {high}")
     rng = random.Random(seed)
     return [_example(rng.randint(low, high), ontology, distractors, rng) for _ in range(num_examples)]
+
+
+def hop_range(hops: int | Sequence[int]) -> tuple[int, int]:
+    """(low, high) from a count, a 1-tuple (how a command line's `...prontoqa_hops=3` arrives) or a range."""
+    span = (hops,) if isinstance(hops, int) else tuple(hops)
+    if len(span) not in (1, 2) or not all(isinstance(h, int) for h in span) or not 1 <= span[0] <= span[-1]:
+        raise ValueError(f"hops must be a count or a (low, high) range, >= 1; got {hops!r}")
+    return span[0], span[-1]
+
+
+def max_hops(ontology: str) -> int:
+    """The longest proof the ontology can hold: checked before generating, not when a deep draw first comes."""
+    if ontology == "true":
+        return max(len(_ancestry(c)) for c in TRUE_TAXONOMY if _may_start(c))
+    words = len(TRUE_TAXONOMY if ontology == "false" else FICTIONAL_CONCEPTS)
+    return min(words - 2, len(ADJECTIVES) - 1)  # a world draws hops + 2 concepts and hops + 1 adjectives
+
+
+def _may_start(concept: str) -> bool:
+    """Whether a true-ontology chain may start at `concept`: it has entities (numbers, or animals' names)."""
+    return concept in NUMBER_ENTITIES or _ancestry(concept)[-1] == "animal"
 
 
 def _example(hops: int, ontology: str, distractors: bool, rng: random.Random) -> dict[str, Any]:
@@ -196,11 +217,7 @@ def _example(hops: int, ontology: str, distractors: bool, rng: random.Random) ->
 
 def _true_world(hops: int, rng: random.Random) -> dict[str, Any]:
     """A chain up the real taxonomy, an entity that truly belongs, and true distractors."""
-    starts = [
-        c for c in TRUE_TAXONOMY if len(_ancestry(c)) >= hops and (c in NUMBER_ENTITIES or _ancestry(c)[-1] == "animal")
-    ]
-    if not starts:
-        raise ValueError(f"the true ontology is at most {max(len(_ancestry(c)) for c in TRUE_TAXONOMY)} deep")
+    starts = [c for c in TRUE_TAXONOMY if len(_ancestry(c)) >= hops and _may_start(c)]
     chain = _ancestry(rng.choice(starts))[:hops]
     entity = rng.choice(NUMBER_ENTITIES.get(chain[0], NAMES))
     prop, holds = rng.choice(sorted(TRUE_TAXONOMY[chain[-1]][1].items()))
@@ -226,8 +243,6 @@ def _true_world(hops: int, rng: random.Random) -> dict[str, Any]:
 def _random_world(hops: int, ontology: str, rng: random.Random) -> dict[str, Any]:
     """Real (false ontology) or invented (fictional) concept words chained at random."""
     words = list(TRUE_TAXONOMY) if ontology == "false" else list(FICTIONAL_CONCEPTS)
-    if hops + 2 > len(words):
-        raise ValueError(f"the {ontology} ontology supports at most {len(words) - 2} hops")
     concepts = rng.sample(words, hops + 2)
     chain, unrelated = concepts[:hops], concepts[hops:]
     adjectives = rng.sample(ADJECTIVES, hops + 1)

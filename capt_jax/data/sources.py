@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from capt_jax.errors import MissingFileError
+from capt_jax.errors import ConfigError, MissingFileError
 
 from . import cladder, prontoqa
 from .cladder_release import downloaded_release
 from .example import DATASETS, Example
-from .prontoqa_generator import generate_prontoqa
+from .prontoqa_generator import generate_prontoqa, hop_range, max_hops
 from .prontoqa_ood import anti_commonsense, non_commonsense, term_pool
 from .splits import split, without_overlap
 
@@ -69,6 +69,11 @@ def load_examples(
     if source == "generate":
         if dataset != "prontoqa":
             raise ValueError("only PrOntoQA has a generator")
+        if hop_range(hops)[1] > max_hops(ontology):
+            raise ConfigError(
+                f"config key 'data.prontoqa_hops': the generator's {ontology} ontology holds proofs of at most "
+                f"{max_hops(ontology)} hops, not {hop_range(hops)[1]}"
+            )
         records = generate_prontoqa(num_examples, hops, ontology, distractors, seed)
         return prontoqa.examples_from_capt_records(records, f"<generated {ontology} ontology, seed {seed}>")
     if source == "download":
