@@ -90,6 +90,12 @@ def test_parse_sentence_rejects_other_grammar():
         parse_sentence("Sally is a dumpus and a sterpus")
 
 
+def test_the_leak_check_sees_irregular_plurals():
+    text = "Wolves are mammals. Each company is big. People are kind. Every butterfly is an insect."
+    names = ["wolf", "company", "person", "butterfly", "insect", "cat"]
+    assert names_present(text, names, "prontoqa") == ["butterfly", "company", "insect", "person", "wolf"]
+
+
 def test_abstraction_keeps_grammar_words_and_merges_singular_and_plural():
     [example] = examples_from_capt_records(
         [

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from . import cladder_oracle, prontoqa_oracle
 from .cladder import QUERY_TYPE_NAMES
 from .example import Abstraction, Example
-from .render import SLOT, slots_in
+from .render import SLOT, pluralize, slots_in
 
 _ABSTRACT = {"cladder": cladder_oracle.abstract_cladder, "prontoqa": prontoqa_oracle.abstract_prontoqa}
 _NAMES = {"cladder": cladder_oracle.original_names, "prontoqa": prontoqa_oracle.original_names}
@@ -24,7 +24,8 @@ def abstract(example: Example) -> Abstraction:
 
 
 def names_present(text: str, names: Iterable[str], dataset: str) -> list[str]:
-    """Those `names` that occur in `text` as whole words, in any case, plural too.
+    """Those `names` that occur in `text` as whole words, in any case, plural too (irregular ones as `pluralize`
+    writes them: "companies", "people", "wolves").
 
     Slots and the fixed wording of the target format are ignored.
     """
@@ -38,7 +39,8 @@ def names_present(text: str, names: Iterable[str], dataset: str) -> list[str]:
 
 
 def _word_pattern(names: list[str]) -> re.Pattern[str]:
-    alternatives = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+    forms = {form for name in names for form in (name, pluralize(name).lower())}
+    alternatives = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
     return re.compile(rf"(?<![a-z0-9])(?:{alternatives})(?:s|es)?(?![a-z0-9])")
 
 
