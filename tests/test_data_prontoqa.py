@@ -85,9 +85,20 @@ def test_parse_sentence(sentence, parsed):
     assert (s.quantifier, s.subject, s.subject_kind, s.negated, s.predicate, s.predicate_kind) == parsed
 
 
-def test_parse_sentence_rejects_other_grammar():
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Sally is a dumpus and a sterpus",
+        # PrOntoQA-OOD's forms, which the lazy patterns would parse into terms holding grammar words
+        "Everything that is a sterpus is an impus.",
+        "Every wumpus is a yumpus or a zumpus.",
+        "Gorpuses are moderate and a zumpus.",
+        "If Sally is a wumpus then Sally is hot.",
+    ],
+)
+def test_parse_sentence_rejects_other_grammar(sentence):
     with pytest.raises(ValueError, match="not a PrOntoQA statement"):
-        parse_sentence("Sally is a dumpus and a sterpus")
+        parse_sentence(sentence)
 
 
 def test_the_leak_check_sees_irregular_plurals():

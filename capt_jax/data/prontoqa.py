@@ -28,6 +28,10 @@ _ARTICLE = re.compile(r"(an?) (.+)")
 FINISH = "Finish."
 CAPT_FILE = "prontoqa.json"
 _SENTENCE_END = re.compile(r"(?<=\.)\s+")
+_SYMBOL = re.compile(r"[A-Z]{1,2}s?")  # an intervention's letters, singular or plural: "Is are Rs." is a statement
+# Words that join or quantify statements. The lazy patterns above would take them into a term, as
+# "Everything that" or "yumpus or a zumpus" from PrOntoQA-OOD's richer grammar; a term holding one is refused.
+_CONNECTIVES = frozenset("is are a an not and or every each everything that if then".split())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +59,15 @@ def parse_sentence(text: str) -> Sentence:
     <concepts> are [not] (<concepts> | <property>).
     <entity> is [not] (a|an <concept> | <property>).
     """
+    sentence = _parsed(text)
+    words = (sentence.subject + " " + sentence.predicate).split()
+    joined = sorted({w.lower() for w in words if not _SYMBOL.fullmatch(w)} & _CONNECTIVES)
+    if joined:
+        raise ValueError(f"not a PrOntoQA statement: {text!r} (a term would hold {joined})")
+    return sentence
+
+
+def _parsed(text: str) -> Sentence:
     if match := _RULE.fullmatch(text):
         quantifier, subject, negated, rest = match.groups()
         return _with_predicate(quantifier, subject, "concept", bool(negated), rest)
