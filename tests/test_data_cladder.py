@@ -236,6 +236,11 @@ def test_a_question_of_a_story_without_yml_loads_with_a_warning(tmp_path):
         toy, unknown = load_cladder_file(path)
     assert "it had stayed dry" not in abstract(toy).prompt
     assert "it had stayed dry" in abstract(unknown).prompt  # only the causal model's names are known for it
+    # and the validity report says its check could not see that phrase, rather than count the question valid only
+    assert validity_report([toy, unknown], "toy").line() == (
+        "toy: 2/2 valid, invalid rate 0.00%; 1 of them checked against the causal models' variable names only "
+        "(no story yml), so the story phrases left in their templates are not counted"
+    )
 
 
 def test_a_phrase_listed_for_both_values_becomes_the_bare_slot(tmp_path):

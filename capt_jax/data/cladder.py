@@ -253,6 +253,7 @@ def _example(
             "rung": meta.get("rung"),
             "query_type": query_type,
             "story_id": story_id,
+            "story_known": stories is not None and story_id in stories,  # else the oracle knows no story phrase
             "graph_id": meta.get("graph_id"),
             "model_id": meta.get("model_id"),
             "desc_id": record.get("desc_id"),
