@@ -18,6 +18,7 @@ import yaml
 
 from capt_jax.data import DataError, abstract, intervene, is_valid, load_examples, names_present, split, test_sets
 from capt_jax.data.abstraction import original_names, validity_report
+from capt_jax.data.answers import answer_instruction
 from capt_jax.data.cladder import load_cladder_file, load_stories
 from capt_jax.errors import MissingFileError
 
@@ -326,7 +327,9 @@ def test_null_reasoning_gives_answer_only_target(tmp_path):
     write_toy(tmp_path, questions=[dict(TOY_QUESTION, reasoning=None)])
     [example] = load_examples("cladder", data_dir=tmp_path)
     assert example.reasoning == ""
-    assert intervene(abstract(example), "random", random.Random(0)).target == "<answer>No</answer>"
+    shown = intervene(abstract(example), "random", random.Random(0))
+    assert shown.target == "<answer>No</answer>"
+    assert shown.prompt.endswith("\n\n" + answer_instruction("cladder", with_reasoning=False))  # as the target is
 
 
 @pytest.mark.parametrize(

@@ -115,6 +115,8 @@ def intervene(
             fillers = {slot: letter_term(letter) for slot, letter in zip(slots, chosen)}
         prompt, reasoning = render(abstraction.prompt, fillers), render(abstraction.reasoning, fillers)
         symbols = {fillers[slot].text: abstraction.terms[slot].text for slot in slots}
+    # A question without a reasoning chain (CLadder's backadj) is trained on the answer alone, and asked for it alone.
+    with_reasoning = with_reasoning and bool(example.reasoning)
     instruction = answer_instruction(example.dataset, with_reasoning)
     return Intervened(
         example_id=example.id,
