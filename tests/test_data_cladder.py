@@ -240,7 +240,7 @@ def test_a_question_of_a_story_without_yml_loads_with_a_warning(tmp_path):
     # and the validity report says its check could not see that phrase, rather than count the question valid only
     assert validity_report([toy, unknown], "toy").line() == (
         "toy: 2/2 valid, invalid rate 0.00%; 1 of them checked against the causal models' variable names only "
-        "(no story yml), so the story phrases left in their templates are not counted"
+        "(no story phrases for them), so the story phrases left in their templates are not counted"
     )
 
 
@@ -299,6 +299,23 @@ def test_anticommonsense_questions_take_the_replacement_whatever_their_layout(tm
     template = abstract(example).prompt
     assert "For {symbol_1}=0, the probability of {symbol_2}=1 is 10%." in template
     assert "jazz" not in template
+
+
+def test_an_anticommonsense_file_without_its_replacements_loads_with_a_warning(tmp_path):
+    """A missing anticommonsense.yml costs the anti questions their exact abstraction, not the evaluation."""
+    change = {"variable": "X", "change": "likes jazz"}
+    model = dict(TOY_MODEL, variable_mapping=JAZZ_MAPPING, anticommonsense=change)
+    path = write_toy(tmp_path, questions=[JAZZ_QUESTION], models=[model])
+    with pytest.warns(UserWarning, match="1 question of an anti-commonsense causal model, with no anticommonsense.yml"):
+        [example] = load_cladder_file(path, "anti")
+    assert "situations that like jazz" in abstract(example).prompt and not example.meta["story_known"]
+
+
+def test_a_question_file_without_causal_models_says_so(tmp_path):
+    path = write_toy(tmp_path)
+    (tmp_path / "cladder-v1-meta-models.json").unlink()
+    with pytest.raises(DataError, match=r"unknown causal model 0 \(no causal-model file, cladder-v1-meta-models"):
+        load_cladder_file(path)
 
 
 def test_the_validity_check_sees_story_wordings_not_only_the_causal_models_names(tmp_path):

@@ -68,7 +68,7 @@ class ValidityReport:
     source: str
     total: int
     invalid_ids: tuple[str, ...]
-    names_only: int = 0  # CLadder questions without their story's yml: checked against the models' names alone
+    names_only: int = 0  # CLadder questions without their story's phrases: checked against the models' names alone
 
     @property
     def invalid_rate(self) -> float:
@@ -76,8 +76,8 @@ class ValidityReport:
 
     def line(self) -> str:
         unseen = (
-            f"; {self.names_only} of them checked against the causal models' variable names only (no story yml), "
-            "so the story phrases left in their templates are not counted"
+            f"; {self.names_only} of them checked against the causal models' variable names only "
+            "(no story phrases for them), so the story phrases left in their templates are not counted"
             if self.names_only
             else ""
         )

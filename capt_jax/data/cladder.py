@@ -179,6 +179,8 @@ _GAP_TEXT = {
     "unmatched variable": "with a variable whose name their story's yml does not define: {}; that variable's "
     "story phrases stay in their oracle templates (an anti-commonsense variable's phrases come from "
     "anticommonsense.yml beside the question file)",
+    "missing replacements": "of an anti-commonsense causal model, with no anticommonsense.yml beside the stories: "
+    "{}; their oracle templates know only the causal models' variable names, so the replaced phrases stay in them",
     "two-valued phrase": "with a story phrase that their story lists for both values of its variable: {}; the text "
     "cannot say which value it means, so the oracle writes it as the variable's slot without a value",
 }
@@ -216,7 +218,8 @@ def _example(
     else:
         model_id = require(meta, "model_id", file, record_id, "meta")
         if not known_model:
-            raise DataError(file, record_id, "meta.model_id", f"unknown causal model {model_id!r}")
+            where = "" if models else f" (no causal-model file, {' or '.join(MODEL_FILES)}, was found beside it)"
+            raise DataError(file, record_id, "meta.model_id", f"unknown causal model {model_id!r}{where}")
         model = known_model
         within = f"causal model {model_id}"
     # A question carrying its own mapping still takes the anti-commonsense change from its causal model.
@@ -227,9 +230,11 @@ def _example(
     if answer not in ("yes", "no"):
         raise DataError(file, record_id, "answer", f"expected yes or no, got {answer!r}")
     story_id = require_str(meta, "story_id", file, record_id, "meta")
+    story: Mapping[str, Any] = {}
     if stories is not None and story_id not in stories:
         gaps.add("missing story", repr(story_id), record_id)
-        story: Mapping[str, Any] = {}
+    elif change and stories is not None and anticommonsense is None:
+        gaps.add("missing replacements", repr(story_id), record_id)
     else:
         if not change and stories is not None and anticommonsense is not None and isinstance(mapping, Mapping):
             change = _anticommonsense_change(mapping, stories[story_id], anticommonsense)
@@ -253,7 +258,7 @@ def _example(
             "rung": meta.get("rung"),
             "query_type": query_type,
             "story_id": story_id,
-            "story_known": stories is not None and story_id in stories,  # else the oracle knows no story phrase
+            "story_known": bool(story),  # else the oracle knows no story phrase
             "graph_id": meta.get("graph_id"),
             "model_id": meta.get("model_id"),
             "desc_id": record.get("desc_id"),
@@ -280,10 +285,6 @@ def _story(
     story = dict(stories[story_id])
     if not change:
         return story
-    if anticommonsense is None:
-        raise DataError(
-            file, record_id, "meta.model_id", "anti-commonsense model but no anticommonsense.yml next to the stories"
-        )
     try:
         letter, choice = change["variable"], change["change"]
         replacement = anticommonsense["variables"][letter][choice]
