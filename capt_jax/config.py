@@ -458,6 +458,11 @@ def validate_data(config: ConfigDict) -> None:
             f"config key 'data.source': {config.data.source!r} makes {made_by[config.data.source]} data only, and "
             f"data.dataset is {config.data.dataset!r}; use 'auto' or 'files' for it"
         )
+    if config.data.source == "generate" and config.data.data_file:
+        raise ConfigError(
+            f"config key 'data.data_file': {config.data.data_file!r} is not read when data.source='generate' (the "
+            "generator makes its own questions); use data.source='files' or 'auto' to read it"
+        )
     if config.data.dataset == "cladder" and (config.data.variant or "commonsense").lower() not in VARIANT_ALIASES:
         raise ConfigError(f"config key 'data.variant': {config.data.variant!r} is not one of {sorted(VARIANT_ALIASES)}")
     if config.data.dataset == "prontoqa" and (config.data.variant or "id") != "id":

@@ -256,6 +256,7 @@ CASES = [
         "'data.prontoqa_hops': the generator's true ontology holds proofs of at most 7 hops, not 8",
     ),
     ("data", ["show", "--config", DEMO, "--config.data.prontoqa_hops=(0,2)"], "a count or a (low, high) range"),
+    ("data", ["show", "--config", DEMO, "--config.data.data_file={root}/prontoqa.json"], "is not read when data.sou"),
     ("data", ["report", "--config.data.data_dir={root}/missing"], "'data.data_dir': '{root}/missing' not found"),
     ("export", ["--workdir={work}", "--out=/proc/capt_out", "--format=peft"], "cannot write in /proc"),
     ("export", ["--workdir={work}", "--out={root}/a_file", "--format=peft", "--overwrite"], "is a file, not a folder"),
