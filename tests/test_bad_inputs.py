@@ -257,6 +257,11 @@ CASES = [
     ),
     ("data", ["show", "--config", DEMO, "--config.data.prontoqa_hops=(0,2)"], "a count or a (low, high) range"),
     ("data", ["show", "--config", DEMO, "--config.data.data_file={root}/prontoqa.json"], "is not read when data.sou"),
+    (  # a split the generated data cannot make names the generator's data
+        "data",
+        ["show", "--split=anti", "--config", DEMO, "--config.data.prontoqa_hops=7"],
+        "<generated true ontology, seed 0>: anti: example",
+    ),
     ("data", ["report", "--config.data.data_dir={root}/missing"], "'data.data_dir': '{root}/missing' not found"),
     ("export", ["--workdir={work}", "--out=/proc/capt_out", "--format=peft"], "cannot write in /proc"),
     ("export", ["--workdir={work}", "--out={root}/a_file", "--format=peft", "--overwrite"], "is a file, not a folder"),

@@ -64,7 +64,9 @@ def show(config: ConfigDict, values: flags.FlagValues) -> None:
     else:
         found = test_examples(data, (values.split,))[values.split]
         if found.skipped:
-            raise DataError(data.data_file or data.data_dir or "<default data>", None, None, found.skipped)
+            made = f"<generated {data.prontoqa_ontology} ontology, seed {data.prontoqa_seed}>"
+            where = data.data_file or data.data_dir or (made if data.source == "generate" else "<default data>")
+            raise DataError(where, None, None, found.skipped)
         examples, seed = found.examples, config.eval.seed
     shown = examples[: values.n or None]
     for example, item in zip(shown, render_examples(shown, data.mode, seed, data.with_reasoning)):
