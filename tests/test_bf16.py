@@ -4,10 +4,12 @@
 and after, once in float32 and once with model.dtype = model.compute_dtype = bfloat16; LoRA weights, Adam
 moments, the loss and the softmax statistics stay float32 in both.
 
-The bound, |bf16 loss - f32 loss| <= 0.03 + 0.03 x f32 loss at every step and for both held-out losses, was
-measured before it was written: with seed 0 (this test) the largest difference was 0.051 at step 3 (loss 3.48)
-and 0.38 of the bound; with seed 1 it was 0.021 at step 15 (loss 0.54), 0.46 of the bound. The held-out losses
-differed by 0.009 and 0.013 at most. `pytest -s` prints the per-step table (docs/PERFORMANCE.md has it).
+The scale of a difference is 0.03 + 0.03 x f32 loss (`scale`). Two bounds, on every step and both held-out losses:
+each difference within 2 scales, and their mean within 0.5 scale. They were set from 12 runs (seeds 0-5 with
+`--config.seed`, on jax 0.10.2 and on jax 0.12.1, an AMD EPYC Zen 3, 2026-12-06): the largest single difference
+took 0.44-1.02 scale (the single step is chaotic: seed 0, this test's, is the worst on both versions), the mean
+0.14-0.24. The first bound, one scale, written from two runs on an earlier CPU at 0.38 and 0.46 of it, failed on
+jax 0.12.1 at step 15 (1.02). `pytest -s` prints the per-step table (docs/PERFORMANCE.md has it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from conftest import REPO, write_sft_jsonl
 STEPS = 20
 
 
-def bound(f32_loss: float) -> float:
+def scale(f32_loss: float) -> float:
+    """The size of a bf16 difference that a loss of this size allows: bf16's relative error, plus a floor."""
     return 0.03 + 0.03 * f32_loss
 
 
@@ -59,9 +62,12 @@ def test_bf16_training_tracks_float32(tmp_path):
     assert len(f32_losses) == len(bf16_losses) == STEPS and len(f32_evals) == len(bf16_evals) == 2
     rows = [*(f"step {i}" for i in range(1, STEPS + 1)), "held-out before", "held-out after"]
     pairs = list(zip(rows, f32_losses + f32_evals, bf16_losses + bf16_evals))
-    for row, want, got in pairs:  # shown by pytest -s
-        print(f"{row}: f32 {want:.4f} bf16 {got:.4f} diff {got - want:+.4f}, {abs(got - want) / bound(want):.2f} bound")
-    for row, want, got in pairs:
-        assert abs(got - want) <= bound(want), (row, want, got)
+    scaled = [abs(got - want) / scale(want) for _, want, got in pairs]
+    for (row, want, got), size in zip(pairs, scaled):  # shown by pytest -s
+        print(f"{row}: f32 {want:.4f} bf16 {got:.4f} diff {got - want:+.4f}, {size:.2f} scale")
+    print(f"mean {sum(scaled) / len(scaled):.2f} scale")
+    for (row, want, got), size in zip(pairs, scaled):
+        assert size <= 2.0, (row, want, got)
+    assert sum(scaled) / len(scaled) <= 0.5, scaled
     for losses in (f32_losses, bf16_losses, f32_evals, bf16_evals):  # both runs learn the task
         assert losses[-1] < 0.25 * losses[0], losses
