@@ -233,8 +233,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cha
 
 
 def test_smollm2_sft_lowers_heldout_loss(tmp_path):
-    """Eighty CPU steps of configs/smollm2_sft.py on a learnable task (measured once with evaluations every 20
-    steps: held-out loss 4.44, 0.51, 0.41, 0.18, 0.12; last training loss 0.08)."""
+    """Forty CPU steps of configs/smollm2_sft.py on a learnable task. Measured at seeds 0-2 with evaluations every
+    10 steps (2026-12-06): held-out loss 5.04, then 0.64-0.72, 0.51-0.56, 0.46-0.50 and 0.45-0.49 at step 40; the
+    last training loss 0.39-0.51, and no more than 0.92 over the last 12 steps of any seed."""
     from capt_jax.config import load_config
     from capt_jax.train import train
 
@@ -244,7 +245,7 @@ def test_smollm2_sft_lowers_heldout_loss(tmp_path):
         [
             f"--config.data.path={data}",
             f"--config.workdir={tmp_path / 'w'}",
-            "--config.train.max_steps=80",
+            "--config.train.max_steps=40",
             "--config.train.batch_size=2",
             "--config.data.chat_template=false",
             "--config.train.seq_len=64",
@@ -255,7 +256,7 @@ def test_smollm2_sft_lowers_heldout_loss(tmp_path):
     evals = [
         json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line
     ]
-    assert evals[0]["step"] == 0 and evals[-1]["step"] == 80
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 40
     assert evals[-1]["eval_loss"] < 0.5 * evals[0]["eval_loss"], evals
     assert last.metrics["loss"] < 1.0 and last.eval_loss == evals[-1]["eval_loss"]
     assert list((tmp_path / "w" / "tensorboard").iterdir())
