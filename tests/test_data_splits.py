@@ -135,6 +135,27 @@ def test_the_guard_checks_the_variant_that_was_trained_on(variant):
     assert unguarded["id"] == test_sets("cladder", data_dir=SHARED, keep_overlap=True)["id"]
 
 
+def test_an_anti_file_under_its_own_name_makes_no_id_split(tmp_path):
+    """Trained on an anticommonsense file named by the user, "id" cannot be found beside it: it is skipped with
+    the reason, instead of testing the anti file's own questions as commonsense ones; the release's name works."""
+    _needs_shared("cladder")
+    folder = SHARED / "cladder"
+    for path in folder.iterdir():
+        (tmp_path / path.name).symlink_to(path)
+    (tmp_path / "my_questions.json").symlink_to(folder / "test-generate-anti.json")
+    own_name = test_sets("cladder", data_file=tmp_path / "my_questions.json", variant="anti")
+    release_name = test_sets("cladder", data_file=tmp_path / "test-generate-anti.json", variant="anti")
+    assert own_name["id"].examples == [] and "no commonsense file can be found" in own_name["id"].skipped
+
+    def questions(split):
+        return [(e.id, e.variant, e.prompt) for e in split.examples]
+
+    from_dir = test_sets("cladder", data_dir=SHARED, variant="anti")
+    assert questions(release_name["id"]) == questions(from_dir["id"]) and from_dir["id"].examples
+    assert {e.variant for e in release_name["id"].examples} == {"commonsense"}
+    assert all(questions(own_name[s]) == questions(from_dir[s]) for s in ("anti", "non"))
+
+
 def test_keep_overlap_reproduces_the_unguarded_protocol():
     _needs_shared("cladder")
     guarded = test_sets("cladder", data_dir=SHARED, splits=("non",))["non"]

@@ -183,13 +183,15 @@ def test_sets(
         raise ValueError(f"unknown test splits {unknown}; expected a subset of {list(SPLITS)}")
     examples = load_examples(dataset, variant, data_dir, data_file, **load_options)  # what training reads
     train, id_test = split(examples, n_train, split_seed, test_fraction)
-    if dataset == "cladder" and "id" in splits and examples and examples[0].variant != "commonsense":
-        commonsense = load_examples(dataset, "commonsense", data_dir, data_file, **load_options)
-        id_test = split(commonsense, n_train, split_seed, test_fraction)[1]
+    trained_variant = examples[0].variant if dataset == "cladder" and examples else "commonsense"
     raw: dict[str, list[Example] | str] = {}
     for name in splits:
         try:
-            if name == "id":
+            if name == "id" and trained_variant != "commonsense":
+                raw[name] = _cladder_id(
+                    trained_variant, data_dir, data_file, n_train, split_seed, test_fraction, load_options
+                )
+            elif name == "id":
                 raw[name] = id_test
             elif dataset == "prontoqa":
                 raw[name] = _prontoqa_refill(name, id_test, examples, ood_seed)
@@ -214,6 +216,27 @@ def _prontoqa_refill(name: str, id_test: list[Example], examples: list[Example],
         return anti_commonsense(id_test, pool, seed)
     except ValueError as err:
         raise OodUnavailable(f"anti: {err}") from err
+
+
+def _cladder_id(
+    trained_variant: str,
+    data_dir: str | Path | None,
+    data_file: str | Path | None,
+    n_train: int,
+    split_seed: int,
+    test_fraction: float,
+    load_options: dict[str, Any],
+) -> list[Example]:
+    """The commonsense file's test part, for a run that trains on another CLadder variant. A data_file under a
+    name of its own would be taken for the commonsense file too, and its own questions tested as "id"."""
+    if data_file is not None and cladder.variant_file(Path(data_file), "commonsense") == Path(data_file):
+        raise OodUnavailable(
+            f"id: data.data_file {data_file} holds the {trained_variant} questions trained on, under a name that "
+            "is not a CLadder release's, so no commonsense file can be found beside it; give data.data_dir instead, "
+            f"or name the files as the release does ({', '.join(cladder.QUESTION_FILES['commonsense'])})"
+        )
+    commonsense = load_examples("cladder", "commonsense", data_dir, data_file, **load_options)
+    return split(commonsense, n_train, split_seed, test_fraction)[1]
 
 
 def _cladder_ood(
