@@ -153,6 +153,9 @@ def test_an_anti_file_under_its_own_name_makes_no_id_split(tmp_path):
     from_dir = test_sets("cladder", data_dir=SHARED, variant="anti")
     assert questions(release_name["id"]) == questions(from_dir["id"]) and from_dir["id"].examples
     assert {e.variant for e in release_name["id"].examples} == {"commonsense"}
+    # The release's commonsense file given with variant=anti: training reads the anti file beside it, "id" this one.
+    commonsense_named = test_sets("cladder", data_file=tmp_path / "test-generate-easy.json", variant="anti")
+    assert questions(commonsense_named["id"]) == questions(from_dir["id"])
     assert all(questions(own_name[s]) == questions(from_dir[s]) for s in ("anti", "non"))
 
 

@@ -228,8 +228,10 @@ def _cladder_id(
     load_options: dict[str, Any],
 ) -> list[Example]:
     """The commonsense file's test part, for a run that trains on another CLadder variant. A data_file under a
-    name of its own would be taken for the commonsense file too, and its own questions tested as "id"."""
-    if data_file is not None and cladder.variant_file(Path(data_file), "commonsense") == Path(data_file):
+    name of its own resolves to itself for every variant, so its own questions would be tested as "id"."""
+    if data_file is not None and cladder.variant_file(Path(data_file), "commonsense") == cladder.variant_file(
+        Path(data_file), trained_variant
+    ):
         raise OodUnavailable(
             f"id: data.data_file {data_file} holds the {trained_variant} questions trained on, under a name that "
             "is not a CLadder release's, so no commonsense file can be found beside it; give data.data_dir instead, "
