@@ -135,9 +135,9 @@ def test_the_guard_checks_the_variant_that_was_trained_on(variant):
     assert unguarded["id"] == test_sets("cladder", data_dir=SHARED, keep_overlap=True)["id"]
 
 
-def test_an_anti_file_under_its_own_name_makes_no_id_split(tmp_path):
-    """Trained on an anticommonsense file named by the user, "id" cannot be found beside it: it is skipped with
-    the reason, instead of testing the anti file's own questions as commonsense ones; the release's name works."""
+def test_an_anti_file_under_its_own_name_takes_id_from_the_release_file_beside_it(tmp_path):
+    """Trained on an anticommonsense file named by the user, "id" is the release's commonsense file beside it, as
+    for the OOD splits, never the anti file's own questions; with none beside it, "id" is skipped with the reason."""
     _needs_shared("cladder")
     folder = SHARED / "cladder"
     for path in folder.iterdir():
@@ -145,18 +145,24 @@ def test_an_anti_file_under_its_own_name_makes_no_id_split(tmp_path):
     (tmp_path / "my_questions.json").symlink_to(folder / "test-generate-anti.json")
     own_name = test_sets("cladder", data_file=tmp_path / "my_questions.json", variant="anti")
     release_name = test_sets("cladder", data_file=tmp_path / "test-generate-anti.json", variant="anti")
-    assert own_name["id"].examples == [] and "no commonsense file can be found" in own_name["id"].skipped
 
     def questions(split):
         return [(e.id, e.variant, e.prompt) for e in split.examples]
 
     from_dir = test_sets("cladder", data_dir=SHARED, variant="anti")
-    assert questions(release_name["id"]) == questions(from_dir["id"]) and from_dir["id"].examples
-    assert {e.variant for e in release_name["id"].examples} == {"commonsense"}
+    assert from_dir["id"].examples and {e.variant for e in from_dir["id"].examples} == {"commonsense"}
+    assert all(questions(own_name[s]) == questions(from_dir[s]) for s in ("id", "anti", "non"))
+    assert questions(release_name["id"]) == questions(from_dir["id"])
     # The release's commonsense file given with variant=anti: training reads the anti file beside it, "id" this one.
     commonsense_named = test_sets("cladder", data_file=tmp_path / "test-generate-easy.json", variant="anti")
     assert questions(commonsense_named["id"]) == questions(from_dir["id"])
-    assert all(questions(own_name[s]) == questions(from_dir[s]) for s in ("anti", "non"))
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "my_questions.json").symlink_to(folder / "test-generate-anti.json")
+    for name in ("test-model-meta.json", "stories"):
+        (alone / name).symlink_to(folder / name)
+    lonely = test_sets("cladder", data_file=alone / "my_questions.json", variant="anti")
+    assert lonely["id"].examples == [] and "no commonsense file is beside it" in lonely["id"].skipped
 
 
 def test_keep_overlap_reproduces_the_unguarded_protocol():

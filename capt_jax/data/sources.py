@@ -228,15 +228,19 @@ def _cladder_id(
     load_options: dict[str, Any],
 ) -> list[Example]:
     """The commonsense file's test part, for a run that trains on another CLadder variant. A data_file under a
-    name of its own resolves to itself for every variant, so its own questions would be tested as "id"."""
+    name of its own resolves to itself for every variant, so "id" is the release-named commonsense file beside it,
+    found as the OOD splits find theirs, and never the trained file's own questions."""
     if data_file is not None and cladder.variant_file(Path(data_file), "commonsense") == cladder.variant_file(
         Path(data_file), trained_variant
     ):
-        raise OodUnavailable(
-            f"id: data.data_file {data_file} holds the {trained_variant} questions trained on, under a name that "
-            "is not a CLadder release's, so no commonsense file can be found beside it; give data.data_dir instead, "
-            f"or name the files as the release does ({', '.join(cladder.QUESTION_FILES['commonsense'])})"
-        )
+        try:
+            data_file = cladder.question_file(Path(data_file).parent, "commonsense")
+        except FileNotFoundError as err:
+            raise OodUnavailable(
+                f"id: data.data_file {data_file} holds the {trained_variant} questions trained on, under a name that "
+                f"is not a CLadder release's, and no commonsense file is beside it "
+                f"({', '.join(cladder.QUESTION_FILES['commonsense'])}); give data.data_dir instead"
+            ) from err
     commonsense = load_examples("cladder", "commonsense", data_dir, data_file, **load_options)
     return split(commonsense, n_train, split_seed, test_fraction)[1]
 
