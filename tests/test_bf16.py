@@ -10,6 +10,9 @@ each difference within 2 scales, and their mean within 0.5 scale. They were set 
 took 0.44-1.02 scale (the single step is chaotic: seed 0, this test's, is the worst on both versions), the mean
 0.14-0.24. The first bound, one scale, written from two runs on an earlier CPU at 0.38 and 0.46 of it, failed on
 jax 0.12.1 at step 15 (1.02). `pytest -s` prints the per-step table (docs/PERFORMANCE.md has it).
+
+The float32 run is also the suite's check that configs/smollm2_sft.py trains the real model in process: both
+held-out evaluations are logged, the last is what `train` returns, and TensorBoard files are written.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ def scale(f32_loss: float) -> float:
 
 
 def run(tmp_path: Path, data: Path, dtype: str) -> tuple[list[float], list[float]]:
-    """(loss of every step, held-out loss at step 0 and at the end) of one training run."""
+    """(loss of every step, held-out loss at step 0 and at the end) of one training run, with what `train`
+    returns and writes checked against its metrics log."""
     from capt_jax.config import load_config
     from capt_jax.train import train
 
@@ -49,9 +53,12 @@ def run(tmp_path: Path, data: Path, dtype: str) -> tuple[list[float], list[float
             f"--config.model.compute_dtype={dtype}",
         ],
     )
-    train(config)
+    last = train(config)
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return [m["loss"] for m in lines if "loss" in m], [m["eval_loss"] for m in lines if "eval_loss" in m]
+    evals = [m for m in lines if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [0, STEPS] and last.eval_loss == evals[-1]["eval_loss"]
+    assert list((workdir / "tensorboard").iterdir())
+    return [m["loss"] for m in lines if "loss" in m], [m["eval_loss"] for m in evals]
 
 
 @pytest.mark.usefixtures("smollm2_dir")  # skips, saying why, without the real weights

@@ -123,10 +123,10 @@ def test_buckets_are_powers_of_two_and_length_buckets_add_half_steps():
     assert [length_bucket(n, 16) for n in lengths] == [16, 16, 24, 24, 32, 48, 48, 64, 128, 192, 192, 256, 768]
 
 
-def test_generate_compiles_once_per_bucket(smollm2_dir):
+def test_generate_compiles_once_per_bucket(tiny_chat_dir):
     from capt_jax.generate import generate
 
-    model = capt_jax.load_pretrained(smollm2_dir, progress=False)
+    model = capt_jax.load_pretrained(tiny_chat_dir, progress=False)
     generate(model, ["Name a color."], max_new_tokens=4, chat=True, progress=False)
     compiled = decode._cache_size()
     # Different prompts and batch sizes inside the same (batch, length) buckets reuse the compiled loop.
@@ -142,14 +142,14 @@ def test_generate_compiles_once_per_bucket(smollm2_dir):
     assert decode._cache_size() == compiled + 1  # one new batch bucket (2); lengths share one bucket
 
 
-def test_replies_cut_off_by_the_budget_are_reported_with_the_key_to_raise(smollm2_dir, capsys):
+def test_replies_cut_off_by_the_budget_are_reported_with_the_key_to_raise(tiny_chat_dir, capsys):
     from capt_jax.config import default_config
     from capt_jax.evaluate import cached_reasoner
     from capt_jax.generate import _until_eos, generate
 
     assert _until_eos(np.array([5, 7, 2, 9, 2]), (2,)) == ([5, 7], True)
     assert _until_eos(np.array([5, 7, 9]), (2,)) == ([5, 7, 9], False)
-    model = capt_jax.load_pretrained(smollm2_dir, progress=False)
+    model = capt_jax.load_pretrained(tiny_chat_dir, progress=False)
     prompts = ["Write a long story about a dragon.", "List every prime below 1000."]
     replies = generate(model, prompts, max_new_tokens=2, chat=True, progress=False)
     assert replies.cut_off == [0, 1] and len(replies) == 2
