@@ -1,4 +1,5 @@
-"""The training engine end to end: config errors, sharded equivalence, kill/resume, preemption, divergence, SFT."""
+"""The training engine end to end: config errors, sharded equivalence, kill/resume, preemption, divergence (the
+SmolLM2 SFT run is tests/test_bf16.py's float32 run)."""
 
 from __future__ import annotations
 
