@@ -12,7 +12,8 @@ took 0.44-1.02 scale (the single step is chaotic: seed 0, this test's, is the wo
 jax 0.12.1 at step 15 (1.02). `pytest -s` prints the per-step table (docs/PERFORMANCE.md has it).
 
 The float32 run is also the suite's check that configs/smollm2_sft.py trains the real model in process: both
-held-out evaluations are logged, the last is what `train` returns, and TensorBoard files are written.
+held-out evaluations are logged, the last loss and held-out loss are what `train` returns, and TensorBoard
+files are written.
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ def run(tmp_path: Path, data: Path, dtype: str) -> tuple[list[float], list[float
     )
     last = train(config)
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    evals = [m for m in lines if "eval_loss" in m]
+    losses, evals = [m["loss"] for m in lines if "loss" in m], [m for m in lines if "eval_loss" in m]
     assert [m["step"] for m in evals] == [0, STEPS] and last.eval_loss == evals[-1]["eval_loss"]
+    assert last.metrics["loss"] == losses[-1]
     assert list((workdir / "tensorboard").iterdir())
-    return [m["loss"] for m in lines if "loss" in m], [m["eval_loss"] for m in evals]
+    return losses, [m["eval_loss"] for m in evals]
 
 
 @pytest.mark.usefixtures("smollm2_dir")  # skips, saying why, without the real weights

@@ -130,8 +130,9 @@ def test_tensor_parallel_mesh_matches_one_device(tmp_path, tiny_chat_dir, sft_fi
 def test_relative_workdir_checkpoints_and_resumes(tmp_path, tiny_chat_dir, sft_file, monkeypatch, capsys):
     """Workdirs are usually given relative to where the command runs (the demo's is workdirs/demo)."""
     monkeypatch.chdir(tmp_path)
-    args = train_args(tiny_chat_dir, sft_file, Path("rel/w"), "--config.train.max_steps=2")
-    args.append("--config.checkpoint.every_steps=1")
+    args = train_args(
+        tiny_chat_dir, sft_file, Path("rel/w"), "--config.train.max_steps=2", "--config.checkpoint.every_steps=1"
+    )
     run_in_process(args)
     first = capsys.readouterr()
     assert (tmp_path / "rel" / "w" / "checkpoints" / "2").is_dir()
