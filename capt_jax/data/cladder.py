@@ -55,6 +55,7 @@ QUERY_TYPE_NAMES = {
     "det-counterfactual": "deterministic counterfactual",
 }
 REASONING_STEPS = ("step0", "step1", "step2", "step3", "step4", "step5", "end")
+_STORY_NAME_KEY = re.compile(r"[A-Z]name")  # a story's variable names sit under Xname, Yname, ...
 
 
 def canonical_variant(variant: str | None) -> str:
@@ -346,8 +347,9 @@ def _variables(
         story_letter = _story_letter(story, mapping[f"{letter}name"])
         if story_letter:
             wordings["name"].add(story[f"{story_letter}name"])
+            value_key = re.compile(rf"{story_letter}([01])_\w+")  # compiled once: a story has ~100 keys
             for key, text in story.items():
-                match = re.fullmatch(rf"{story_letter}([01])_\w+", key)
+                match = value_key.fullmatch(key)
                 if match and isinstance(text, str):
                     wordings[match.group(1)].update(_wording_variants(text))
             for phrase in wordings["1"] & wordings["0"]:
@@ -369,8 +371,9 @@ def _variables(
 
 def _story_letter(story: Mapping[str, Any], name: str) -> str | None:
     """The story's letter for a variable; stories and models letter variables differently."""
+    name = name.lower()
     for key, text in story.items():
-        if re.fullmatch(r"[A-Z]name", key) and isinstance(text, str) and text.lower() == name.lower():
+        if isinstance(text, str) and text.lower() == name and _STORY_NAME_KEY.fullmatch(key):
             return key[0]
     return None
 

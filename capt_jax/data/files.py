@@ -12,6 +12,10 @@ from capt_jax.errors import MissingFileError
 
 from .example import DataError
 
+# libyaml's parser where PyYAML was built with it: the same safe constructor, about ten times faster on the
+# CLadder story tables that every CLadder load reads.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def read_json(path: str | Path) -> Any:
     """Parse a JSON file; a missing file or malformed JSON is an error naming the file."""
@@ -26,7 +30,7 @@ def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file; a missing file or malformed YAML is an error naming the file."""
     path = _existing(path)
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
     except yaml.YAMLError as err:
         raise DataError(str(path), None, None, f"malformed YAML: {err}") from err
 

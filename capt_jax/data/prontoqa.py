@@ -10,6 +10,7 @@ template parts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -52,6 +53,7 @@ class Sentence:
     article: str = ""
 
 
+@functools.lru_cache(maxsize=65536)  # an ontology's few hundred statements recur across all its questions
 def parse_sentence(text: str) -> Sentence:
     """Parse one statement; ValueError if it is not in PrOntoQA's grammar, which has three forms:
 
