@@ -234,10 +234,10 @@ def measured_matmul_peak(dtype: str, reps: int = 5) -> tuple[float, int]:
     import jax.numpy as jnp
 
     f = jax.jit(jnp.matmul)
+    rng = np.random.default_rng(1)  # numpy draws: jax.random.normal would compile a program per size
 
     def best_seconds(n: int) -> float:
-        a = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
-        b = jax.random.normal(jax.random.PRNGKey(2), (n, n), jnp.float32).astype(dtype)
+        a, b = (jnp.asarray(rng.standard_normal((n, n), np.float32), dtype) for _ in range(2))
 
         def product() -> None:
             f(a, b).block_until_ready()
