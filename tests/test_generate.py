@@ -23,19 +23,20 @@ def test_cached_decoding_equals_full_recomputation(tiny_llama_dir, scan_layers):
     ids = rng.integers(0, 128, (2, 24)).astype(np.int32)
     mask = np.ones_like(ids, bool)
     mask[1, :5] = False  # left padding in the second row
-    full, _ = forward(model.params, jnp.asarray(ids), model.config, token_mask=jnp.asarray(mask))
+    run = jax.jit(forward, static_argnums=2)  # one program per shape, not one per operation
+    full, _ = run(model.params, jnp.asarray(ids), model.config, token_mask=jnp.asarray(mask))
     config, params = model.config, model.params
     if not scan_layers:
         config, params = config.replace(scan_layers=False), unstack_layers(params)
 
     prefill = 10
     cache = KVCache.empty(config, batch=2, slots=32)
-    first, cache = forward(
+    first, cache = run(
         params, jnp.asarray(ids[:, :prefill]), config, token_mask=jnp.asarray(mask[:, :prefill]), cache=cache
     )
     steps = [first]
     for t in range(prefill, ids.shape[1]):
-        logits, cache = forward(params, jnp.asarray(ids[:, t : t + 1]), config, cache=cache)
+        logits, cache = run(params, jnp.asarray(ids[:, t : t + 1]), config, cache=cache)
         steps.append(logits)
     cached = np.concatenate([np.asarray(s) for s in steps], axis=1)
     np.testing.assert_allclose(cached[mask], np.asarray(full)[mask], rtol=0, atol=1e-5 * np.abs(full).max())
