@@ -21,27 +21,28 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2**30))
 # test_greedy_generation_matches_transformers took 36.7 s with torch's default threads and 14.8 s with one).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# The modules that train real models or start subprocesses, slowest first (their summed test times in a fresh clone's
-# `make test` on the AMD EPYC Zen 3, 2026-12-07: test_train.py 255 s, test_qlora.py 192 s, ... of 2,168 s). `make test`
-# hands whole modules to its two workers in collection order, so these go first and the workers finish together;
-# the order changes only the wall time, never a result.
+# The modules that train real models or start subprocesses, slowest first (their summed test times with an empty XLA
+# cache on the AMD EPYC Zen 3, 2026-12-07 at b7b75d1: test_train.py 208 s, test_qlora.py 164 s, ... of 1,672 s).
+# `make test` hands whole modules to its two workers in collection order, so these go first and the workers finish
+# together; the order changes only the wall time, never a result.
 SLOW_FIRST = (
     "test_train.py",
     "test_qlora.py",
     "test_bench.py",
-    "test_kernels.py",
-    "test_launch.py",
     "test_device_check.py",
-    "test_quant.py",
+    "test_launch.py",
     "test_bf16.py",
-    "test_lora.py",
-    "test_generate.py",
+    "test_kernels.py",
+    "test_quant.py",
     "test_demo.py",
-    "test_data_splits.py",
     "test_experiment.py",
+    "test_lora.py",
     "test_packing.py",
-    "test_data_estimates.py",
     "test_smollm2.py",
+    "test_generate.py",
+    "test_partition.py",
+    "test_data_splits.py",
+    "test_data_estimates.py",
 )
 
 
