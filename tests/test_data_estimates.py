@@ -61,6 +61,18 @@ def test_altered_templates_are_rejected(generated):
         assert "filling the slots back does not give the prompt" in problems, altered
 
 
+def test_filling_back_tries_every_wording_of_a_slot(generated):
+    """The longest wording is not always the one: "big dog" would swallow the text's "dog", "big" fills back.
+    Hundreds of slots take no recursion."""
+    template = "The {symbol_1} dog runs; " + " ".join(["an {symbol_2}."] * 2000)
+    estimate = estimated_abstraction(
+        generated[0], {"symbol_1": "big", "symbol_2": "owl"}, {"symbol_1": ("big dog",)}, template
+    )
+    text = "The big dog runs; " + " ".join(["An Owl."] * 2000)
+    assert "filling the slots back does not give the prompt" not in estimate_problems(estimate, text)
+    assert "filling the slots back does not give the prompt" in estimate_problems(estimate, text.replace("dog", "cat"))
+
+
 def test_a_slot_without_a_name_is_rejected(generated):
     oracle = abstract(generated[1])
     terms = {**oracle.terms, "symbol_2": Term(" ")}
