@@ -1,8 +1,10 @@
 """Slot rendering: articles, plurals and capitals follow the filler."""
 
+import re
+
 import pytest
 
-from capt_jax.data.render import Term, indefinite_article, letter_term, pluralize, render, slots_in
+from capt_jax.data.render import Term, indefinite_article, letter_term, pluralize, render, slots_in, whole_words
 
 
 @pytest.mark.parametrize(
@@ -52,3 +54,10 @@ def test_render_keeps_literal_braces_and_needs_every_filler():
 
 def test_slots_in_reading_order():
     assert slots_in("{symbol_2} and {symbol_1}, {symbol_2}") == ["symbol_2", "symbol_1"]
+
+
+def test_whole_words_prefers_the_longest_phrase_and_keeps_word_boundaries():
+    pattern = whole_words(["sprinkler", "sprinkler is on", "A"], re.IGNORECASE)
+    text = "The Sprinkler is on; sprinklers and A2 are not, a is."
+    assert pattern.findall(text) == ["Sprinkler is on", "a"]
+    assert whole_words(["A"]).findall("a A") == ["A"]  # case-sensitive unless asked

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 from .cladder import causal_cot, segments_text
 from .example import Abstraction, Example
-from .render import SLOT, Term, slot_name, slot_text, slots_in
+from .render import SLOT, Term, slot_name, slot_text, slots_in, whole_words
 
 # Query types whose question (and, for backadj, given_info) names variables, not values.
 NAME_FIRST_QUERY_TYPES = frozenset({"nde", "nie", "backadj"})
@@ -44,7 +44,7 @@ def abstract_cladder(example: Example) -> Abstraction:
     reasoning = ""
     steps = example.meta["steps"]
     if steps:
-        letters = _letter_pattern([v["letter"] for v in variables])
+        letters = whole_words(v["letter"] for v in variables)
         abstract_steps = {
             key: _substitute(letters.sub(lambda m: _letter_slot(m, variables), text), names, values, name_first=False)
             for key, text in steps.items()
@@ -98,10 +98,7 @@ class _Replacer:
 
     def __init__(self, table: Mapping[str, str], replaced: dict[str, set[str]]):
         self.table, self.replaced = table, replaced
-        alternatives = "|".join(re.escape(w) for w in sorted(table, key=len, reverse=True))
-        self.pattern = (
-            re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])", re.IGNORECASE) if table else None
-        )
+        self.pattern = whole_words(table, re.IGNORECASE) if table else None
 
     def __call__(self, text: str) -> str:
         if self.pattern is None:
@@ -124,11 +121,6 @@ def _substitute(text: str, names: _Replacer, values: _Replacer, name_first: bool
     return text
 
 
-def _letter_pattern(letters: Sequence[str]) -> re.Pattern[str]:
-    alternatives = "|".join(re.escape(x) for x in sorted(letters, key=len, reverse=True))
-    return re.compile(rf"(?<![A-Za-z0-9])({alternatives})(?![A-Za-z0-9])")
-
-
 def _letter_slot(match: re.Match[str], variables: Sequence[Mapping]) -> str:
-    index = next(i for i, v in enumerate(variables, start=1) if v["letter"] == match.group(1))
+    index = next(i for i, v in enumerate(variables, start=1) if v["letter"] == match.group(0))
     return slot_text(slot_name(index))

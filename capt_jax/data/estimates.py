@@ -21,7 +21,7 @@ from typing import Any
 
 from .abstraction import names_present
 from .example import Abstraction, Example
-from .render import Term, pluralize, slots_in
+from .render import Term, pluralize, slots_in, whole_words
 
 FORMS = ("map", "template")
 SLOT_TOKEN = re.compile(r"(symbol_\d+)(?:=([01]))?")
@@ -86,8 +86,7 @@ def template_from_symbols(prompt: str, names: Mapping[str, str], wordings: Mappi
             table.setdefault(phrase.lower(), "{" + slot + "}=" + value)
     if not table:
         return prompt
-    alternatives = "|".join(re.escape(p) for p in sorted(table, key=len, reverse=True))
-    pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])", re.IGNORECASE)
+    pattern = whole_words(table, re.IGNORECASE)
     return _ARTICLE_BEFORE_SLOT.sub(r"\1 ", pattern.sub(lambda m: table[m.group(0).lower()], prompt))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 SLOT = re.compile(r"\{(symbol_\d+)\}")
 _SLOT_IN_CONTEXT = re.compile(r"(?P<article>\b[Aa]n? )?\{(?P<slot>symbol_\d+)\}(?P<plural>s\b)?")
@@ -32,6 +32,13 @@ _IRREGULAR_PLURALS = {
     "leaf": "leaves",
     "calf": "calves",
 }
+
+
+def whole_words(phrases: Iterable[str], flags: int = 0) -> re.Pattern[str]:
+    """Any of `phrases` with no letter or digit on either side; the longest first, so a phrase never loses to its
+    own prefix ("sprinkler" before "sprinkler is on" would leave " is on" behind)."""
+    alternatives = "|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True))
+    return re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])", flags)
 
 
 def slot_name(index: int) -> str:
