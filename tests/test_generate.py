@@ -41,6 +41,12 @@ def test_cached_decoding_equals_full_recomputation(tiny_llama_dir, scan_layers):
     cached = np.concatenate([np.asarray(s) for s in steps], axis=1)
     np.testing.assert_allclose(cached[mask], np.asarray(full)[mask], rtol=0, atol=1e-5 * np.abs(full).max())
     assert int(cache.index) == ids.shape[1]
+    # A prompt starts a used cache afresh: it attends to itself only and is written from slot 0.
+    again, cache = run(
+        params, jnp.asarray(ids[:, :prefill]), config, token_mask=jnp.asarray(mask[:, :prefill]), cache=cache
+    )
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(first))
+    assert int(cache.index) == prefill and not np.asarray(cache.valid)[:, prefill:].any()
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])

@@ -205,28 +205,25 @@ def test_rotary_gradient_is_the_inverse_rotation():
     )
 
 
-def call_site_inputs(dtype, query_len: int, slots: int, masking: str):
-    """q/k/v in the layouts and dtype `attend` receives them ([B, T, Hq, D], [B, Hk, S, D]), a cotangent, and one of
-    the masks its callers build: left padding (Full, or a prefill into a longer cache) or packed rows."""
+def call_site_inputs(dtype, length: int, masking: str):
+    """q/k/v in the layouts and dtype `attend` receives them ([B, T, Hq, D], [B, Hk, T, D]: Full and Prefill both
+    attend to the call's own keys), a cotangent, and one of the masks its callers build: left padding or packed rows."""
     batch, q_heads, kv_heads, dim = 2, 6, 2, 16
-    shapes = (batch, query_len, q_heads, dim), *[(batch, kv_heads, slots, dim)] * 2, (batch, query_len, q_heads, dim)
+    shapes = (batch, length, q_heads, dim), *[(batch, kv_heads, length, dim)] * 2, (batch, length, q_heads, dim)
     q, k, v, cotangent = (x.astype(dtype) for x in normals(6, *shapes))
-    query_slots = jnp.broadcast_to(slots - query_len + jnp.arange(query_len), (batch, query_len))
+    query_slots = jnp.broadcast_to(jnp.arange(length), (batch, length))
     if masking == "packed":
-        segments = jnp.array([[1] * 3 + [2] * (slots - 5) + [0] * 2, [1] * (slots - 4) + [2] * 4])
+        segments = jnp.array([[1] * 3 + [2] * (length - 5) + [0] * 2, [1] * (length - 4) + [2] * 4])
         return q, k, v, cotangent, attention_mask(query_slots, segments > 0, segments)
-    valid = jnp.arange(slots)[None] >= jnp.array([[0], [3]])  # row 1 left-padded by 3
+    valid = jnp.arange(length)[None] >= jnp.array([[0], [3]])  # row 1 left-padded by 3
     return q, k, v, cotangent, attention_mask(query_slots, valid)
 
 
 # bf16: the outputs agree exactly and the gradients to 0.016 (under one bf16 step at 4-8) on these numpy inputs.
 @pytest.mark.parametrize("dtype, tolerance, grad_tolerance", [(jnp.float32, 1e-5, 1e-5), (jnp.bfloat16, 1e-2, 6e-2)])
-@pytest.mark.parametrize(
-    "query_len, slots, masking", [(12, 12, "padding"), (12, 12, "packed"), (5, 12, "padding")]
-)  # Full, Full on packed rows, Prefill
-def test_cudnn_call_site_with_xla_matches_recomputing_attention(dtype, tolerance, grad_tolerance, query_len, slots,
-                                                                masking):  # fmt: skip
-    q, k, v, cotangent, mask = call_site_inputs(dtype, query_len, slots, masking)
+@pytest.mark.parametrize("masking", ["padding", "packed"])  # Full or Prefill on left-padded rows, Full on packed rows
+def test_cudnn_call_site_with_xla_matches_recomputing_attention(dtype, tolerance, grad_tolerance, masking):
+    q, k, v, cotangent, mask = call_site_inputs(dtype, 12, masking)
     out = jax.jit(library_attention, static_argnums=(4, 5))(q, k, v, mask, 0.25, "xla")
     assert out.dtype == dtype and out.shape == q.shape
 
@@ -235,8 +232,8 @@ def test_cudnn_call_site_with_xla_matches_recomputing_attention(dtype, tolerance
 
     library = jax.jit(jax.grad(loss(functools.partial(library_attention, implementation="xla")), (0, 1, 2)))
     library_grads = library(q, k, v)
-    # Full (a query per key slot) also in causal blocks of 4 queries, as training runs it on the XLA path.
-    for causal_block in (None, 4) if query_len == slots else (None,):
+    # Also in causal blocks of 4 queries, as training and prefill run it on the XLA path.
+    for causal_block in (None, 4):
         ours = functools.partial(recomputing_attention, causal_block=causal_block)
         want = jax.jit(ours, static_argnums=4)(q, k, v, mask, 0.25)
         assert want.dtype == dtype

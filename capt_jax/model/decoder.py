@@ -211,12 +211,13 @@ class Decoder(nn.Module):
             if segment_ids is not None and positions is None:
                 positions = segment_positions(segment_ids)
         else:
+            if seq > 1:  # a prompt starts the cache afresh: it attends to itself and is written from slot 0
+                cache = cache._replace(valid=jnp.zeros_like(cache.valid), index=jnp.zeros((), jnp.int32))
             key_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, token_mask, cache.index, axis=1)
             if seq == 1:
                 mode = DecodeStep(cache.valid[:, None, None, :], cache.index, key_valid[:, None, None, :])
             else:
-                slots = jnp.broadcast_to(cache.index + jnp.arange(seq), (batch, seq))
-                mode = Prefill(attention_mask(slots, key_valid), cache.index)
+                mode = Prefill(attention_mask(jnp.broadcast_to(jnp.arange(seq), (batch, seq)), token_mask))
             past = jnp.sum(cache.valid, axis=1, dtype=jnp.int32)
         if positions is None:
             positions = past[:, None] + jnp.maximum(jnp.cumsum(token_mask, axis=1, dtype=jnp.int32) - 1, 0)
