@@ -179,7 +179,7 @@ def recomputing_attention(
     query, as flash attention does, for one more QK^T matmul.
 
     `causal_block`: the caller promises that query t sits at key slot t (T = S) and that the mask hides every
-    later slot (the `Full` mode). Queries then go in blocks of at least that many positions (at most
+    later slot (the `Full` and `Prefill` modes). Queries then go in blocks of at least that many positions (at most
     MAX_CAUSAL_BLOCKS blocks), each block against only the keys up to its last query, so most of the masked
     upper triangle is never computed (see `query_blocks`).
     """
@@ -297,7 +297,7 @@ def attend(
     """q [B, T, Hq, D], k/v [B, Hk, S, D], boolean mask [B, 1, T, S] -> [B, T, Hq, D], for Full and Prefill.
 
     On GPU in half precision through jax.nn.dot_product_attention's cuDNN flash kernel; elsewhere through
-    recomputing_attention, in causal blocks of queries when the caller passes `causal_block` (Full mode only).
+    recomputing_attention, in causal blocks of queries when the caller passes `causal_block` (Full and Prefill).
     """
     scale = config.head_dim**-0.5
     if attention_implementation(config) == "cudnn" and q.shape[1] > 1:
