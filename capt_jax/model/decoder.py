@@ -204,21 +204,21 @@ class Decoder(nn.Module):
         if segment_ids is not None and cache is not None:
             raise ValueError("segment_ids mark packed training rows; the KV-cache paths take one sequence per row")
         key_valid = None
-        if cache is None:
-            slots = jnp.broadcast_to(jnp.arange(seq), (batch, seq))
-            mode = Full(attention_mask(slots, token_mask, segment_ids))
-            past = jnp.zeros((batch,), jnp.int32)
-            if segment_ids is not None and positions is None:
-                positions = segment_positions(segment_ids)
-        else:
-            if seq > 1:  # a prompt starts the cache afresh: it attends to itself and is written from slot 0
-                cache = cache._replace(valid=jnp.zeros_like(cache.valid), index=jnp.zeros((), jnp.int32))
+        if cache is not None and seq == 1:
             key_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, token_mask, cache.index, axis=1)
-            if seq == 1:
-                mode = DecodeStep(cache.valid[:, None, None, :], cache.index, key_valid[:, None, None, :])
-            else:
-                mode = Prefill(attention_mask(jnp.broadcast_to(jnp.arange(seq), (batch, seq)), token_mask))
+            mode = DecodeStep(cache.valid[:, None, None, :], cache.index, key_valid[:, None, None, :])
             past = jnp.sum(cache.valid, axis=1, dtype=jnp.int32)
+        else:  # the call attends to its own keys
+            own_keys = attention_mask(jnp.broadcast_to(jnp.arange(seq), (batch, seq)), token_mask, segment_ids)
+            past = jnp.zeros((batch,), jnp.int32)
+            if cache is None:
+                mode = Full(own_keys)
+                if segment_ids is not None and positions is None:
+                    positions = segment_positions(segment_ids)
+            else:  # a prompt starts the cache afresh, written from slot 0
+                cache = cache._replace(valid=jnp.zeros_like(cache.valid), index=jnp.zeros((), jnp.int32))
+                key_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, token_mask, 0, axis=1)
+                mode = Prefill(own_keys)
         if positions is None:
             positions = past[:, None] + jnp.maximum(jnp.cumsum(token_mask, axis=1, dtype=jnp.int32) - 1, 0)
         rotary = rotary_tables(positions, c, jnp.dtype(c.dtype))
