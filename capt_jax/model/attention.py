@@ -53,7 +53,7 @@ class Prefill(NamedTuple):
 
     Attending to the prompt's keys instead of to every cache slot (the later ones still empty, and masked) skips
     the products over the empty slots and copying the cache's keys back out of their transposed layout: a
-    prefill of 128-token prompts into a 640-slot cache took 19% less time on a CPU (docs/PERFORMANCE.md).
+    prefill of 128-token prompts into a 640-slot cache took 21% less time on a CPU (benchmarks/prefill.py).
     """
 
     mask: jax.Array
