@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from capt_jax import cli
 from capt_jax.config import ConfigDict, ConfigError, validate_decoding
 from capt_jax.errors import MissingFileError
-from capt_jax.model import KVCache, Lora, ModelConfig, Params, hidden_states, logits_from_hidden
-from capt_jax.model.decoder import lm_head, unstack_layers
+from capt_jax.model import KVCache, Lora, ModelConfig, Params, hidden_states, logits_from_hidden, panels
+from capt_jax.model.decoder import unstack_layers
 from capt_jax.pretrained import Pretrained, load_pretrained
 from capt_jax.tokenization import bucket, chat_prompt, eos_token_ids, length_bucket, pad_id
 
@@ -62,15 +62,24 @@ def first_argmax(logits: jax.Array, axis: int = -1) -> jax.Array:
     return jnp.min(jnp.where(hit, index, logits.shape[axis]), axis=axis)
 
 
-def sample_next(logits: jax.Array, rng: jax.Array, sampling: Sampling, seen: jax.Array | None = None) -> jax.Array:
-    """Next token ids [B] from logits [B, V]; `seen` [B, V] marks the tokens a repetition penalty applies to."""
+def sample_next(
+    logits: jax.Array,
+    rng: jax.Array,
+    sampling: Sampling,
+    seen: jax.Array | None = None,
+    vocab_major: bool = True,
+) -> jax.Array:
+    """Next token ids [B] from logits [B, V]; `seen` [B, V] marks the tokens a repetition penalty applies to.
+
+    `vocab_major`: the logits are the transpose of a [V, B] product, as `matmul_weight_t` makes them at few rows on
+    a CPU, so greedy decoding reduces over axis 0 of their transpose and reads them in place; over [B, V] the
+    select between the two reductions would copy them transposed (4 ms per decode step at batch 32). The panel
+    kernel's logits are [B, V] in row order, and reading those transposed cost 1.4 ms more per step.
+    """
     if sampling.repetition_penalty != 1.0 and seen is not None:
         logits = penalise_repeats(logits.astype(jnp.float32), seen, sampling.repetition_penalty)
     if sampling.temperature <= 0:
-        # Over axis 0 of the transpose: at few rows on a CPU the logits are the transpose of a [V, B] product
-        # (`matmul_weight_t`), which the reductions then read in place; over [B, V] the select between them
-        # would copy the logits transposed (4 ms per decode step at batch 32).
-        return first_argmax(logits.T, axis=0)
+        return first_argmax(logits.T, axis=0) if vocab_major else first_argmax(logits, axis=-1)
     logits = logits.astype(jnp.float32) / sampling.temperature
     if sampling.top_p < 1.0:
         sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
@@ -125,13 +134,14 @@ def decode(
     cache = KVCache.empty(config, batch, length + max_new_tokens)
     h, cache = hidden_states(params, prompt, config, token_mask=prompt_mask, cache=cache, lora=lora)
     rows = jnp.arange(batch)
+    vocab_major = "lm_head_panels" not in params
     # Which tokens the repetition penalty applies to; a [B, 1] stand-in when there is no penalty.
-    vocab = lm_head(params).shape[0] if sampling.repetition_penalty != 1.0 else 1
+    vocab = params["embed"].shape[0] if sampling.repetition_penalty != 1.0 else 1
     seen = jnp.zeros((batch, vocab), bool)
     if vocab > 1:
         seen = seen.at[rows[:, None], prompt].max(prompt_mask.astype(bool))
     rng, step_rng = jax.random.split(rng)
-    token = sample_next(logits_from_hidden(params, h[:, -1]), step_rng, sampling, seen)
+    token = sample_next(logits_from_hidden(params, h[:, -1]), step_rng, sampling, seen, vocab_major)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
     done = jnp.isin(token, eos)
 
@@ -145,7 +155,7 @@ def decode(
             seen = seen.at[rows, token].set(True)
         h, cache = hidden_states(params, token[:, None], config, cache=cache, lora=lora)
         rng, step_rng = jax.random.split(rng)
-        token = sample_next(logits_from_hidden(params, h[:, 0]), step_rng, sampling, seen)
+        token = sample_next(logits_from_hidden(params, h[:, 0]), step_rng, sampling, seen, vocab_major)
         token = jnp.where(done, pad_id, token)
         out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], step, axis=1)
         return step + 1, out, done | jnp.isin(token, eos), cache, token, seen, rng
@@ -157,14 +167,33 @@ def decode(
 split_layers = jax.jit(unstack_layers)  # one copy of the weights, in the per-layer layout `decode` runs on
 
 
+def split_into_panels(params: Params) -> Params:
+    """`split_layers` with every projection's weight packed into panels ({"panels": ...} in place of "weight") and
+    the LM head's beside them ("lm_head_panels", in place of an untied "lm_head"), for `panels.matmul` on an
+    AVX-512 CPU. Packed one layer at a time, each replacing its split copy: a single jitted program over the tree
+    planned 400 MiB of temporaries beside the result for SmolLM2-135M."""
+
+    def packed(projection: Params) -> Params:
+        return {"panels": panels.pack(projection["weight"])} | {k: v for k, v in projection.items() if k != "weight"}
+
+    split = split_layers(params)
+    for name, layer in split.items():
+        if name.startswith("layers_"):  # projections are dicts ("weight", maybe "bias"), norms are arrays
+            split[name] = {key: packed(leaf) if isinstance(leaf, dict) else leaf for key, leaf in layer.items()}
+    split["lm_head_panels"] = panels.pack(split.pop("lm_head", split["embed"]))
+    return split
+
+
 def decoding_layout(
     config: ModelConfig, params: Params, adapters: Params | None = None
 ) -> tuple[Params, Params | None]:
     """Stacked `params`/`adapters` as `decode` runs them, for callers that decode many times: split once per layer
-    (a second copy of the base, kept as long as the caller keeps it), or as they are when `scans_when_decoding`."""
+    (a second copy of the base, kept as long as the caller keeps it), or as they are when `scans_when_decoding`.
+    On an AVX-512 CPU the split base is packed into panels for our kernel (`capt_jax.model.panels`)."""
     if scans_when_decoding(config, params):
         return params, adapters
-    return split_layers(params), None if adapters is None else split_layers(adapters)
+    split = split_into_panels if panels.available() else split_layers
+    return split(params), None if adapters is None else split_layers(adapters)
 
 
 def scans_when_decoding(config: ModelConfig, params: Params) -> bool:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import capt_jax
-from capt_jax.generate import Sampling, decode, first_argmax, sample_next
-from capt_jax.model import KVCache, forward
+from capt_jax.generate import Sampling, decode, first_argmax, sample_next, split_into_panels
+from capt_jax.model import KVCache, forward, panels
 from capt_jax.model.decoder import unstack_layers
 from capt_jax.tokenization import bucket, length_bucket
 
@@ -49,11 +49,15 @@ def test_cached_decoding_equals_full_recomputation(tiny_llama_dir, scan_layers):
     assert int(cache.index) == prefill and not np.asarray(cache.valid)[:, prefill:].any()
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
-def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir, scan_layers):
+@pytest.mark.parametrize("layout", ["split", "scanned", "panels"])
+def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir, layout):
+    """Qwen2's projections have biases; "panels" runs every product through our AVX-512 kernel."""
     from transformers import AutoModelForCausalLM
 
+    if layout == "panels" and not panels.available():
+        pytest.skip("the panel kernel needs a CPU backend with AVX-512 and a C++ compiler (panels.available())")
     model = capt_jax.load_pretrained(tiny_qwen2_dir, progress=False)
+    params = split_into_panels(model.params) if layout == "panels" else model.params
     reference = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32).eval()
     prompts = [[5, 17, 99, 3], [7, 8, 9, 10, 11, 12, 13, 14, 15]]
     length = 16
@@ -63,7 +67,7 @@ def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir, scan_layers)
         ids[row, length - len(p) :], mask[row, length - len(p) :] = p, True
     new = np.asarray(
         decode(
-            model.params,
+            params,
             ids,
             mask,
             jax.random.key(0),
@@ -72,7 +76,7 @@ def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir, scan_layers)
             sampling=Sampling(),
             eos_ids=(),
             pad_id=0,
-            scan_layers=scan_layers,
+            scan_layers=layout == "scanned",
         )
     )
     for row, p in enumerate(prompts):

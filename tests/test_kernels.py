@@ -1,5 +1,6 @@
 """The hand-written pieces of the training step: fused cross-entropy, recomputing attention, SwiGLU, RoPE and
-16-bit dropout; and the cuDNN attention call site, run on the CPU with XLA's implementation.
+16-bit dropout; the AVX-512 panel product of decoding; and the cuDNN attention call site, run on the CPU with
+XLA's implementation.
 
 Each is checked against the plain JAX expression it replaces, values and gradients.
 """
@@ -15,7 +16,7 @@ import pytest
 
 from capt_jax.architectures import ARCHS
 from capt_jax.generate import Sampling, decode
-from capt_jax.model import ModelConfig, forward, init_params
+from capt_jax.model import ModelConfig, forward, init_params, panels
 from capt_jax.model import attention as attention_module
 from capt_jax.model.attention import attention_mask, grouped_attention, library_attention, recomputing_attention
 from capt_jax.model.kernels import FEW_ROWS, dropout, lora_delta, matmul_weight_t, swiglu, threefry2x32
@@ -189,6 +190,19 @@ def test_matmul_weight_t_is_x_times_the_weight_transposed_in_either_operand_orde
     assert dots == (["f32[16," + str(rows) + "]"] if rows <= FEW_ROWS else [f"f32[{rows},16]"])
     half = jax.jit(matmul_weight_t).lower(x.astype(jnp.bfloat16), weight.astype(jnp.bfloat16)).compile().as_text()
     assert f"[{rows},16]" in half and f"[16,{rows}]" not in half  # other dtypes keep the plain order
+
+
+# Rows: one, a partial block of 8, whole blocks, past one chunk of 128 with a partial block; outputs: one, a
+# partial panel of 48, whole panels, whole and partial; the leading shape is flattened into rows.
+@pytest.mark.parametrize("lead, size, features", [((1,), 5, 1), ((7,), 64, 47), ((2, 16), 33, 96), ((131,), 64, 100)])
+def test_panel_kernel_is_x_times_the_weight_transposed(lead, size, features):
+    if not panels.available():
+        pytest.skip("the panel kernel needs a CPU backend with AVX-512 and a C++ compiler (panels.available())")
+    x, weight = normals(7, (*lead, size), (features, size))
+    packed = panels.pack(weight)
+    assert packed.shape == (-(-features // panels.PANEL), size, panels.PANEL)
+    got = jax.jit(panels.matmul, static_argnums=2)(x, packed, features)
+    np.testing.assert_allclose(got, jnp.einsum("...i,oi->...o", x, weight), rtol=1e-5, atol=1e-5)
 
 
 def test_rotary_gradient_is_the_inverse_rotation():

@@ -40,6 +40,7 @@ import numpy as np
 from flax import traverse_util
 from flax.core import meta
 
+from capt_jax.model import panels
 from capt_jax.model.attention import Attention, DecodeStep, Full, Prefill, attention_mask
 from capt_jax.model.config import ModelConfig
 from capt_jax.model.kernels import matmul_weight_t, rms_norm
@@ -294,6 +295,8 @@ def lm_head(params: Params) -> jax.Array:
 
 
 def logits_from_hidden(params: Params, h: jax.Array) -> jax.Array:
+    if "lm_head_panels" in params:  # decoding's layout on an AVX-512 CPU (`generate.decoding_layout`)
+        return panels.matmul(h, params["lm_head_panels"], params["embed"].shape[0])
     return matmul_weight_t(h, lm_head(params).astype(h.dtype))
 
 

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from capt_jax.model import panels
 from capt_jax.model.config import ModelConfig
 from capt_jax.model.kernels import dropout, lora_delta, matmul_weight_t, swiglu
 from capt_jax.model.quant import Quantization, leaf_axes, quantize, quantized_matmul
@@ -82,7 +83,8 @@ def _quantized_init(quant: Quantization, axes: tuple[str, str]):
 class Linear(nn.Module):
     """x @ W.T (+ b) (+ scale * dropout(x) @ A.T @ B.T); W [out, in] is cast to x's dtype, never copied in f32.
 
-    With `quant`, W is stored quantized and dequantized inside the matmul (`quantized_matmul`).
+    With `quant`, W is stored quantized and dequantized inside the matmul (`quantized_matmul`). In decoding's layout
+    on an AVX-512 CPU (`generate.decoding_layout`), W is "panels" instead, multiplied by our kernel (`panels`).
     """
 
     features: int
@@ -96,7 +98,9 @@ class Linear(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         out_axis, in_axis = self.axes
         shape = (self.features, x.shape[-1])
-        if self.quant is None:
+        if self.has_variable("params", "panels"):
+            y = panels.matmul(x, self.get_variable("params", "panels"), self.features)
+        elif self.quant is None:
             normal = nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), self.axes)
             weight = self.param("weight", normal, shape, self.param_dtype)
             y = matmul_weight_t(x, weight.astype(x.dtype))
