@@ -403,7 +403,7 @@ def bench_generate(args: argparse.Namespace, loaded: Loaded | None = None) -> di
     cfg, params, name = loaded or load_model(args)
     storage = quantization_fields(cfg, params)  # reads the stacked tree, as every size helper does
     # The per-layer layout decode runs on, made once before timing as generate() makes it once per call of it
-    # (split_layers_s includes compiling the split).
+    # (split_layers_s: the split, and on an AVX-512 CPU the packing into panels, their compiles included).
     began = time.perf_counter()
     params = jax.block_until_ready(decoding_layout(cfg, params)[0])
     split_s = time.perf_counter() - began
