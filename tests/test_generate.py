@@ -9,7 +9,15 @@ import pytest
 import torch
 
 import capt_jax
-from capt_jax.generate import Sampling, decode, first_argmax, sample_next, split_into_panels
+from capt_jax.generate import (
+    Sampling,
+    decode,
+    decoding_layout,
+    first_argmax,
+    sample_next,
+    split_into_panels,
+    split_layers,
+)
 from capt_jax.model import KVCache, forward, panels
 from capt_jax.model.decoder import unstack_layers
 from capt_jax.tokenization import bucket, length_bucket
@@ -85,6 +93,24 @@ def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir, layout):
                 torch.tensor([p]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0
             )[0, len(p) :].tolist()
         assert new[row].tolist() == expected
+
+
+def test_panel_layout_decodes_an_untied_head_as_the_split_layers_do(tiny_llama_dir):
+    """`decoding_layout` on an AVX-512 CPU: the Llama's untied head kept only as panels, greedy and with a
+    repetition penalty (which reads the vocabulary size from the embedding)."""
+    if not panels.available():
+        pytest.skip("the panel kernel needs a CPU backend with AVX-512 and a C++ compiler (panels.available())")
+    model = capt_jax.load_pretrained(tiny_llama_dir, progress=False)
+    assert not model.config.tie_word_embeddings
+    packed, _ = decoding_layout(model.config, model.params)
+    assert "lm_head_panels" in packed and "lm_head" not in packed
+    ids = np.array([[5, 17, 99, 3, 8, 8], [0, 0, 7, 8, 9, 10]], np.int32)
+    mask = ids > 0
+    for sampling in (Sampling(), Sampling(repetition_penalty=1.3)):
+        kwargs = dict(config=model.config, max_new_tokens=10, sampling=sampling, eos_ids=(), pad_id=0)
+        want = decode(split_layers(model.params), ids, mask, jax.random.key(0), **kwargs)
+        got = decode(packed, ids, mask, jax.random.key(0), **kwargs)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_decoding_stops_at_eos_and_pads_after(tiny_qwen2_dir):

@@ -8,6 +8,7 @@ Each is checked against the plain JAX expression it replaces, values and gradien
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -203,6 +204,23 @@ def test_panel_kernel_is_x_times_the_weight_transposed(lead, size, features):
     assert packed.shape == (-(-features // panels.PANEL), size, panels.PANEL)
     got = jax.jit(panels.matmul, static_argnums=2)(x, packed, features)
     np.testing.assert_allclose(got, jnp.einsum("...i,oi->...o", x, weight), rtol=1e-5, atol=1e-5)
+
+
+def test_a_panel_kernel_that_fails_to_build_leaves_xla_products(monkeypatch, tmp_path, caplog):
+    """A compiler that fails (`false`): a warning, no half-built library left, and `available()` False, so
+    decoding keeps XLA's products."""
+    if jax.default_backend() != "cpu" or not panels._has_avx512():
+        pytest.skip("the panel kernel is only built on a CPU backend with AVX-512")
+    monkeypatch.setenv("CAPT_JAX_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")
+    panels.available.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger=panels.__name__):
+            assert not panels.available()
+        assert "could not be built or loaded" in caplog.text
+        assert not list(tmp_path.rglob("panel_matmul.so*"))
+    finally:
+        panels.available.cache_clear()  # the next caller builds (or finds) the real library again
 
 
 def test_rotary_gradient_is_the_inverse_rotation():

@@ -164,7 +164,8 @@ class Decoder(nn.Module):
         c = self.config
         table = nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), ("vocab", "embed"))
         self.embed = self.param("embed", table, (c.vocab_size, c.hidden_size), self.param_dtype)
-        if not c.tie_word_embeddings:
+        # Decoding's panel layout holds an untied head only as "lm_head_panels" (`generate.split_into_panels`).
+        if not c.tie_word_embeddings and not self.has_variable("params", "lm_head_panels"):
             self.lm_head = self.param("lm_head", table, (c.vocab_size, c.hidden_size), self.param_dtype)
         norm = nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",))
         self.final_norm = self.param("final_norm", norm, (c.hidden_size,), self.param_dtype)

@@ -23,6 +23,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ PANEL = 48  # outputs per panel: three AVX-512 registers of float32
 TARGET = "capt_jax_panel_matmul"
 SOURCE = pathlib.Path(__file__).with_name("panel_matmul.cc")
 FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mfma", "-shared", "-fPIC")
+BUILD_TIMEOUT_S = 300
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,17 @@ def _has_avx512() -> bool:
 
 
 def _build(folder: pathlib.Path, compiler: str) -> None:
-    """The shared library into `folder`, written under another name first so no reader sees half of it."""
+    """The shared library into `folder`, written under a unique name first so no reader sees half of it. The
+    timeout bounds how long other processes wait on the build's lock if the compiler hangs."""
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f"panel_matmul.so.{os.getpid()}"
-    command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(partial)]
-    subprocess.run(command, check=True, capture_output=True, text=True)
-    partial.rename(folder / "panel_matmul.so")
+    descriptor, partial = tempfile.mkstemp(dir=folder, prefix="panel_matmul.so.")
+    os.close(descriptor)
+    try:
+        command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", partial]
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        os.replace(partial, folder / "panel_matmul.so")
+    finally:
+        pathlib.Path(partial).unlink(missing_ok=True)
 
 
 @functools.cache
@@ -61,8 +68,8 @@ def available() -> bool:
         return False
     from capt_jax.outputs import built_once, cache_root
 
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((*FLAGS, jax.__version__)).encode()).hexdigest()[:16]
     try:
+        key = hashlib.sha256(SOURCE.read_bytes() + " ".join((*FLAGS, jax.__version__)).encode()).hexdigest()[:16]
         folder = built_once(
             cache_root() / "panel_matmul" / key,
             lambda f: (f / "panel_matmul.so").exists(),
@@ -70,7 +77,7 @@ def available() -> bool:
         )
         library = ctypes.cdll.LoadLibrary(str(folder / "panel_matmul.so"))
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.PanelMatmul), platform="cpu")
-    except (OSError, subprocess.CalledProcessError) as error:
+    except Exception as error:  # any failure to build, load or register leaves XLA's products, which always work
         detail = getattr(error, "stderr", "") or error
         log.warning("panel_matmul: the kernel could not be built or loaded (%s); decoding keeps XLA's products", detail)
         return False
