@@ -1,11 +1,12 @@
-"""A decode step's float32 products, XLA:CPU's against our AVX-512 panel kernel (`capt_jax.model.panels`), one call
+"""A decode step's float32 products, XLA:CPU's against our panel kernels (`capt_jax.model.panels`), one call
 of each per product in decode order (q, k, v, o, gate, up, down per layer, then the LM head), in interleaved rounds,
 median of 9 calls each (docs/PERFORMANCE.md, "Decoding with packed panels").
 
     taskset -c 0 python benchmarks/panel_matmul.py [--arch smollm2-135m] [--rows 32]
 
 - XLA: `matmul_weight_t` on the weights as they are, the product `decode` runs without the kernel;
-- panels: `panels.matmul` on the weights packed by `panels.pack`, the product `decode` runs with it.
+- panels avx512 / avx2: `panels.matmul` on the weights packed by `panels.pack` for each instruction set this CPU
+  has, the product `decode` runs with it (the widest, unless `CAPT_JAX_PANELS` says otherwise).
 The whole step streams every layer's own weights; the gates alone show the same over a fifth of the bytes, and over
 one weight that stays in cache, the arithmetic without the reading. Exits with a message where the kernel cannot run.
 """
@@ -50,12 +51,13 @@ def main() -> None:
     parser.add_argument("--arch", default="smollm2-135m", choices=sorted(ARCHS))
     parser.add_argument("--rows", type=int, default=32, help="rows per product: the decode batch")
     args = parser.parse_args()
-    if not panels.available():
-        sys.exit("panel_matmul: the kernel does not run here (a CPU backend with AVX-512 and a C++ compiler needed)")
+    kernels = list(filter(panels.runs_here, panels.INSTRUCTION_SETS))
+    if not kernels:
+        sys.exit("panel_matmul: no panel kernel runs here (a CPU backend with AVX-512 or AVX2, and a C++ compiler)")
     shapes = step_shapes(args.arch)
     rng = np.random.default_rng(0)
     weights = [jax.device_put(rng.standard_normal((o, i), np.float32) * 0.02) for _, i, o in shapes]
-    packed = [panels.pack(w) for w in weights]
+    packed = {n: [panels.pack(w, panels.INSTRUCTION_SETS[n].width) for w in weights] for n in kernels}
     inputs = {i: jax.device_put(rng.standard_normal((args.rows, i), np.float32)) for _, i, _ in shapes}
 
     def products(chosen: list[int], kernel: str):
@@ -70,15 +72,17 @@ def main() -> None:
                 outs.append(matmul_weight_t(x, w) if kernel == "XLA" else panels.matmul(x, w, shapes[index][2]))
             return outs
 
-        operands = [weights[j] if kernel == "XLA" else packed[j] for j in chosen]
+        operands = [weights[j] if kernel == "XLA" else packed[kernel][j] for j in chosen]
         return lambda: run(inputs, operands)
 
     step = list(range(len(shapes)))
-    want, got = products(step, "XLA")(), products(step, "panels")()
-    error = max(
-        float(np.abs(np.asarray(g) - np.asarray(w)).max() / np.abs(np.asarray(w)).max()) for g, w in zip(got, want)
-    )
-    print(f"panels: largest difference from XLA, relative to the output's largest value: {error:.1e}")
+    want = products(step, "XLA")()
+    for kernel in kernels:
+        got = products(step, kernel)()
+        error = max(
+            float(np.abs(np.asarray(g) - w).max() / np.abs(w).max()) for g, w in zip(got, map(np.asarray, want))
+        )
+        print(f"panels {kernel}: largest difference from XLA, relative to the output's largest value: {error:.1e}")
 
     weight_mb = sum(w.nbytes for w in weights) / 1e6
     gates = [j for j, (name, _, _) in enumerate(shapes) if name == "gate"]
@@ -92,7 +96,7 @@ def main() -> None:
     ):
         flop = sum(2 * args.rows * shapes[j][1] * shapes[j][2] for j in chosen)
         print(f"{label}: {flop / 1e9:.2f} GFLOP")
-        runs = {kernel: products(chosen, kernel) for kernel in ("XLA", "panels")}
+        runs = {kernel: products(chosen, kernel) for kernel in ("XLA", *kernels)}
         times = {kernel: [] for kernel in runs}
         for _ in range(ROUNDS):
             for kernel, run in runs.items():

@@ -167,29 +167,31 @@ def decode(
 split_layers = jax.jit(unstack_layers)  # one copy of the weights, in the per-layer layout `decode` runs on
 
 
-def _packed(projection: Params) -> Params:
+def _packed(projection: Params, width: int) -> Params:
     """A projection ("weight", maybe "bias") with its weight packed into "panels" for `panels.matmul`."""
-    return {"panels": panels.pack(projection["weight"])} | {k: v for k, v in projection.items() if k != "weight"}
+    weight = panels.pack(projection["weight"], width)
+    return {"panels": weight} | {k: v for k, v in projection.items() if k != "weight"}
 
 
-@jax.jit
-def _packed_layer(stacked: Params, index: jax.Array) -> Params:
+@functools.partial(jax.jit, static_argnums=2)
+def _packed_layer(stacked: Params, index: jax.Array, width: int) -> Params:
     """Layer `index` of the stacked layers, its projections packed: one program for every layer."""
     layer = jax.tree.map(lambda x: x[index], stacked)
-    return {key: _packed(leaf) if isinstance(leaf, dict) else leaf for key, leaf in layer.items()}
+    return {key: _packed(leaf, width) if isinstance(leaf, dict) else leaf for key, leaf in layer.items()}
 
 
 def split_into_panels(params: Params) -> Params:
     """`split_layers` with every projection's weight packed into panels ({"panels": ...} in place of "weight") and
     the LM head's beside them ("lm_head_panels", in place of an untied "lm_head"), for `panels.matmul` on an
-    AVX-512 CPU. Packed straight from the stacked layers, one layer at a time: for SmolLM2-135M a single jitted
+    x86 CPU. Packed straight from the stacked layers, one layer at a time: for SmolLM2-135M a single jitted
     program over the tree planned 400 MiB of temporaries, and packing a split copy left the allocator holding
     the copy's freed pages (peak RSS 1,839 MiB, against 1,369 this way and 1,509 for the split layout)."""
     stacked = params["layers"]
     count = jax.tree.leaves(stacked)[0].shape[0]
     rest = {key: value for key, value in params.items() if key not in ("layers", "lm_head")}
-    layers = {f"layers_{i}": _packed_layer(stacked, i) for i in range(count)}
-    return rest | layers | {"lm_head_panels": panels.pack(params.get("lm_head", params["embed"]))}
+    width = panels.width()
+    layers = {f"layers_{i}": _packed_layer(stacked, i, width) for i in range(count)}
+    return rest | layers | {"lm_head_panels": panels.pack(params.get("lm_head", params["embed"]), width)}
 
 
 def decoding_layout(
@@ -197,7 +199,7 @@ def decoding_layout(
 ) -> tuple[Params, Params | None]:
     """Stacked `params`/`adapters` as `decode` runs them, for callers that decode many times: split once per layer
     (a second copy of the base, kept as long as the caller keeps it), or as they are when `scans_when_decoding`.
-    On an AVX-512 CPU the split base is packed into panels for our kernel (`capt_jax.model.panels`)."""
+    On an AVX-512 or AVX2 CPU the split base is packed into panels for our kernel (`capt_jax.model.panels`)."""
     if scans_when_decoding(config, params):
         return params, adapters
     split = split_into_panels if panels.available() else split_layers

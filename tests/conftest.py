@@ -105,11 +105,13 @@ def tiny_qwen2_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def panel_kernel() -> None:
-    """Skips a test of our AVX-512 panel kernel where it cannot run (`panels.available()` builds it on first use)."""
+    """Skips a test of our panel kernel where it cannot run (`panels.available()` builds it on first use)."""
     from capt_jax.model import panels
 
     if not panels.available():
-        pytest.skip("the panel kernel needs a CPU backend with AVX-512 and a C++ compiler (panels.available())")
+        pytest.skip(
+            "the panel kernel needs a CPU backend with AVX-512 or AVX2, and a C++ compiler (panels.available())"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from capt_jax.generate import (
     split_into_panels,
     split_layers,
 )
-from capt_jax.model import KVCache, forward
+from capt_jax.model import KVCache, forward, panels
 from capt_jax.model.decoder import unstack_layers
 from capt_jax.tokenization import bucket, length_bucket
 
@@ -57,15 +57,20 @@ def test_cached_decoding_equals_full_recomputation(tiny_llama_dir, scan_layers):
     assert int(cache.index) == prefill and not np.asarray(cache.valid)[:, prefill:].any()
 
 
-@pytest.mark.parametrize("layout", ["split", "scanned", "panels"])
-def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir, layout, request):
-    """Qwen2's projections have biases; "panels" runs every product through our AVX-512 kernel."""
+@pytest.mark.parametrize("layout", ["split", "scanned", "panels", "panels-avx2"])
+def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir, layout, request, monkeypatch):
+    """Qwen2's projections have biases; "panels" runs every product through our kernel for this CPU, and
+    "panels-avx2" through the AVX2 one (24-output panels, blocks of 4 rows), as on a CPU without AVX-512."""
     from transformers import AutoModelForCausalLM
 
-    if layout == "panels":
+    if layout == "panels-avx2":
+        monkeypatch.setenv("CAPT_JAX_PANELS", "avx2")
+    if layout.startswith("panels"):
         request.getfixturevalue("panel_kernel")
     model = capt_jax.load_pretrained(tiny_qwen2_dir, progress=False)
-    params = split_into_panels(model.params) if layout == "panels" else model.params
+    params = split_into_panels(model.params) if layout.startswith("panels") else model.params
+    if layout == "panels-avx2":
+        assert params["lm_head_panels"].shape[-1] == panels.INSTRUCTION_SETS["avx2"].width
     reference = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32).eval()
     prompts = [[5, 17, 99, 3], [7, 8, 9, 10, 11, 12, 13, 14, 15]]
     length = 16

@@ -193,13 +193,22 @@ def test_matmul_weight_t_is_x_times_the_weight_transposed_in_either_operand_orde
     assert f"[{rows},16]" in half and f"[16,{rows}]" not in half  # other dtypes keep the plain order
 
 
-# Rows: one, a partial block of 8, whole blocks, past one chunk of 128 with a partial block; outputs: one, a
-# partial panel of 48, whole panels, whole and partial; the leading shape is flattened into rows.
+def needs_kernel(name: str) -> None:
+    """Skips unless the panel kernel for instruction set `name` can be built and run here."""
+    if not panels.runs_here(name):
+        pytest.skip(f"the {name} panel kernel needs a CPU backend, a CPU with {name} and a C++ compiler")
+
+
+# Rows: one, a partial block (of 8 rows with AVX-512, 4 with AVX2), whole blocks, past one chunk of 128 with a
+# partial block; outputs: one, a partial panel, whole panels, whole and partial; the leading shape is flattened.
+@pytest.mark.parametrize("instruction_set", list(panels.INSTRUCTION_SETS))
 @pytest.mark.parametrize("lead, size, features", [((1,), 5, 1), ((7,), 64, 47), ((2, 16), 33, 96), ((131,), 64, 100)])
-def test_panel_kernel_is_x_times_the_weight_transposed(lead, size, features, panel_kernel):
+def test_panel_kernel_is_x_times_the_weight_transposed(lead, size, features, instruction_set):
+    needs_kernel(instruction_set)
+    width = panels.INSTRUCTION_SETS[instruction_set].width
     x, weight = normals(7, (*lead, size), (features, size))
-    packed = panels.pack(weight)
-    assert packed.shape == (-(-features // panels.PANEL), size, panels.PANEL)
+    packed = panels.pack(weight, width)
+    assert packed.shape == (-(-features // width), size, width)
     got = jax.jit(panels.matmul, static_argnums=2)(x, packed, features)
     np.testing.assert_allclose(got, jnp.einsum("...i,oi->...o", x, weight), rtol=1e-5, atol=1e-5)
 
@@ -207,18 +216,33 @@ def test_panel_kernel_is_x_times_the_weight_transposed(lead, size, features, pan
 def test_a_panel_kernel_that_fails_to_build_leaves_xla_products(monkeypatch, tmp_path, caplog):
     """A compiler that fails (`false`): a warning, no half-built library left, and `available()` False, so
     decoding keeps XLA's products."""
-    if jax.default_backend() != "cpu" or not panels._has_avx512():
-        pytest.skip("the panel kernel is only built on a CPU backend with AVX-512")
+    if jax.default_backend() != "cpu" or panels.instruction_set() is None:
+        pytest.skip("the panel kernel is only built on a CPU backend with AVX-512 or AVX2")
     monkeypatch.setenv("CAPT_JAX_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")
-    panels.available.cache_clear()
+    panels.runs_here.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger=panels.__name__):
             assert not panels.available()
         assert "could not be built or loaded" in caplog.text
         assert not list(tmp_path.rglob("panel_matmul.so*"))
     finally:
-        panels.available.cache_clear()  # the next caller builds (or finds) the real library again
+        panels.runs_here.cache_clear()  # the next caller builds (or finds) the real library again
+
+
+def test_capt_jax_panels_chooses_the_kernel_or_none(monkeypatch, caplog):
+    """`CAPT_JAX_PANELS`: "off" keeps XLA's products; a name this CPU has is taken; an unknown name is warned
+    about and the widest set is used."""
+    widest = panels.instruction_set()
+    monkeypatch.setenv("CAPT_JAX_PANELS", "off")
+    assert panels.instruction_set() is None and not panels.available()
+    for name in panels.INSTRUCTION_SETS:
+        monkeypatch.setenv("CAPT_JAX_PANELS", name)
+        assert panels.instruction_set() == (name if panels.cpu_has(name) else None)
+    monkeypatch.setenv("CAPT_JAX_PANELS", "avx9000")
+    with caplog.at_level(logging.WARNING, logger=panels.__name__):
+        assert panels.instruction_set() == widest
+    assert "CAPT_JAX_PANELS=avx9000: expected off, avx512, avx2" in caplog.text
 
 
 def test_rotary_gradient_is_the_inverse_rotation():

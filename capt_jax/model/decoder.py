@@ -296,7 +296,7 @@ def lm_head(params: Params) -> jax.Array:
 
 
 def logits_from_hidden(params: Params, h: jax.Array) -> jax.Array:
-    if "lm_head_panels" in params:  # decoding's layout on an AVX-512 CPU (`generate.decoding_layout`)
+    if "lm_head_panels" in params:  # decoding's layout on an x86 CPU (`generate.decoding_layout`)
         return panels.matmul(h, params["lm_head_panels"], params["embed"].shape[0])
     return matmul_weight_t(h, lm_head(params).astype(h.dtype))
 

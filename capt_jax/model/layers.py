@@ -84,7 +84,7 @@ class Linear(nn.Module):
     """x @ W.T (+ b) (+ scale * dropout(x) @ A.T @ B.T); W [out, in] is cast to x's dtype, never copied in f32.
 
     With `quant`, W is stored quantized and dequantized inside the matmul (`quantized_matmul`). In decoding's layout
-    on an AVX-512 CPU (`generate.decoding_layout`), W is "panels" instead, multiplied by our kernel (`panels`).
+    on an AVX-512 or AVX2 CPU (`generate.decoding_layout`), W is "panels" instead, multiplied by our kernel (`panels`).
     """
 
     features: int

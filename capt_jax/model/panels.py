@@ -1,5 +1,6 @@
-"""Float32 projections on an AVX-512 CPU through our own kernel (panel_matmul.cc, called with `jax.ffi`), on
-weights packed once into [ceil(out / 48), in, 48] panels: what `generate.decoding_layout` gives `decode` there.
+"""Float32 projections on an x86 CPU through our own kernel (panel_matmul.cc, called with `jax.ffi`), on weights
+packed once into [ceil(out / P), in, P] panels: what `generate.decoding_layout` gives `decode` there. P is 48
+with AVX-512 and 24 with AVX2 and FMA, three vector registers wide.
 
 Why our own: at a decode step's 32 rows XLA:CPU's dot reads each weight and then multiplies it, one after the
 other; the kernel prefetches the next panel while it multiplies the current one. One decode step's 211 products
@@ -8,13 +9,16 @@ output [rows, out] in row order, where XLA's faster weight-first product leaves 
 and the cache writes to read. The decode call at batch 32 took 0.92x as long (docs/PERFORMANCE.md, "Decoding
 with packed panels").
 
-The kernel is compiled on first use with the system C++ compiler into `outputs.cache_root()`. `available()` is
-False, and decoding keeps XLA's products, on another backend, on a CPU without AVX-512, or without a compiler.
+The kernel is compiled on first use with the system C++ compiler into `outputs.cache_root()`, once per
+instruction set. `available()` is False, and decoding keeps XLA's products, on another backend, on a CPU with
+neither instruction set, or without a compiler. `CAPT_JAX_PANELS` set to "off" keeps XLA's products, and set to
+"avx2" uses the narrower kernel on an AVX-512 CPU (to compare them).
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -28,39 +32,88 @@ import tempfile
 import jax
 import jax.numpy as jnp
 
-PANEL = 48  # outputs per panel: three AVX-512 registers of float32
 TARGET = "capt_jax_panel_matmul"
 SOURCE = pathlib.Path(__file__).with_name("panel_matmul.cc")
-FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mfma", "-shared", "-fPIC")
+FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
 BUILD_TIMEOUT_S = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class InstructionSet:
+    cpu_flags: tuple[str, ...]  # as /proc/cpuinfo names them
+    compiler_flags: tuple[str, ...]
+    width: int  # outputs per panel: three vector registers of float32
+
+
+INSTRUCTION_SETS = {  # the widest first
+    "avx512": InstructionSet(("avx512f",), ("-mavx512f", "-mfma"), 48),
+    "avx2": InstructionSet(("avx2", "fma"), ("-mavx2", "-mfma"), 24),
+}
 
 log = logging.getLogger(__name__)
 
 
-def _has_avx512() -> bool:
+@functools.cache
+def cpu_has(name: str) -> bool:
+    """Whether this CPU has instruction set `name` (an INSTRUCTION_SETS key), as /proc/cpuinfo lists it."""
     cpuinfo = pathlib.Path("/proc/cpuinfo")
-    return cpuinfo.exists() and "avx512f" in cpuinfo.read_text().split()
+    return cpuinfo.exists() and set(INSTRUCTION_SETS[name].cpu_flags) <= set(cpuinfo.read_text().split())
 
 
-def _build(folder: pathlib.Path, compiler: str) -> None:
+def instruction_set() -> str | None:
+    """The widest instruction set of INSTRUCTION_SETS this CPU has, the one `CAPT_JAX_PANELS` names if it has
+    that, or None ("off", or neither)."""
+    return _instruction_set(os.environ.get("CAPT_JAX_PANELS", ""))
+
+
+@functools.cache  # so each warning is logged once
+def _instruction_set(chosen: str) -> str | None:
+    if chosen == "off":
+        return None
+    if chosen not in ("", *INSTRUCTION_SETS):
+        log.warning(
+            "CAPT_JAX_PANELS=%s: expected off, %s; using the widest this CPU has", chosen, ", ".join(INSTRUCTION_SETS)
+        )
+        chosen = ""
+    if not chosen:
+        return next(filter(cpu_has, INSTRUCTION_SETS), None)
+    if cpu_has(chosen):
+        return chosen
+    log.warning("CAPT_JAX_PANELS=%s: this CPU lacks it; decoding keeps XLA's products", chosen)
+    return None
+
+
+def _build(folder: pathlib.Path, compiler: str, flags: tuple[str, ...]) -> None:
     """The shared library into `folder`, written under a unique name first so no reader sees half of it. The
     timeout bounds how long other processes wait on the build's lock if the compiler hangs."""
     folder.mkdir(parents=True, exist_ok=True)
     descriptor, partial = tempfile.mkstemp(dir=folder, prefix="panel_matmul.so.")
     os.close(descriptor)
     try:
-        command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", partial]
+        command = [compiler, *flags, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", partial]
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         os.replace(partial, folder / "panel_matmul.so")
     finally:
         pathlib.Path(partial).unlink(missing_ok=True)
 
 
-@functools.cache
 def available() -> bool:
-    """Whether the kernel runs here: a CPU backend with AVX-512, and the library built (once per source and jax
-    version) and registered with XLA. Any failure is logged once and leaves XLA's products in place."""
-    if jax.default_backend() != "cpu" or not _has_avx512():
+    """Whether the kernel runs here: a CPU backend, an instruction set it is written for, and the library built
+    (once per source, instruction set and jax version) and registered with XLA."""
+    name = instruction_set()
+    return name is not None and runs_here(name)
+
+
+def width() -> int:
+    """Outputs per panel for the kernel that runs here (needs `available()`)."""
+    return INSTRUCTION_SETS[instruction_set()].width
+
+
+@functools.cache
+def runs_here(name: str) -> bool:
+    """Whether the kernel for instruction set `name` runs here: on a CPU backend and a CPU that has `name`, built,
+    loaded and registered (once). Any failure is logged once and leaves XLA's products in place."""
+    if jax.default_backend() != "cpu" or not cpu_has(name):
         return False
     compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
     if compiler is None:
@@ -68,15 +121,16 @@ def available() -> bool:
         return False
     from capt_jax.outputs import built_once, cache_root
 
+    flags = (*FLAGS, *INSTRUCTION_SETS[name].compiler_flags)
     try:
-        key = hashlib.sha256(SOURCE.read_bytes() + " ".join((*FLAGS, jax.__version__)).encode()).hexdigest()[:16]
+        key = hashlib.sha256(SOURCE.read_bytes() + " ".join((*flags, jax.__version__)).encode()).hexdigest()[:16]
         folder = built_once(
-            cache_root() / "panel_matmul" / key,
+            cache_root() / "panel_matmul" / f"{name}-{key}",
             lambda f: (f / "panel_matmul.so").exists(),
-            lambda f: _build(f, compiler),
+            lambda f: _build(f, compiler, flags),
         )
         library = ctypes.cdll.LoadLibrary(str(folder / "panel_matmul.so"))
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.PanelMatmul), platform="cpu")
+        jax.ffi.register_ffi_target(f"{TARGET}_{name}", jax.ffi.pycapsule(library.PanelMatmul), platform="cpu")
     except Exception as error:  # any failure to build, load or register leaves XLA's products, which always work
         detail = getattr(error, "stderr", "") or error
         log.warning("panel_matmul: the kernel could not be built or loaded (%s); decoding keeps XLA's products", detail)
@@ -84,18 +138,20 @@ def available() -> bool:
     return True
 
 
-@jax.jit
-def pack(weight: jax.Array) -> jax.Array:
-    """weight [out, in] -> panels [ceil(out / 48), in, 48], the last one zero-padded."""
+@functools.partial(jax.jit, static_argnums=1)
+def pack(weight: jax.Array, width: int) -> jax.Array:
+    """weight [out, in] -> panels [ceil(out / width), in, width], the last one zero-padded."""
     out, size = weight.shape
-    padded = jnp.pad(weight, ((0, -out % PANEL), (0, 0)))
-    return padded.reshape(-1, PANEL, size).transpose(0, 2, 1)
+    padded = jnp.pad(weight, ((0, -out % width), (0, 0)))
+    return padded.reshape(-1, width, size).transpose(0, 2, 1)
 
 
 def matmul(x: jax.Array, panels: jax.Array, features: int) -> jax.Array:
-    """x [..., in] @ W.T -> [..., features] for W packed by `pack` (float32 only; needs `available()`)."""
-    if not available():
-        raise RuntimeError("panels.matmul: the panel kernel does not run here (panels.available() is False)")
+    """x [..., in] @ W.T -> [..., features] for W packed by `pack` (float32 only), on the kernel of the panels'
+    width, which must run here."""
+    name = next((n for n, s in INSTRUCTION_SETS.items() if s.width == panels.shape[-1]), None)
+    if name is None or not runs_here(name):
+        raise RuntimeError(f"panels.matmul: no panel kernel of width {panels.shape[-1]} runs here")
     rows = math.prod(x.shape[:-1])
-    product = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows, features), jnp.float32))
+    product = jax.ffi.ffi_call(f"{TARGET}_{name}", jax.ShapeDtypeStruct((rows, features), jnp.float32))
     return product(x.reshape(rows, x.shape[-1]), panels).reshape(*x.shape[:-1], features)
