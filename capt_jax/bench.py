@@ -398,12 +398,13 @@ def bench_generate(args: argparse.Namespace, loaded: Loaded | None = None) -> di
     jax = _jax()
 
     from capt_jax.generate import Sampling, decode, decoding_layout
+    from capt_jax.model import panels
     from capt_jax.model.attention import attention_implementation
 
     cfg, params, name = loaded or load_model(args)
     storage = quantization_fields(cfg, params)  # reads the stacked tree, as every size helper does
     # The per-layer layout decode runs on, made once before timing as generate() makes it once per call of it
-    # (split_layers_s: the split, and on an AVX-512 CPU the packing into panels, their compiles included).
+    # (split_layers_s: the split, and on an AVX-512 or AVX2 CPU the packing into panels, their compiles included).
     began = time.perf_counter()
     params = jax.block_until_ready(decoding_layout(cfg, params)[0])
     split_s = time.perf_counter() - began
@@ -443,6 +444,8 @@ def bench_generate(args: argparse.Namespace, loaded: Loaded | None = None) -> di
         "lower_s": t1 - t0,
         "compile_s": t2 - t1,
         "split_layers_s": split_s,
+        # Which products decode ran: XLA's, or our kernel's for this instruction set (`capt_jax.model.panels`).
+        "decode_products": f"panels {panels.instruction_set()}" if "lm_head_panels" in params else "xla",
     }
 
 
