@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["capt_jax", "capt_jax.*"]),
-    # The AVX-512 decoding kernel's source, compiled on first use (capt_jax/model/panels.py).
+    # The CPU decoding kernel's source, compiled on first use (capt_jax/model/panels.py).
     package_data={"capt_jax.model": ["panel_matmul.cc"]},
     install_requires=[
         "jax>=0.6",

@@ -445,7 +445,9 @@ def bench_generate(args: argparse.Namespace, loaded: Loaded | None = None) -> di
         "compile_s": t2 - t1,
         "split_layers_s": split_s,
         # Which products decode ran: XLA's, or our kernel's for this instruction set (`capt_jax.model.panels`).
-        "decode_products": f"panels {panels.instruction_set()}" if "lm_head_panels" in params else "xla",
+        "decode_products": f"panels {panels.for_width(params['lm_head_panels'].shape[-1])}"
+        if "lm_head_panels" in params
+        else "xla",
     }
 
 

@@ -110,7 +110,8 @@ def panel_kernel() -> None:
 
     if not panels.available():
         pytest.skip(
-            "the panel kernel needs a CPU backend with AVX-512 or AVX2, and a C++ compiler (panels.available())"
+            "the panel kernel needs a CPU backend with AVX-512 or AVX2, a C++ compiler, and CAPT_JAX_PANELS unset "
+            "or naming a set this CPU has (panels.available())"
         )
 
 

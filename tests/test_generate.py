@@ -101,7 +101,7 @@ def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir, layout, requ
 
 
 def test_panel_layout_decodes_an_untied_head_as_the_split_layers_do(tiny_llama_dir, panel_kernel):
-    """`decoding_layout` on an AVX-512 CPU: the Llama's untied head kept only as panels, greedy and with a
+    """`decoding_layout` where the panel kernel runs: the Llama's untied head kept only as panels, greedy and with a
     repetition penalty (which reads the vocabulary size from the embedding)."""
     model = capt_jax.load_pretrained(tiny_llama_dir, progress=False)
     assert not model.config.tie_word_embeddings

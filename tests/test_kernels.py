@@ -1,6 +1,6 @@
 """The hand-written pieces of the training step: fused cross-entropy, recomputing attention, SwiGLU, RoPE and
-16-bit dropout; the AVX-512 panel product of decoding; and the cuDNN attention call site, run on the CPU with
-XLA's implementation.
+16-bit dropout; the panel product of decoding (its AVX-512 and AVX2 builds); and the cuDNN attention call site,
+run on the CPU with XLA's implementation.
 
 Each is checked against the plain JAX expression it replaces, values and gradients.
 """
@@ -199,6 +199,11 @@ def needs_kernel(name: str) -> None:
         pytest.skip(f"the {name} panel kernel needs a CPU backend, a CPU with {name} and a C++ compiler")
 
 
+def test_panels_of_a_width_no_kernel_has_are_refused():
+    with pytest.raises(RuntimeError, match="no panel kernel of width 32"):
+        panels.matmul(jnp.ones((2, 8)), jnp.ones((1, 8, 32)), 32)
+
+
 # Rows: one, a partial block (of 8 rows with AVX-512, 4 with AVX2), whole blocks, past one chunk of 128 with a
 # partial block; outputs: one, a partial panel, whole panels, whole and partial; the leading shape is flattened.
 @pytest.mark.parametrize("instruction_set", list(panels.INSTRUCTION_SETS))
@@ -216,29 +221,39 @@ def test_panel_kernel_is_x_times_the_weight_transposed(lead, size, features, ins
 def test_a_panel_kernel_that_fails_to_build_leaves_xla_products(monkeypatch, tmp_path, caplog):
     """A compiler that fails (`false`): a warning, no half-built library left, and `available()` False, so
     decoding keeps XLA's products."""
-    if jax.default_backend() != "cpu" or panels.instruction_set() is None:
+    if not any(map(panels.cpu_has, panels.INSTRUCTION_SETS)) or jax.default_backend() != "cpu":
         pytest.skip("the panel kernel is only built on a CPU backend with AVX-512 or AVX2")
+    monkeypatch.delenv("CAPT_JAX_PANELS", raising=False)
     monkeypatch.setenv("CAPT_JAX_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")
     panels.runs_here.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger=panels.__name__):
             assert not panels.available()
-        assert "could not be built or loaded" in caplog.text
+        assert "kernel could not be built or loaded" in caplog.text
         assert not list(tmp_path.rglob("panel_matmul.so*"))
     finally:
         panels.runs_here.cache_clear()  # the next caller builds (or finds) the real library again
 
 
+def test_a_wide_kernel_that_does_not_run_leaves_the_narrower_one(monkeypatch):
+    """Where the AVX-512 build fails (an old compiler, say) on a CPU that has both sets, decoding takes AVX2."""
+    monkeypatch.delenv("CAPT_JAX_PANELS", raising=False)
+    monkeypatch.setattr(panels, "runs_here", lambda name: name == "avx2")
+    assert panels.instruction_set() == "avx2" and panels.width() == 24
+
+
 def test_capt_jax_panels_chooses_the_kernel_or_none(monkeypatch, caplog):
-    """`CAPT_JAX_PANELS`: "off" keeps XLA's products; a name this CPU has is taken; an unknown name is warned
-    about and the widest set is used."""
+    """`CAPT_JAX_PANELS`: "off" keeps XLA's products; a name whose kernel runs here is taken; an unknown name is
+    warned about and the widest set is used."""
+    monkeypatch.delenv("CAPT_JAX_PANELS", raising=False)
+    panels._candidates.cache_clear()  # each name's warning is logged once per process
     widest = panels.instruction_set()
     monkeypatch.setenv("CAPT_JAX_PANELS", "off")
     assert panels.instruction_set() is None and not panels.available()
     for name in panels.INSTRUCTION_SETS:
         monkeypatch.setenv("CAPT_JAX_PANELS", name)
-        assert panels.instruction_set() == (name if panels.cpu_has(name) else None)
+        assert panels.instruction_set() == (name if panels.runs_here(name) else None)
     monkeypatch.setenv("CAPT_JAX_PANELS", "avx9000")
     with caplog.at_level(logging.WARNING, logger=panels.__name__):
         assert panels.instruction_set() == widest

@@ -111,9 +111,12 @@ void MultiplyUnit(const Product& p, int64_t unit) {
   const int64_t chunk = unit / p.panel_count, panel = unit % p.panel_count;
   const int64_t first_row = chunk * kChunkRows, end_row = std::min(p.m, first_row + kChunkRows);
   const int64_t blocks = (end_row - first_row + kRows - 1) / kRows;
-  const int64_t lines = panel + 1 < p.panel_count ? p.k * kPanel * 4 / 64 : 0;
+  // Every cache line the next panel touches: with AVX2 a panel is 96 K bytes, so it may start mid-line.
+  const uintptr_t start = reinterpret_cast<uintptr_t>(p.panels + (panel + 1) * p.k * kPanel);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(p.panels + (panel + 2) * p.k * kPanel);
+  const char* next = reinterpret_cast<const char*>(start & ~uintptr_t{63});
+  const int64_t lines = panel + 1 < p.panel_count ? (end - (start & ~uintptr_t{63}) + 63) / 64 : 0;
   const int64_t share = (lines + blocks - 1) / blocks;
-  const char* next = reinterpret_cast<const char*>(p.panels + (panel + 1) * p.k * kPanel);
   for (int64_t row = first_row, block = 0; row < end_row; row += kRows, ++block) {
     const int64_t first = std::min(lines, block * share), count = std::min(share, lines - first);
     kBlocks[std::min(kRows, end_row - row) - 1](p, row, panel, next + 64 * first, count);

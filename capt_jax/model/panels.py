@@ -47,7 +47,8 @@ class InstructionSet:
 
 INSTRUCTION_SETS = {  # the widest first
     "avx512": InstructionSet(("avx512f",), ("-mavx512f", "-mfma"), 48),
-    "avx2": InstructionSet(("avx2", "fma"), ("-mavx2", "-mfma"), 24),
+    # -mno-avx512f: a compiler that targets the host by default would otherwise build the AVX-512 kernel here.
+    "avx2": InstructionSet(("avx2", "fma"), ("-mavx2", "-mfma", "-mno-avx512f"), 24),
 }
 
 log = logging.getLogger(__name__)
@@ -61,26 +62,28 @@ def cpu_has(name: str) -> bool:
 
 
 def instruction_set() -> str | None:
-    """The widest instruction set of INSTRUCTION_SETS this CPU has, the one `CAPT_JAX_PANELS` names if it has
-    that, or None ("off", or neither)."""
-    return _instruction_set(os.environ.get("CAPT_JAX_PANELS", ""))
+    """The instruction set whose kernel decodes here: the widest of INSTRUCTION_SETS this CPU has whose kernel
+    builds and loads, or the one `CAPT_JAX_PANELS` names; None for "off", or where none runs."""
+    return next(filter(runs_here, _candidates(os.environ.get("CAPT_JAX_PANELS", ""))), None)
 
 
 @functools.cache  # so each warning is logged once
-def _instruction_set(chosen: str) -> str | None:
+def _candidates(chosen: str) -> tuple[str, ...]:
     if chosen == "off":
-        return None
+        return ()
     if chosen not in ("", *INSTRUCTION_SETS):
         log.warning(
             "CAPT_JAX_PANELS=%s: expected off, %s; using the widest this CPU has", chosen, ", ".join(INSTRUCTION_SETS)
         )
         chosen = ""
-    if not chosen:
-        return next(filter(cpu_has, INSTRUCTION_SETS), None)
-    if cpu_has(chosen):
-        return chosen
-    log.warning("CAPT_JAX_PANELS=%s: this CPU lacks it; decoding keeps XLA's products", chosen)
-    return None
+    if chosen and not cpu_has(chosen):
+        log.warning("CAPT_JAX_PANELS=%s: this CPU lacks it; decoding keeps XLA's products", chosen)
+    return (chosen,) if chosen else tuple(INSTRUCTION_SETS)
+
+
+def for_width(width: int) -> str | None:
+    """The instruction set whose kernel multiplies panels `width` outputs wide."""
+    return next((name for name, s in INSTRUCTION_SETS.items() if s.width == width), None)
 
 
 def _build(folder: pathlib.Path, compiler: str, flags: tuple[str, ...]) -> None:
@@ -92,21 +95,24 @@ def _build(folder: pathlib.Path, compiler: str, flags: tuple[str, ...]) -> None:
     try:
         command = [compiler, *flags, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", partial]
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        os.chmod(partial, 0o755)  # mkstemp's 0600 would keep other users of a shared cache from loading it
         os.replace(partial, folder / "panel_matmul.so")
     finally:
         pathlib.Path(partial).unlink(missing_ok=True)
 
 
 def available() -> bool:
-    """Whether the kernel runs here: a CPU backend, an instruction set it is written for, and the library built
+    """Whether a kernel decodes here: a CPU backend, an instruction set it is written for, and its library built
     (once per source, instruction set and jax version) and registered with XLA."""
-    name = instruction_set()
-    return name is not None and runs_here(name)
+    return instruction_set() is not None
 
 
 def width() -> int:
-    """Outputs per panel for the kernel that runs here (needs `available()`)."""
-    return INSTRUCTION_SETS[instruction_set()].width
+    """Outputs per panel for the kernel that decodes here."""
+    name = instruction_set()
+    if name is None:
+        raise RuntimeError("panels.width: no panel kernel runs here (panels.available() is False)")
+    return INSTRUCTION_SETS[name].width
 
 
 @functools.cache
@@ -133,7 +139,7 @@ def runs_here(name: str) -> bool:
         jax.ffi.register_ffi_target(f"{TARGET}_{name}", jax.ffi.pycapsule(library.PanelMatmul), platform="cpu")
     except Exception as error:  # any failure to build, load or register leaves XLA's products, which always work
         detail = getattr(error, "stderr", "") or error
-        log.warning("panel_matmul: the kernel could not be built or loaded (%s); decoding keeps XLA's products", detail)
+        log.warning("panel_matmul: the %s kernel could not be built or loaded (%s)", name, detail)
         return False
     return True
 
@@ -149,7 +155,7 @@ def pack(weight: jax.Array, width: int) -> jax.Array:
 def matmul(x: jax.Array, panels: jax.Array, features: int) -> jax.Array:
     """x [..., in] @ W.T -> [..., features] for W packed by `pack` (float32 only), on the kernel of the panels'
     width, which must run here."""
-    name = next((n for n, s in INSTRUCTION_SETS.items() if s.width == panels.shape[-1]), None)
+    name = for_width(panels.shape[-1])
     if name is None or not runs_here(name):
         raise RuntimeError(f"panels.matmul: no panel kernel of width {panels.shape[-1]} runs here")
     rows = math.prod(x.shape[:-1])
