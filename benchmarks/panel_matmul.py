@@ -6,7 +6,7 @@ median of 9 calls each (docs/PERFORMANCE.md, "Decoding with packed panels").
 
 - XLA: `matmul_weight_t` on the weights as they are, the product `decode` runs without the kernel;
 - panels avx512 / avx2: `panels.matmul` on the weights packed by `panels.pack` for each instruction set this CPU
-  has, the product `decode` runs with it (the widest, unless `CAPT_JAX_PANELS` says otherwise).
+  has, the product `decode` runs with it (the one `panels.instruction_set()` picks decodes).
 The whole step streams every layer's own weights; the gates alone show the same over a fifth of the bytes, and over
 one weight that stays in cache, the arithmetic without the reading. Exits with a message where the kernel cannot run.
 """

@@ -10,9 +10,9 @@ and the cache writes to read. The decode call at batch 32 took 0.92x as long (do
 with packed panels").
 
 The kernel is compiled on first use with the system C++ compiler into `outputs.cache_root()`, once per
-instruction set. `available()` is False, and decoding keeps XLA's products, on another backend, on a CPU with
-neither instruction set, or without a compiler. `CAPT_JAX_PANELS` set to "off" keeps XLA's products, and set to
-"avx2" uses the narrower kernel on an AVX-512 CPU (to compare them).
+instruction set; where both run, the faster on this CPU decodes. `available()` is False, and decoding keeps
+XLA's products, on another backend, on a CPU with neither instruction set, or without a compiler.
+`CAPT_JAX_PANELS` set to "off" keeps XLA's products, and set to "avx512" or "avx2" takes that kernel.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
+import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 TARGET = "capt_jax_panel_matmul"
 SOURCE = pathlib.Path(__file__).with_name("panel_matmul.cc")
@@ -62,9 +64,39 @@ def cpu_has(name: str) -> bool:
 
 
 def instruction_set() -> str | None:
-    """The instruction set whose kernel decodes here: the widest of INSTRUCTION_SETS this CPU has whose kernel
-    builds and loads, or the one `CAPT_JAX_PANELS` names; None for "off", or where none runs."""
-    return next(filter(runs_here, _candidates(os.environ.get("CAPT_JAX_PANELS", ""))), None)
+    """The instruction set whose kernel decodes here: of those this CPU has whose kernels build and load, the one
+    `CAPT_JAX_PANELS` names, else the faster (`_fastest`); None for "off", or where none runs."""
+    running = tuple(filter(runs_here, _candidates(os.environ.get("CAPT_JAX_PANELS", ""))))
+    return _fastest(running) if len(running) > 1 else next(iter(running), None)
+
+
+@functools.cache
+def _fastest(names: tuple[str, ...]) -> str:
+    """The set whose kernel takes the least time for a decode step's gate product ([32, 576] x [1536, 576]^T),
+    timed once per process (about 0.1 s). The kernels give bit-identical products (each output is the same
+    chain of FMAs over k), so the choice changes speed only. Why not the widest: on an AMD Zen 4, which runs a
+    512-bit FMA as two 256-bit halves, the AVX2 kernel took a decode step's products in 84.7 ms against the
+    AVX-512 kernel's 88.1 (docs/PERFORMANCE.md, "The AVX2 build")."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((32, 576), np.float32))
+    weight = jnp.asarray(rng.standard_normal((1536, 576), np.float32))
+    product = jax.jit(matmul, static_argnums=2)
+    operands = {name: pack(weight, INSTRUCTION_SETS[name].width) for name in names}
+    times = {name: [] for name in names}
+    for _ in range(3):  # rounds, interleaved
+        for name, panels in operands.items():
+            product(x, panels, 1536).block_until_ready()
+            began = time.perf_counter()
+            for _ in range(10):
+                product(x, panels, 1536).block_until_ready()
+            times[name].append(time.perf_counter() - began)
+    chosen = min(names, key=lambda name: min(times[name]))
+    log.info(
+        "panel_matmul: %s; decoding uses %s",
+        ", ".join(f"{n} {min(t) / 10 * 1e3:.2f} ms" for n, t in times.items()),
+        chosen,
+    )
+    return chosen
 
 
 @functools.cache  # so each warning is logged once
@@ -73,7 +105,7 @@ def _candidates(chosen: str) -> tuple[str, ...]:
         return ()
     if chosen not in ("", *INSTRUCTION_SETS):
         log.warning(
-            "CAPT_JAX_PANELS=%s: expected off, %s; using the widest this CPU has", chosen, ", ".join(INSTRUCTION_SETS)
+            "CAPT_JAX_PANELS=%s: expected off, %s; choosing as if it were unset", chosen, ", ".join(INSTRUCTION_SETS)
         )
         chosen = ""
     if chosen and not cpu_has(chosen):
