@@ -57,20 +57,20 @@ def test_cached_decoding_equals_full_recomputation(tiny_llama_dir, scan_layers):
     assert int(cache.index) == prefill and not np.asarray(cache.valid)[:, prefill:].any()
 
 
-@pytest.mark.parametrize("layout", ["split", "scanned", "panels", "panels-avx2"])
+@pytest.mark.parametrize("layout", ["split", "scanned", "panels", "panels-avx512"])
 def test_greedy_batch_matches_transformers_generate(tiny_qwen2_dir, layout, request, monkeypatch):
-    """Qwen2's projections have biases; "panels" runs every product through our kernel for this CPU, and
-    "panels-avx2" through the AVX2 one (24-output panels, blocks of 4 rows), as on a CPU without AVX-512."""
+    """Qwen2's projections have biases; "panels" runs every product through our default kernel for this CPU
+    (AVX2: 24-output panels, blocks of 4 rows), and "panels-avx512" through the AVX-512 one (48, blocks of 8)."""
     from transformers import AutoModelForCausalLM
 
-    if layout == "panels-avx2":
-        monkeypatch.setenv("CAPT_JAX_PANELS", "avx2")
+    if layout == "panels-avx512":
+        monkeypatch.setenv("CAPT_JAX_PANELS", "avx512")
     if layout.startswith("panels"):
         request.getfixturevalue("panel_kernel")
     model = capt_jax.load_pretrained(tiny_qwen2_dir, progress=False)
     params = split_into_panels(model.params) if layout.startswith("panels") else model.params
-    if layout == "panels-avx2":
-        assert params["lm_head_panels"].shape[-1] == panels.INSTRUCTION_SETS["avx2"].width
+    if layout == "panels-avx512":
+        assert params["lm_head_panels"].shape[-1] == panels.INSTRUCTION_SETS["avx512"].width
     reference = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32).eval()
     prompts = [[5, 17, 99, 3], [7, 8, 9, 10, 11, 12, 13, 14, 15]]
     length = 16

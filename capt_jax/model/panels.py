@@ -4,15 +4,16 @@ with AVX-512 and 24 with AVX2 and FMA, three vector registers wide.
 
 Why our own: at a decode step's 32 rows XLA:CPU's dot reads each weight and then multiplies it, one after the
 other; the kernel prefetches the next panel while it multiplies the current one. One decode step's 211 products
-took 92.4 ms against XLA's 107.6 on an AMD EPYC Zen 4 core (`benchmarks/panel_matmul.py`). It also writes its
-output [rows, out] in row order, where XLA's faster weight-first product leaves a transpose for RoPE, SwiGLU
-and the cache writes to read. The decode call at batch 32 took 0.92x as long (docs/PERFORMANCE.md, "Decoding
-with packed panels").
+took 84.7 ms (AVX2) and 88.1 ms (AVX-512) against XLA's 105.2 on an AMD EPYC Zen 4 core
+(`benchmarks/panel_matmul.py`). It also writes its output [rows, out] in row order, where XLA's faster
+weight-first product leaves a transpose for RoPE, SwiGLU and the cache writes to read. The decode call at batch
+32 took 0.91x (AVX2) and 0.92x (AVX-512) as long as on XLA's products (docs/PERFORMANCE.md, "Decoding with
+packed panels").
 
 The kernel is compiled on first use with the system C++ compiler into `outputs.cache_root()`, once per
-instruction set; where both run, the faster on this CPU decodes. `available()` is False, and decoding keeps
-XLA's products, on another backend, on a CPU with neither instruction set, or without a compiler.
-`CAPT_JAX_PANELS` set to "off" keeps XLA's products, and set to "avx512" or "avx2" takes that kernel.
+instruction set, AVX2 first (`INSTRUCTION_SETS` says why). `available()` is False, and decoding keeps XLA's
+products, on another backend, on a CPU with neither instruction set, or without a compiler. `CAPT_JAX_PANELS`
+set to "off" keeps XLA's products, and set to "avx2" or "avx512" takes that kernel.
 """
 
 from __future__ import annotations
@@ -28,11 +29,9 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 TARGET = "capt_jax_panel_matmul"
 SOURCE = pathlib.Path(__file__).with_name("panel_matmul.cc")
@@ -47,10 +46,14 @@ class InstructionSet:
     width: int  # outputs per panel: three vector registers of float32
 
 
-INSTRUCTION_SETS = {  # the widest first
-    "avx512": InstructionSet(("avx512f",), ("-mavx512f", "-mfma"), 48),
+# The default first. The two kernels give bit-identical products (each output is the same chain of FMAs over k),
+# so the order changes speed only: on an AMD Zen 4, which runs a 512-bit FMA as two 256-bit halves, the AVX2
+# kernel took a decode step's products in 84.7 ms against the AVX-512 kernel's 88.1 (docs/PERFORMANCE.md, "The
+# AVX2 build"). CPUs where the AVX-512 kernel is faster can name it in CAPT_JAX_PANELS.
+INSTRUCTION_SETS = {
     # -mno-avx512f: a compiler that targets the host by default would otherwise build the AVX-512 kernel here.
     "avx2": InstructionSet(("avx2", "fma"), ("-mavx2", "-mfma", "-mno-avx512f"), 24),
+    "avx512": InstructionSet(("avx512f",), ("-mavx512f", "-mfma"), 48),
 }
 
 log = logging.getLogger(__name__)
@@ -64,39 +67,9 @@ def cpu_has(name: str) -> bool:
 
 
 def instruction_set() -> str | None:
-    """The instruction set whose kernel decodes here: of those this CPU has whose kernels build and load, the one
-    `CAPT_JAX_PANELS` names, else the faster (`_fastest`); None for "off", or where none runs."""
-    running = tuple(filter(runs_here, _candidates(os.environ.get("CAPT_JAX_PANELS", ""))))
-    return _fastest(running) if len(running) > 1 else next(iter(running), None)
-
-
-@functools.cache
-def _fastest(names: tuple[str, ...]) -> str:
-    """The set whose kernel takes the least time for a decode step's gate product ([32, 576] x [1536, 576]^T),
-    timed once per process (about 0.1 s). The kernels give bit-identical products (each output is the same
-    chain of FMAs over k), so the choice changes speed only. Why not the widest: on an AMD Zen 4, which runs a
-    512-bit FMA as two 256-bit halves, the AVX2 kernel took a decode step's products in 84.7 ms against the
-    AVX-512 kernel's 88.1 (docs/PERFORMANCE.md, "The AVX2 build")."""
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((32, 576), np.float32))
-    weight = jnp.asarray(rng.standard_normal((1536, 576), np.float32))
-    product = jax.jit(matmul, static_argnums=2)
-    operands = {name: pack(weight, INSTRUCTION_SETS[name].width) for name in names}
-    times = {name: [] for name in names}
-    for _ in range(3):  # rounds, interleaved
-        for name, panels in operands.items():
-            product(x, panels, 1536).block_until_ready()
-            began = time.perf_counter()
-            for _ in range(10):
-                product(x, panels, 1536).block_until_ready()
-            times[name].append(time.perf_counter() - began)
-    chosen = min(names, key=lambda name: min(times[name]))
-    log.info(
-        "panel_matmul: %s; decoding uses %s",
-        ", ".join(f"{n} {min(t) / 10 * 1e3:.2f} ms" for n, t in times.items()),
-        chosen,
-    )
-    return chosen
+    """The instruction set whose kernel decodes here: the one `CAPT_JAX_PANELS` names, else the first of
+    INSTRUCTION_SETS this CPU has whose kernel builds and loads; None for "off", or where none runs."""
+    return next(filter(runs_here, _candidates(os.environ.get("CAPT_JAX_PANELS", ""))), None)
 
 
 @functools.cache  # so each warning is logged once
