@@ -25,7 +25,7 @@ from capt_jax import cli
 from capt_jax.config import ConfigDict, ConfigError, validate_decoding
 from capt_jax.errors import MissingFileError
 from capt_jax.model import KVCache, Lora, ModelConfig, Params, hidden_states, logits_from_hidden, panels
-from capt_jax.model.decoder import unstack_layers
+from capt_jax.model.decoder import layer_of, unstack_layers
 from capt_jax.pretrained import Pretrained, load_pretrained
 from capt_jax.tokenization import bucket, chat_prompt, eos_token_ids, length_bucket, pad_id
 
@@ -176,7 +176,7 @@ def _packed(projection: Params, width: int) -> Params:
 @functools.partial(jax.jit, static_argnums=2)
 def _packed_layer(stacked: Params, index: jax.Array, width: int) -> Params:
     """Layer `index` of the stacked layers, its projections packed: one program for every layer."""
-    layer = jax.tree.map(lambda x: x[index], stacked)
+    layer = layer_of(stacked, index)
     return {key: _packed(leaf, width) if isinstance(leaf, dict) else leaf for key, leaf in layer.items()}
 
 
@@ -186,12 +186,10 @@ def split_into_panels(params: Params) -> Params:
     x86 CPU. Packed straight from the stacked layers, one layer at a time: for SmolLM2-135M a single jitted
     program over the tree planned 400 MiB of temporaries, and packing a split copy left the allocator holding
     the copy's freed pages (peak RSS 1,839 MiB, against 1,369 this way and 1,509 for the split layout)."""
-    stacked = params["layers"]
-    count = jax.tree.leaves(stacked)[0].shape[0]
-    rest = {key: value for key, value in params.items() if key not in ("layers", "lm_head")}
     width = panels.width()
-    layers = {f"layers_{i}": _packed_layer(stacked, i, width) for i in range(count)}
-    return rest | layers | {"lm_head_panels": panels.pack(params.get("lm_head", params["embed"]), width)}
+    split = unstack_layers(params, lambda stacked, i: _packed_layer(stacked, i, width))
+    split["lm_head_panels"] = panels.pack(split.pop("lm_head", split["embed"]), width)
+    return split
 
 
 def decoding_layout(

@@ -31,6 +31,7 @@ declarations, so loading, init, export and sharding share one contract.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import flax.linen as nn
@@ -307,13 +308,19 @@ def forward(params: Params, tokens: jax.Array, config: ModelConfig, **kwargs: An
     return logits_from_hidden(params, h), cache
 
 
-def unstack_layers(tree: Params) -> Params:
+def layer_of(stacked: Params, index: int | jax.Array) -> Params:
+    """Layer `index` of stacked "layers" [L, ...]."""
+    return jax.tree.map(lambda x: x[index], stacked)
+
+
+def unstack_layers(tree: Params, layer: Callable[[Params, int], Params] = layer_of) -> Params:
     """A params or lora tree with its stacked "layers" [L, ...] split into "layers_0" ... "layers_{L-1}": the
-    layout of a `scan_layers=False` decoder. Under jit the split is one copy of the weights, made once per call."""
+    layout of a `scan_layers=False` decoder. Under jit the split is one copy of the weights, made once per call.
+    `layer(stacked, i)` makes layer i (`generate.split_into_panels` packs its projections too)."""
     stacked = tree["layers"]
     count = jax.tree.leaves(stacked)[0].shape[0]
     rest = {key: value for key, value in tree.items() if key != "layers"}
-    return rest | {f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(count)}
+    return rest | {f"layers_{i}": layer(stacked, i) for i in range(count)}
 
 
 def _architecture(config: ModelConfig) -> ModelConfig:
