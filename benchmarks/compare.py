@@ -113,6 +113,10 @@ def device_cases(tiny: bool = False) -> list[tuple[str, str, list[str]]]:
     # At toy sizes an MFU means nothing, so both sides skip measuring their CPU's matmul peak (seconds per run).
     steps = ["--steps", "2", "--warmup", "1", "--peak-flops", "1e12"] if tiny else []
     folder = os.environ.get("DEVICE_MODEL_DIR", DEVICE_MODEL_DIR)
+    # DEVICE_CHECK_ATTENTION=xla (or cudnn) sets capt_jax's attention; the peer keeps its own (sdpa).
+    attention = (
+        ["--attention", os.environ["DEVICE_CHECK_ATTENTION"]] if os.environ.get("DEVICE_CHECK_ATTENTION") else []
+    )
     group, gen_group = f"train {arch} bf16 {batch}x{seq} r64", f"generate {arch} bf16 b{gen_batch} p{prompt} n{new}"
     train = ["train", "--dtype", "bfloat16", "--batch", batch, "--seq", seq, "--lora-rank", "64", "--lora-alpha", "128"]
     save = train + steps + ["--arch", arch, "--save-model", folder]
@@ -121,13 +125,13 @@ def device_cases(tiny: bool = False) -> list[tuple[str, str, list[str]]]:
     generate += ["--model", folder]
     return [
         (group, "peft", PEER + save),
-        (group, "capt_jax remat=none", BENCH + train + ["--remat", "none"]),
-        (gen_group, "capt_jax", BENCH + generate + steps),
-        (group, "capt_jax remat=full", BENCH + train + ["--remat", "full"]),
+        (group, "capt_jax remat=none", BENCH + train + ["--remat", "none"] + attention),
+        (gen_group, "capt_jax", BENCH + generate + steps + attention),
+        (group, "capt_jax remat=full", BENCH + train + ["--remat", "full"] + attention),
         (group, "peft +ckpt", PEER + train + ["--gradient-checkpointing"]),
         # HF generate makes ~330 new tokens/s on an H100: one timed call of 25 s after one untimed.
         (gen_group, "transformers", PEER + generate + (steps or ["--steps", "1", "--warmup", "1"])),
-        (group, "capt_jax remat=dots", BENCH + train + ["--remat", "dots"]),
+        (group, "capt_jax remat=dots", BENCH + train + ["--remat", "dots"] + attention),
     ]
 
 
@@ -148,9 +152,11 @@ DEVICE_TARGETS = [
 ]
 
 
-def device_report(results: list[dict], skipped: list[str], tiny: bool) -> dict:
+def device_report(
+    results: list[dict], skipped: list[str], failures: list[dict], attention_fallback: str | None, tiny: bool
+) -> dict:
     """Targets met or not (the best capt_jax run within each memory limit), the parity of the first losses, the
-    table, and every run's JSON."""
+    table, every run's JSON, and what each failed run printed last (a short loan's only record of its error)."""
     capt = [r for r in results if r["framework"] == "capt_jax"]
     targets = []
     for what, bench, tokens_per_s, gib in DEVICE_TARGETS:
@@ -179,6 +185,8 @@ def device_report(results: list[dict], skipped: list[str], tiny: bool) -> dict:
             "tolerance": PARITY_TOLERANCE,
         },
         "skipped": skipped,
+        "failures": failures,
+        "attention_fallback": attention_fallback,
         "table": table(results) if results else "",
         "runs": results,
     }
@@ -254,12 +262,25 @@ def bench_argv(argv: list[str]) -> list[str]:
     return out + [f"--config.{key}={value}" for key, value in keys.items()]
 
 
-def run_case(
-    argv: list[str], timeout: float, env: dict[str, str], tree: Path = REPO, pin: Sequence[str] = ()
-) -> dict | None:
+class CaseFailed(Exception):
+    """A benchmark process that failed, timed out or printed no JSON; the message ends with what it printed last."""
+
+
+# capt_jax's attention where cuDNN's fails a run: the XLA path, with the same arguments otherwise (test_kernels.py).
+XLA_ATTENTION = ["--attention", "xla"]
+
+
+def rejected_by_cudnn(failure: CaseFailed) -> bool:
+    """Whether a run failed in cuDNN's attention. An out-of-memory report lists the largest buffers, cuDNN's
+    among them, so it does not count: XLA's attention would need more memory, not less."""
+    text = str(failure).lower()
+    return "cudnn" in text and "resource_exhausted" not in text and "out of memory" not in text
+
+
+def run_case(argv: list[str], timeout: float, env: dict[str, str], tree: Path = REPO, pin: Sequence[str] = ()) -> dict:
     """One benchmark process on the code in `tree` (its cwd and first import path), under the `pin` prefix
-    (taskset). A capt_jax.bench with the one command-line shape (a tree with capt_jax/cli.py) takes the shared
-    settings as config keys; an older --before tree is run with its own flags."""
+    (taskset); its last-line JSON, or CaseFailed. A capt_jax.bench with the one command-line shape (a tree with
+    capt_jax/cli.py) takes the shared settings as config keys; an older --before tree is run with its own flags."""
     if (tree / "capt_jax" / "cli.py").exists() and argv[: len(BENCH)] == BENCH:
         argv = BENCH + bench_argv(argv[len(BENCH) :])
     argv = [*pin, *argv]
@@ -269,12 +290,11 @@ def run_case(
     try:
         proc = subprocess.run(argv, cwd=tree, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as e:
-        print(f"TIMED OUT after {timeout:.0f} s: {' '.join(argv)}\n{(e.stdout or b'')[-2000:]}")
-        return None
+        output = (e.stdout or b"")[-2000:].decode(errors="replace") + (e.stderr or b"")[-4000:].decode(errors="replace")
+        raise CaseFailed(f"TIMED OUT after {timeout:.0f} s: {' '.join(argv)}\n{output}") from None
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode or not lines or not lines[-1].startswith("{"):
-        print(f"FAILED ({proc.returncode}): {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        return None
+        raise CaseFailed(f"FAILED ({proc.returncode}): {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     result = json.loads(lines[-1])
     result["process_wall_s"] = time.perf_counter() - began
     return result
@@ -409,40 +429,62 @@ def main(argv=None) -> None:
         rate, n = measure_cpu_peak(pin)
         peak = ["--peak-flops", f"{rate:.4g}"]
         print(f"CPU MFU denominator (best {n}^3 float32 matmul): {rate / 1e9:.0f} GFLOP/s", flush=True)
-    results, skipped, began = [], [], time.perf_counter()
+    results, skipped, failures, began = [], [], [], time.perf_counter()
+
+    def measure(group: str, label: str, cmd: list[str], tree: Path, round_: int) -> CaseFailed | None:
+        """Run one case within the budget and record it: its result, or why it is missing."""
+        left = math.inf if args.budget_s is None else args.budget_s - (time.perf_counter() - began)
+        if left <= 0:
+            skipped.append(f"{group} | {label}: the --budget-s of {args.budget_s:.0f} s was spent")
+            return None
+        print(f"round {round_ + 1}/{args.rounds}: {group} | {label}", flush=True)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        env = MALLOC_SETTINGS[args.malloc]
+        try:
+            r = run_case(cmd + peak + extra, min(args.timeout, left), env, tree, pin)
+        except CaseFailed as failure:
+            print(failure, flush=True)
+            failures.append({"case": f"{group} | {label}", "output_tail": str(failure)})
+            skipped.append(f"{group} | {label}: failed or ran past the budget (its output is under failures)")
+            return failure
+        command = " ".join([f"{k}={v}" for k, v in env.items()] + pin + ["python"] + cmd[1:] + peak + extra)
+        command = command.replace(str(REPO) + "/", "")
+        if args.malloc != "default":
+            group = f"{group} malloc={args.malloc}"
+        r.update(group=group, label=label, command=command, round=round_, load_average=load, malloc=args.malloc)
+        results.append(r)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(r) + "\n")
+        done = [f"{r['tokens_per_second']:,.0f} tokens/s"] if "tokens_per_second" in r else []
+        done += [f"compile {r['compile_s']:.1f} s"] if "compile_s" in r else []
+        print(f"  {', '.join(done)}", flush=True)
+        return None
+
+    # Once cuDNN's attention fails a capt_jax case, that case is rerun and every later one runs on XLA's, so a
+    # short loan of a GPU still fills the table.
+    attention_fallback = None
     for round_ in range(args.rounds):
         for group, label, cmd, tree in cases:
-            left = math.inf if args.budget_s is None else args.budget_s - (time.perf_counter() - began)
-            if left <= 0:
-                skipped.append(f"{group} | {label}: the --budget-s of {args.budget_s:.0f} s was spent")
-                continue
-            print(f"round {round_ + 1}/{args.rounds}: {group} | {label}", flush=True)
-            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-            env = MALLOC_SETTINGS[args.malloc]
-            r = run_case(cmd + peak + extra, min(args.timeout, left), env, tree, pin)
-            if r is None:
-                skipped.append(f"{group} | {label}: failed or ran past the budget (its output is above)")
-                continue
-            command = " ".join([f"{k}={v}" for k, v in env.items()] + pin + ["python"] + cmd[1:] + peak + extra)
-            command = command.replace(str(REPO) + "/", "")
-            if args.malloc != "default":
-                group = f"{group} malloc={args.malloc}"
-            r.update(group=group, label=label, command=command, round=round_, load_average=load, malloc=args.malloc)
-            results.append(r)
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(r) + "\n")
-            done = [f"{r['tokens_per_second']:,.0f} tokens/s"] if "tokens_per_second" in r else []
-            done += [f"compile {r['compile_s']:.1f} s"] if "compile_s" in r else []
-            print(f"  {', '.join(done)}", flush=True)
+            ours = label.startswith("capt_jax")
+            if ours and attention_fallback:
+                label, cmd = f"{label} attention=xla", cmd + XLA_ATTENTION
+            failure = measure(group, label, cmd, tree, round_)
+            if ours and failure and not attention_fallback and rejected_by_cudnn(failure):
+                attention_fallback = (
+                    f"cuDNN's attention failed {group} | {label}: it and every later capt_jax case ran on XLA's"
+                )
+                print(attention_fallback, flush=True)
+                measure(group, f"{label} attention=xla", cmd + XLA_ATTENTION, tree, round_)
     if args.before:  # the current code against the earlier commit; then, where a peer ran too, the usual table
         print(port_table([r for r in results if r["framework"] == "capt_jax"]))
         if all(r["framework"] == "capt_jax" for r in results):
             return
     if args.report:
-        report = device_report(results, skipped, tiny=args.preset == "device-tiny")
+        report = device_report(results, skipped, failures, attention_fallback, tiny=args.preset == "device-tiny")
         Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
-        print(json.dumps({"targets": report["targets"], "parity": report["parity"], "skipped": skipped}, indent=1))
+        summary = {key: report[key] for key in ("targets", "parity", "skipped", "attention_fallback")}
+        print(json.dumps(summary, indent=1))
     print(table(results))
     ratios: dict[str, dict[str, float]] = {}  # best tokens/s of each capt_jax case over the best peer case's
     for group in dict.fromkeys(r["group"] for r in results):
