@@ -389,6 +389,54 @@ def test_malformed_json_names_the_file(tmp_path):
         load_cladder_file(path)
 
 
+@pytest.mark.parametrize("question_id", ["absent", None])
+def test_a_record_without_its_id_is_named_by_its_place_in_the_list(tmp_path, question_id):
+    question = json.loads(json.dumps(TOY_QUESTION))
+    if question_id == "absent":
+        del question["question_id"]
+    else:
+        question["question_id"] = question_id
+    path = write_toy(tmp_path, questions=[TOY_QUESTION, question])
+    with pytest.raises(DataError, match=r"record at list index 1, field 'question_id': missing field"):
+        load_cladder_file(path)
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("", "expected a mapping of phrase keys to phrases, got an empty file"),
+        ("- a\n- b\n", "expected a mapping of phrase keys to phrases, got a list"),
+        ("a: [\n", "malformed YAML at line 2, column 1: did not find expected node content"),
+    ],
+)
+def test_a_broken_story_file_is_one_line_naming_it(tmp_path, text, problem):
+    path = write_toy(tmp_path)
+    (tmp_path / "stories" / "toy.yml").write_text(text)
+    with pytest.raises(DataError) as raised:
+        load_cladder_file(path)
+    assert str(raised.value) == f"{tmp_path / 'stories' / 'toy.yml'}: {problem}"
+
+
+def test_an_empty_question_file_is_named(tmp_path):
+    path = write_toy(tmp_path, questions=[])
+    with pytest.raises(DataError, match=r"cladder-v1-q-commonsense.json: expected a JSON list of questions, got an"):
+        load_cladder_file(path)
+
+
+def test_query_types_are_read_in_any_case_and_an_unknown_one_is_warned_about(tmp_path):
+    shouted = json.loads(json.dumps(TOY_QUESTION))
+    shouted["meta"]["query_type"] = f" {TOY_QUESTION['meta']['query_type'].upper()} "
+    write_toy(tmp_path, questions=[TOY_QUESTION, dict(shouted, question_id=8)])
+    plain, loud = load_examples("cladder", data_dir=tmp_path)
+    assert loud.meta["query_type"] == plain.meta["query_type"]
+    assert abstract(loud).prompt == abstract(plain).prompt and abstract(loud).reasoning == abstract(plain).reasoning
+    novel = json.loads(json.dumps(TOY_QUESTION))
+    novel["meta"]["query_type"] = "pns"
+    write_toy(tmp_path, questions=[novel])
+    with pytest.warns(UserWarning, match=r"1 question of a query type the oracle does not know: 'pns' \(1\)"):
+        load_examples("cladder", data_dir=tmp_path)
+
+
 # --- every record of the shared benchmark files ------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from capt_jax.data import __main__ as cli
 from capt_jax.data import default_data_config, paper_data_config, test_examples, training_data
+from capt_jax.data.prontoqa_generator import generate_prontoqa
 
 
 @pytest.fixture
@@ -53,6 +54,27 @@ def test_show_reports_missing_files(capsys, tmp_path):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "prontoqa.json: data file not found" in err
+    (tmp_path / "3hop_random.json").write_text("{}")  # a folder of other PrOntoQA files: say how to pick one
+    with pytest.raises(SystemExit):
+        cli.main(["show", *PRONTOQA, f"--config.data.data_dir={tmp_path}", "--n", "1"])
+    err = capsys.readouterr().err
+    assert "data file not found; to use one of 3hop_random.json" in err and "'data.data_file'" in err
+
+
+def test_show_says_how_many_test_questions_the_guard_removed(tmp_path, capsys):
+    """`show` exists to audit a split, so it says what the contamination guard took, as evaluation does."""
+    records = generate_prontoqa(20, (3, 5), "true", True, 0)
+    path = tmp_path / "thrice.json"
+    path.write_text(json.dumps({"next_steps": records * 3}))  # each question 3 times: some land in both splits
+    args = ["show", *PRONTOQA, f"--config.data.data_file={path}", "--config.data.n_train=20", "--n", "0", "--json"]
+    cli.main([*args, "--split", "id"])
+    captured = capsys.readouterr()
+    shown = len(captured.out.splitlines())
+    assert 0 < shown < 6
+    assert f"removed {6 - shown} of 6 'id' questions that share a question or template with training" in captured.err
+    cli.main([*args, "--split", "id", "--config.data.keep_overlap=True"])
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 6 and "contamination guard" not in captured.err
 
 
 def test_report_generator_settings(no_shared_data, monkeypatch, capsys):

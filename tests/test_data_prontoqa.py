@@ -384,6 +384,19 @@ def test_official_format_spellings_load_alike(tmp_path, content):
     assert [e.id for e in examples] == (["example1"] if isinstance(content, dict) else ["example0", "example1"])
 
 
+def test_capt_format_fields_load_in_any_spelling(tmp_path):
+    """As the generator's fields are: the CAPT authors' file spells them Facts, Query, claims, next_steps."""
+    respelled = {"facts": GOOD_RECORD["Facts"], "QUERY": GOOD_RECORD["Query"], "Claims": GOOD_RECORD["claims"]}
+    respelled["next-steps"] = GOOD_RECORD["next_steps"]
+    path = tmp_path / "prontoqa.json"
+    path.write_text(json.dumps({"Next_Steps": [respelled, GOOD_RECORD]}))
+    loose, exact = load_prontoqa_file(path)
+    assert (loose.prompt, loose.reasoning, loose.answer) == (exact.prompt, exact.reasoning, exact.answer)
+    path.write_text(json.dumps({"next_steps": []}))
+    with pytest.raises(DataError, match=r"prontoqa.json, field 'next_steps': expected a non-empty list of records"):
+        load_prontoqa_file(path)
+
+
 def test_malformed_json_names_the_file(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text("{")

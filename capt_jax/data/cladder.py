@@ -20,8 +20,8 @@ from typing import Any
 
 from capt_jax.errors import MissingFileError
 
-from .example import DataError, Example, require, require_str
-from .files import read_json, read_yaml
+from .example import DataError, Example, ListIndex, require, require_str
+from .files import read_json, read_yaml_mapping
 
 VARIANTS = ("commonsense", "anticommonsense", "nonsense")
 VARIANT_ALIASES = {
@@ -99,13 +99,13 @@ def load_models(path: Path) -> dict[int, Mapping[str, Any]]:
         raise DataError(str(path), None, None, "expected a JSON list of causal models")
     by_id = {}
     for index, model in enumerate(models):
-        by_id[require(model, "model_id", str(path), index)] = model
+        by_id[require(model, "model_id", str(path), ListIndex(index))] = model
     return by_id
 
 
 def load_stories(folder: Path) -> dict[str, Mapping[str, Any]]:
     """Story phrase tables keyed by story_id (the file stem)."""
-    return {path.stem: read_yaml(path) for path in sorted(folder.glob("*.yml"))}
+    return {path.stem: read_yaml_mapping(path, "phrase keys to phrases") for path in sorted(folder.glob("*.yml"))}
 
 
 def load_cladder_file(
@@ -133,8 +133,9 @@ def load_cladder_file(
     if stories is None and (folder / "stories").is_dir():
         stories = load_stories(folder / "stories")
     records = read_json(path)
-    if not isinstance(records, list):
-        raise DataError(str(path), None, None, "expected a JSON list of questions")
+    if not isinstance(records, list) or not records:
+        got = "an empty list" if isinstance(records, list) else f"a JSON {type(records).__name__}"
+        raise DataError(str(path), None, None, f"expected a JSON list of questions, got {got}")
     if stories is None:
         warnings.warn(
             f"{path}: no stories/ folder beside it, so the oracle abstraction knows only the causal models' "
@@ -144,7 +145,7 @@ def load_cladder_file(
             stacklevel=2,
         )
     if anticommonsense is None and (folder / "anticommonsense.yml").is_file():
-        anticommonsense = read_yaml(folder / "anticommonsense.yml")
+        anticommonsense = read_yaml_mapping(folder / "anticommonsense.yml", "anti-commonsense replacements")
     gaps = _StoryGaps()
     examples = [
         _example(record, index, str(path), variant, models, stories, anticommonsense, gaps)
@@ -156,8 +157,8 @@ def load_cladder_file(
 
 @dataclasses.dataclass
 class _StoryGaps:
-    """What the story tables could not tell about one file's questions, said once per file: each gap leaves
-    story phrases in (or makes ambiguous) the oracle templates of the questions it counts."""
+    """What the story tables (or the known query types) could not tell about one file's questions, said once per
+    file: each gap leaves story phrases in (or makes ambiguous) the oracle templates of the questions it counts."""
 
     # kind -> (what is missing -> the questions it touches)
     found: dict[str, dict[str, set[Any]]] = dataclasses.field(default_factory=dict)
@@ -182,6 +183,8 @@ _GAP_TEXT = {
     "anticommonsense.yml beside the question file)",
     "missing replacements": "of an anti-commonsense causal model, with no anticommonsense.yml beside the stories: "
     "{}; their oracle templates know only the causal models' variable names, so the replaced phrases stay in them",
+    "unknown query type": "of a query type the oracle does not know: {}; their questions are abstracted as "
+    "value-first ones (as for ate or correlation), so a variable they name may be written as a value's slot",
     "two-valued phrase": "with a story phrase that their story lists for both values of its variable: {}; the text "
     "cannot say which value it means, so the oracle writes it as the variable's slot without a value",
 }
@@ -208,7 +211,8 @@ def _example(
     anticommonsense: Mapping[str, Any] | None,
     gaps: _StoryGaps,
 ) -> Example:
-    record_id = record.get("question_id", index) if isinstance(record, Mapping) else index
+    question_id = record.get("question_id") if isinstance(record, Mapping) else None
+    record_id = ListIndex(index) if question_id is None else question_id
     require(record, "question_id", file, record_id)
     meta = require(record, "meta", file, record_id)
     model_id = meta.get("model_id") if isinstance(meta, Mapping) else None
@@ -246,7 +250,9 @@ def _example(
         "question": require_str(record, "question", file, record_id),
     }
     steps = _reasoning_steps(record.get("reasoning"), file, record_id)
-    query_type = require_str(meta, "query_type", file, record_id, "meta")
+    query_type = require_str(meta, "query_type", file, record_id, "meta").strip().lower()
+    if query_type not in QUERY_TYPE_NAMES:
+        gaps.add("unknown query type", repr(query_type), record_id)
     variables = _variables(mapping, story, file, record_id, story_id, segments_text(segments).lower(), gaps)
     return Example(
         id=str(record["question_id"]),

@@ -25,6 +25,14 @@ class DataError(CaptError, ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+class ListIndex(int):
+    """A record named by its place in its file's list, where it has no id of its own: an error then says "record at
+    list index 5", never "record 5", which names a record by its id."""
+
+    def __repr__(self) -> str:
+        return f"at list index {int(self)}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Example:
     """One benchmark question, in the same shape for both datasets.

@@ -32,7 +32,19 @@ def read_yaml(path: str | Path) -> Any:
     try:
         return yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
     except yaml.YAMLError as err:
-        raise DataError(str(path), None, None, f"malformed YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())  # PyYAML's own text spans lines
+        raise DataError(str(path), None, None, f"malformed YAML{where}: {problem}") from err
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """`read_yaml` of a file that must hold a mapping (`what` says of what), such as a CLadder story table."""
+    content = read_yaml(path)
+    if not isinstance(content, dict):
+        got = "an empty file" if content is None else f"a {type(content).__name__}"
+        raise DataError(str(path), None, None, f"expected a mapping of {what}, got {got}")
+    return content
 
 
 def _existing(path: str | Path) -> Path:

@@ -28,6 +28,7 @@ _FACT = re.compile(r"(.+?) is (not )?(.+)\.")
 _ARTICLE = re.compile(r"(an?) (.+)")
 FINISH = "Finish."
 CAPT_FILE = "prontoqa.json"
+CAPT_FIELDS = ("Facts", "Query", "claims", "next_steps")  # a CAPT-format record's, as the authors' file spells them
 _SENTENCE_END = re.compile(r"(?<=\.)\s+")
 _SYMBOL = re.compile(r"[A-Z]{1,2}s?")  # an intervention's letters, singular or plural: "Is are Rs." is a statement
 # Words that join or quantify statements. The lazy patterns above would take them into a term, as
@@ -150,7 +151,11 @@ def split_sentences(text: str) -> list[str]:
 
 
 def capt_record_example(record: Any, index: int, file: str, variant: str = "id") -> Example:
-    """One CAPT-format record (Facts, Query, claims, next_steps); its id is the index."""
+    """One CAPT-format record (Facts, Query, claims, next_steps, read in any case and with "-" or "_", as the
+    generator's fields are); its id is the index."""
+    if isinstance(record, Mapping):
+        entry = _entry(record)
+        record = {name: entry[_field_name(name)] for name in CAPT_FIELDS if _field_name(name) in entry}
     facts = split_sentences(require_str(record, "Facts", file, index))
     query = _query_statement(require_str(record, "Query", file, index), file, index, "Query")
     claims = _string_list(require(record, "claims", file, index), file, index, "claims")
@@ -199,9 +204,9 @@ def official_record_example(key: str, record: Any, file: str, variant: str = "id
 def examples_from_capt_records(records: Any, file: str, variant: str = "id") -> list[Example]:
     """A CAPT-format file's content: {"next_steps": [records]} or the bare list."""
     if isinstance(records, Mapping):
-        records = require(records, "next_steps", file, None)
-    if not isinstance(records, list):
-        raise DataError(file, None, "next_steps", "expected a list of records")
+        records = require(_entry(records), "next_steps", file, None)
+    if not isinstance(records, list) or not records:
+        raise DataError(file, None, "next_steps", "expected a non-empty list of records")
     return [capt_record_example(record, index, file, variant) for index, record in enumerate(records)]
 
 
@@ -214,7 +219,7 @@ def load_prontoqa_file(path: str | Path, variant: str = "id") -> list[Example]:
         listed = [_entry(value) for value in content]
         if all(_is_official_entry(entry) for entry in listed):
             content = {f"example{index}": entry for index, entry in enumerate(listed)}
-    if isinstance(content, Mapping) and "next_steps" not in content:
+    if isinstance(content, Mapping) and "next_steps" not in _entry(content):
         entries = {key: _entry(value) for key, value in content.items()}
         entries = {k: v for k, v in entries.items() if _is_official_entry(v) or _ENTRY_KEY.fullmatch(str(k))}
         if entries:

@@ -86,6 +86,12 @@ def load_examples(
         if data_dir is None:
             raise ValueError("PrOntoQA needs data_dir or data_file (or source='generate')")
         data_file = prontoqa.prontoqa_dir(data_dir) / prontoqa.CAPT_FILE
+        others = sorted(path.name for path in data_file.parent.glob("*.json"))
+        if not data_file.is_file() and others:  # a folder of other PrOntoQA files: one is chosen by name
+            raise MissingFileError(
+                f"{data_file}: data file not found; to use one of {', '.join(others)} in {data_file.parent}, set "
+                "config key 'data.data_file' to it"
+            )
     return prontoqa.load_prontoqa_file(data_file)
 
 
