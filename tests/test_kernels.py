@@ -322,6 +322,24 @@ def test_cudnn_call_site_with_xla_matches_recomputing_attention(dtype, tolerance
             np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32), atol=grad_tolerance)
 
 
+def test_the_cudnn_call_is_marked_causal_so_the_kernel_skips_the_upper_blocks(monkeypatch):
+    """A mask alone makes cuDNN compute every key block; the causal flag lets it skip those above the diagonal.
+    The outputs cannot show the flag (the mask already hides those keys), so the call's arguments are checked."""
+    seen = {}
+    real = jax.nn.dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    q, k, v, _, mask = call_site_inputs(jnp.bfloat16, 8, "padding")
+    library_attention(q, k, v, mask, 0.25, "xla")
+    assert seen["is_causal"] is True and seen["mask"] is mask
+    with pytest.raises(ValueError, match="as many queries as keys, got 7 and 8"):
+        library_attention(q[:, :7], k, v, mask[:, :, :7], 0.25, "xla")
+
+
 def test_decoder_through_the_cudnn_branch_matches_the_xla_path(monkeypatch):
     """The whole decoder with `attend` taking its cuDNN branch (implementation "xla" on the CPU): training logits
     with left padding and packed rows, and a prefill + greedy decode, equal the recomputing path's."""

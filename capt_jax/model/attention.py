@@ -281,14 +281,21 @@ recomputing_attention.defvjp(_attention_forward, _attention_bwd)
 def library_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, implementation: str
 ) -> jax.Array:
-    """The cuDNN call site: `jax.nn.dot_product_attention` on q [B, T, Hq, D] and k/v [B, Hk, S, D], moved into its
-    [B, S, Hk, D] layout, with the boolean mask [B, 1, T, S] (cuDNN turns it into an additive bias).
+    """The cuDNN call site for Full and Prefill: `jax.nn.dot_product_attention` on q [B, T, Hq, D] and the call's own
+    k/v [B, Hk, T, D], moved into its [B, T, Hk, D] layout, with the boolean mask [B, 1, T, T] (cuDNN turns it into
+    an additive bias).
+
+    Query t sits at key slot t and the mask hides every later slot, so the call is also marked causal: the mask
+    stays exact (padding, packed rows), and cuDNN's flash kernel skips the key blocks above the diagonal, about
+    half of the products, which a mask alone does not let it skip.
 
     `implementation` is the only thing the caller chooses: "cudnn" on a GPU, "xla" in the CPU test that checks
     these very arguments against `recomputing_attention` (tests/test_kernels.py).
     """
+    if q.shape[1] != k.shape[2]:
+        raise ValueError(f"the causal call site needs as many queries as keys, got {q.shape[1]} and {k.shape[2]}")
     k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, is_causal=True, implementation=implementation)
 
 
 def attend(
