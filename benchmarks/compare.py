@@ -113,10 +113,11 @@ def device_cases(tiny: bool = False) -> list[tuple[str, str, list[str]]]:
     # At toy sizes an MFU means nothing, so both sides skip measuring their CPU's matmul peak (seconds per run).
     steps = ["--steps", "2", "--warmup", "1", "--peak-flops", "1e12"] if tiny else []
     folder = os.environ.get("DEVICE_MODEL_DIR", DEVICE_MODEL_DIR)
-    # DEVICE_CHECK_ATTENTION=xla (or cudnn) sets capt_jax's attention; the peer keeps its own (sdpa).
-    attention = (
-        ["--attention", os.environ["DEVICE_CHECK_ATTENTION"]] if os.environ.get("DEVICE_CHECK_ATTENTION") else []
-    )
+    # DEVICE_CHECK_ATTENTION chooses capt_jax's attention (then never switched); the peer keeps its own (sdpa).
+    chosen = os.environ.get("DEVICE_CHECK_ATTENTION", "")
+    if chosen not in ("", "auto", "xla", "cudnn"):
+        raise SystemExit(f"DEVICE_CHECK_ATTENTION={chosen!r}: expected auto, xla or cudnn")
+    attention = ["--attention", chosen] if chosen else []
     group, gen_group = f"train {arch} bf16 {batch}x{seq} r64", f"generate {arch} bf16 b{gen_batch} p{prompt} n{new}"
     train = ["train", "--dtype", "bfloat16", "--batch", batch, "--seq", seq, "--lora-rank", "64", "--lora-alpha", "128"]
     save = train + steps + ["--arch", arch, "--save-model", folder]
@@ -263,17 +264,22 @@ def bench_argv(argv: list[str]) -> list[str]:
 
 
 class CaseFailed(Exception):
-    """A benchmark process that failed, timed out or printed no JSON; the message ends with what it printed last."""
+    """A benchmark process that failed, timed out or printed no JSON: its command, and the end of what it printed."""
+
+    def __init__(self, what: str, argv: Sequence[str], output: str):
+        super().__init__(f"{what}: {' '.join(argv)}\n{output}")
+        self.output = output
 
 
 # capt_jax's attention where cuDNN's fails a run: the XLA path, with the same arguments otherwise (test_kernels.py).
 XLA_ATTENTION = ["--attention", "xla"]
 
 
-def rejected_by_cudnn(failure: CaseFailed) -> bool:
-    """Whether a run failed in cuDNN's attention. An out-of-memory report lists the largest buffers, cuDNN's
-    among them, so it does not count: XLA's attention would need more memory, not less."""
-    text = str(failure).lower()
+def names_cudnn_failure(output: str) -> bool:
+    """`capt_jax.errors.names_cudnn_failure`, restated: this script imports no capt_jax, since it runs where capt_jax
+    is not installed (the device machine), and a failing case must not stop it. An out-of-memory report names
+    cuDNN's buffers too, and XLA's attention would need more memory, not less."""
+    text = output.lower()
     return "cudnn" in text and "resource_exhausted" not in text and "out of memory" not in text
 
 
@@ -291,10 +297,10 @@ def run_case(argv: list[str], timeout: float, env: dict[str, str], tree: Path = 
         proc = subprocess.run(argv, cwd=tree, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as e:
         output = (e.stdout or b"")[-2000:].decode(errors="replace") + (e.stderr or b"")[-4000:].decode(errors="replace")
-        raise CaseFailed(f"TIMED OUT after {timeout:.0f} s: {' '.join(argv)}\n{output}") from None
+        raise CaseFailed(f"TIMED OUT after {timeout:.0f} s", argv, output) from None
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode or not lines or not lines[-1].startswith("{"):
-        raise CaseFailed(f"FAILED ({proc.returncode}): {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        raise CaseFailed(f"FAILED ({proc.returncode})", argv, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     result = json.loads(lines[-1])
     result["process_wall_s"] = time.perf_counter() - began
     return result
@@ -432,7 +438,7 @@ def main(argv=None) -> None:
     results, skipped, failures, began = [], [], [], time.perf_counter()
 
     def measure(group: str, label: str, cmd: list[str], tree: Path, round_: int) -> CaseFailed | None:
-        """Run one case within the budget and record it: its result, or why it is missing."""
+        """Run one case within the budget and record its result; a failure is kept in `failures` and returned."""
         left = math.inf if args.budget_s is None else args.budget_s - (time.perf_counter() - began)
         if left <= 0:
             skipped.append(f"{group} | {label}: the --budget-s of {args.budget_s:.0f} s was spent")
@@ -444,8 +450,7 @@ def main(argv=None) -> None:
             r = run_case(cmd + peak + extra, min(args.timeout, left), env, tree, pin)
         except CaseFailed as failure:
             print(failure, flush=True)
-            failures.append({"case": f"{group} | {label}", "output_tail": str(failure)})
-            skipped.append(f"{group} | {label}: failed or ran past the budget (its output is under failures)")
+            failures.append({"case": f"{group} | {label}", "error": str(failure)})
             return failure
         command = " ".join([f"{k}={v}" for k, v in env.items()] + pin + ["python"] + cmd[1:] + peak + extra)
         command = command.replace(str(REPO) + "/", "")
@@ -461,21 +466,24 @@ def main(argv=None) -> None:
         print(f"  {', '.join(done)}", flush=True)
         return None
 
-    # Once cuDNN's attention fails a capt_jax case, that case is rerun and every later one runs on XLA's, so a
-    # short loan of a GPU still fills the table.
+    # Once cuDNN's attention fails a capt_jax case whose attention nobody chose, that case is rerun and every later
+    # one runs on XLA's, so a short loan of a GPU still fills the table.
     attention_fallback = None
     for round_ in range(args.rounds):
         for group, label, cmd, tree in cases:
-            ours = label.startswith("capt_jax")
-            if ours and attention_fallback:
+            switchable = label.startswith("capt_jax") and "--attention" not in cmd + extra
+            if switchable and attention_fallback:
                 label, cmd = f"{label} attention=xla", cmd + XLA_ATTENTION
             failure = measure(group, label, cmd, tree, round_)
-            if ours and failure and not attention_fallback and rejected_by_cudnn(failure):
+            if switchable and failure and not attention_fallback and names_cudnn_failure(failure.output):
                 attention_fallback = (
                     f"cuDNN's attention failed {group} | {label}: it and every later capt_jax case ran on XLA's"
                 )
                 print(attention_fallback, flush=True)
-                measure(group, f"{label} attention=xla", cmd + XLA_ATTENTION, tree, round_)
+                label, cmd = f"{label} attention=xla", cmd + XLA_ATTENTION
+                failure = measure(group, label, cmd, tree, round_)
+            if failure:
+                skipped.append(f"{group} | {label}: failed or ran past the budget (its output is under failures)")
     if args.before:  # the current code against the earlier commit; then, where a peer ran too, the usual table
         print(port_table([r for r in results if r["framework"] == "capt_jax"]))
         if all(r["framework"] == "capt_jax" for r in results):

@@ -10,8 +10,8 @@
 # full, `bench generate` at batch 32, peft with gradient checkpointing, HF generate at batch 32, and remat dots if
 # time is left. Cases that would start after DEVICE_CHECK_BUDGET_S seconds (default 330) are listed as skipped.
 # A capt_jax case that cuDNN's attention fails is run again on XLA's, as is every later one (the report's
-# attention_fallback); DEVICE_CHECK_ATTENTION=xla|cudnn chooses capt_jax's attention for every case instead. Each
-# failed run's last output is kept in the report's failures.
+# attention_fallback); DEVICE_CHECK_ATTENTION=auto|xla|cudnn chooses capt_jax's attention for every case instead,
+# and is never switched. Each failed run's last output is kept in the report's failures.
 #
 # Nothing is downloaded: the models are random, built from the config.json dicts in capt_jax/bench.py. Python
 # packages the machine lacks can travel as wheels in .whl/ (installed with pip --no-index, so no network).

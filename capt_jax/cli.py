@@ -15,10 +15,11 @@ import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 
+import jax
 from absl import flags
 
 from capt_jax.config import KEY_HELP, ConfigDict, ConfigError, load_config
-from capt_jax.errors import CaptError, Interrupted
+from capt_jax.errors import CaptError, Interrupted, names_cudnn_failure
 from capt_jax.host_memory import keep_freed_memory
 
 Define = Callable[[flags.FlagValues], None]
@@ -118,6 +119,24 @@ def _run(command: Command, body: Body, argv: list[str], real: bool) -> None:
     except Interrupted as e:  # not an error: said on stdout, with the signal's exit code
         print(e)
         raise SystemExit(e.exit_code) from None
+    except jax.errors.JaxRuntimeError as e:  # a failure on the device keeps its traceback, with the way out
+        if names_cudnn_failure(str(e)):
+            _add_note(e, CUDNN_WAY_OUT)
+        raise
+
+
+CUDNN_WAY_OUT = (
+    "capt_jax: cuDNN's attention failed on this machine (its version, the GPU, or these shapes); "
+    "--config.model.attention_impl=xla runs XLA's attention instead, with the same results"
+)
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    """`error.add_note` (shown under the traceback) where Python has it (3.11+); else the note on stderr."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:
+        print(note, file=sys.stderr)
 
 
 def run_group(usage: str, commands: dict[str, tuple[Command, Body]], argv: Sequence[str] | None = None) -> None:

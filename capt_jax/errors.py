@@ -25,3 +25,10 @@ class Interrupted(Exception):  # noqa: N818 - not an error: the run stopped as a
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def names_cudnn_failure(message: str) -> bool:
+    """Whether an error's text says that cuDNN failed, and not that memory ran out: an out-of-memory report lists
+    the largest buffers, cuDNN's among them, and XLA's attention would need more memory, not less."""
+    text = message.lower()
+    return "cudnn" in text and "resource_exhausted" not in text and "out of memory" not in text

@@ -336,3 +336,27 @@ def test_help_lists_the_flags_and_the_config_keys(command, args, capsys):
     out = capsys.readouterr().out
     assert out.startswith(module.__doc__.strip().splitlines()[0])
     assert "Config (--config FILE, then --config.KEY=VALUE overrides" in out and "--config." in out
+
+
+def test_a_cudnn_failure_on_the_device_keeps_its_traceback_and_names_the_way_out():
+    """Not a user mistake, so no `error:` line: the device's own error stays, with a note on model.attention_impl.
+    Any other device error is left as it is."""
+    import jax
+
+    from capt_jax import cli
+
+    def fails_with(message):
+        def body(config, values):
+            raise jax.errors.JaxRuntimeError(message)
+
+        return body
+
+    command = cli.Command("usage")
+    with pytest.raises(jax.errors.JaxRuntimeError) as raised:
+        cli.run(
+            command, fails_with("INTERNAL: No valid engine configs for Matmul_MUL (cudnn_dot_product_attention)"), []
+        )
+    assert any("--config.model.attention_impl=xla" in note for note in raised.value.__notes__)
+    with pytest.raises(jax.errors.JaxRuntimeError) as raised:
+        cli.run(command, fails_with("RESOURCE_EXHAUSTED: Out of memory allocating 4.0GiB (__cudnn$fmha)"), [])
+    assert not getattr(raised.value, "__notes__", None)

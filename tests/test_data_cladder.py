@@ -430,6 +430,10 @@ def test_query_types_are_read_in_any_case_and_an_unknown_one_is_warned_about(tmp
     plain, loud = load_examples("cladder", data_dir=tmp_path)
     assert loud.meta["query_type"] == plain.meta["query_type"]
     assert abstract(loud).prompt == abstract(plain).prompt and abstract(loud).reasoning == abstract(plain).reasoning
+    respelled = json.loads(json.dumps(TOY_QUESTION))
+    respelled["meta"]["query_type"] = "Det_Counterfactual"
+    write_toy(tmp_path, questions=[respelled])
+    assert load_examples("cladder", data_dir=tmp_path)[0].meta["query_type"] == "det-counterfactual"
     novel = json.loads(json.dumps(TOY_QUESTION))
     novel["meta"]["query_type"] = "pns"
     write_toy(tmp_path, questions=[novel])

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 # Packages that capt_jax installs but the accelerator image lacks (docs/PERFORMANCE.md, "GPU"; the device tool's
@@ -34,6 +35,7 @@ def test_device_check_writes_one_report_at_toy_sizes(tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(HIDE_PACKAGES)
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "DEVICE_CHECK_TINY": "1"}
+    env.pop("DEVICE_CHECK_ATTENTION", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path / "site"), os.environ.get("PYTHONPATH")]))
     env["DEVICE_MODEL_DIR"] = str(tmp_path / "model")
     env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "compile_cache")
@@ -71,9 +73,9 @@ def test_device_check_says_so_without_a_gpu(tmp_path):
     assert "no GPU backend" in json.loads((tmp_path / "device_check.json").read_text())["error"]
 
 
-def test_a_case_that_cudnn_fails_is_rerun_on_xla_attention_and_so_is_every_later_one(tmp_path, monkeypatch):
-    """A cuDNN failure in the first capt_jax case must not cost the loan: that case reruns with XLA's attention,
-    the later capt_jax cases run on it from the start, the peers are untouched, and the failure's output is kept."""
+def run_device_preset(tmp_path, monkeypatch, fails) -> tuple[dict, list[list[str]]]:
+    """compare.py's device-tiny preset with a stand-in for each benchmark process: `fails(argv)` gives the output of
+    a run that fails, or None for one that succeeds. The report, and every command run."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import compare
 
@@ -81,10 +83,8 @@ def test_a_case_that_cudnn_fails_is_rerun_on_xla_attention_and_so_is_every_later
 
     def fake_run_case(argv, timeout, env, tree, pin):
         calls.append(argv)
-        if "capt_jax.bench" in argv and argv[-2:] != compare.XLA_ATTENTION:
-            raise compare.CaseFailed(
-                "FAILED (1): ...\nXlaRuntimeError: INTERNAL: cuDNN fused attention: bias not supported"
-            )
+        if (output := fails(argv)) is not None:
+            raise compare.CaseFailed("FAILED (1)", argv, output)
         bench, what = ("generate", "call") if "generate" in argv else ("train", "step")
         framework = "capt_jax" if "capt_jax.bench" in argv else "peft"
         times = {f"{what}_time_s": 1.0, f"{what}_time_min_s": 1.0, f"{what}_time_max_s": 1.0}
@@ -93,31 +93,64 @@ def test_a_case_that_cudnn_fails_is_rerun_on_xla_attention_and_so_is_every_later
     monkeypatch.setattr(compare, "run_case", fake_run_case)
     report_path = tmp_path / "report.json"
     compare.main(["--preset", "device-tiny", "--report", str(report_path)])
-    report = json.loads(report_path.read_text())
+    return json.loads(report_path.read_text()), calls
 
-    assert [r["label"] for r in report["runs"]] == [
-        "peft",
-        "capt_jax remat=none attention=xla",
-        "capt_jax attention=xla",
-        "capt_jax remat=full attention=xla",
-        "peft +ckpt",
-        "transformers",
-        "capt_jax remat=dots attention=xla",
-    ]
+
+CUDNN_REFUSAL = "XlaRuntimeError: INTERNAL: No valid engine configs for Matmul_MUL_GEN_INDEX (cudnn)"
+TINY_LABELS = ["peft", "capt_jax remat=none", "capt_jax", "capt_jax remat=full", "peft +ckpt", "transformers"]
+TINY_LABELS.append("capt_jax remat=dots")
+
+
+def test_a_case_that_cudnn_fails_is_rerun_on_xla_attention_and_so_is_every_later_one(tmp_path, monkeypatch):
+    """A cuDNN failure in the first capt_jax case must not cost the loan: that case reruns with XLA's attention,
+    the later capt_jax cases run on it from the start, the peers are untouched, and the failure's output is kept."""
+    monkeypatch.delenv("DEVICE_CHECK_ATTENTION", raising=False)
+
+    def fails(argv):
+        return CUDNN_REFUSAL if "capt_jax.bench" in argv and "xla" not in argv else None
+
+    report, calls = run_device_preset(tmp_path, monkeypatch, fails)
+    labels = [label if label.startswith("p") or label == "transformers" else f"{label} attention=xla"
+              for label in TINY_LABELS]  # fmt: skip
+    assert [r["label"] for r in report["runs"]] == labels
     assert len(calls) == 8  # the one failed run, then every case once
     assert all("--attention" not in argv for argv in calls if "capt_jax.bench" not in argv)
     assert [f["case"] for f in report["failures"]] == ["train tiny bf16 2x64 r64 | capt_jax remat=none"]
-    assert "bias not supported" in report["failures"][0]["output_tail"]
-    assert "capt_jax remat=none" in report["attention_fallback"]
+    assert CUDNN_REFUSAL in report["failures"][0]["error"]
+    assert "capt_jax remat=none" in report["attention_fallback"] and report["skipped"] == []
+
+
+def test_other_failures_leave_cudnn_and_a_chosen_attention_is_never_switched(tmp_path, monkeypatch):
+    """Only a failure whose output names cuDNN switches, and only where nobody chose the attention: with
+    DEVICE_CHECK_ATTENTION=cudnn the command line itself names cuDNN, which must not count."""
+    monkeypatch.delenv("DEVICE_CHECK_ATTENTION", raising=False)
+    report, _ = run_device_preset(
+        tmp_path, monkeypatch, lambda argv: "ValueError: shapes do not match" if "none" in argv else None
+    )
+    assert report["attention_fallback"] is None
+    assert [r["label"] for r in report["runs"]] == [label for label in TINY_LABELS if label != "capt_jax remat=none"]
+    assert report["skipped"] == ["train tiny bf16 2x64 r64 | capt_jax remat=none: failed or ran past the budget "
+                                 "(its output is under failures)"]  # fmt: skip
+
+    monkeypatch.setenv("DEVICE_CHECK_ATTENTION", "cudnn")
+    report, calls = run_device_preset(
+        tmp_path, monkeypatch, lambda argv: CUDNN_REFUSAL if "capt_jax.bench" in argv else None
+    )
+    assert report["attention_fallback"] is None and len(calls) == 7
+    assert [r["label"] for r in report["runs"]] == ["peft", "peft +ckpt", "transformers"]
+    assert all(argv[-2:] == ["--attention", "cudnn"] for argv in calls if "capt_jax.bench" in argv)
+
+    monkeypatch.setenv("DEVICE_CHECK_ATTENTION", "flash")
+    with pytest.raises(SystemExit, match="DEVICE_CHECK_ATTENTION='flash': expected auto, xla or cudnn"):
+        run_device_preset(tmp_path, monkeypatch, lambda argv: None)
 
 
 def test_running_out_of_memory_is_no_reason_to_leave_cudnn():
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from compare import CaseFailed, rejected_by_cudnn
+    from compare import names_cudnn_failure
 
-    assert rejected_by_cudnn(CaseFailed("INTERNAL: cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"))
-    oom = (
-        "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4.0GiB ... custom-call __cudnn$fmhaScaleBiasSoftmax"
+    assert names_cudnn_failure("INTERNAL: cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")
+    assert not names_cudnn_failure(
+        "RESOURCE_EXHAUSTED: Out of memory allocating 4.0GiB ... __cudnn$fmhaScaleBiasSoftmax"
     )
-    assert not rejected_by_cudnn(CaseFailed(oom))
-    assert not rejected_by_cudnn(CaseFailed("FAILED (1): ValueError: shapes do not match"))
+    assert not names_cudnn_failure("ValueError: shapes do not match")

@@ -28,7 +28,7 @@ from .example import DataError
 from .intervention import render_examples
 from .pipeline import test_examples, training_data, training_examples
 from .prontoqa_generator import ONTOLOGIES, generate_prontoqa
-from .sources import SPLITS, TestSplit, default_data_dir
+from .sources import SPLITS, default_data_dir
 
 # Generator settings the report checks besides the files.
 REPORT_GENERATOR_SETTINGS = [
@@ -68,8 +68,8 @@ def show(config: ConfigDict, values: flags.FlagValues) -> None:
             where = data.data_file or data.data_dir or (made if data.source == "generate" else "<default data>")
             raise DataError(where, None, None, found.skipped)
         examples, seed = found.examples, config.eval.seed
-        if found.excluded_overlap:  # said as evaluation says it (results.json's excluded_overlap)
-            print(_guard_note(values.split, found), file=sys.stderr)
+        if note := found.guard_note(values.split):
+            print(f"{note}; data.keep_overlap=True keeps them", file=sys.stderr)
     shown = examples[: values.n or None]
     for example, item in zip(shown, render_examples(shown, data.mode, seed, data.with_reasoning)):
         if values.json:
@@ -82,20 +82,6 @@ def show(config: ConfigDict, values: flags.FlagValues) -> None:
                 f"=== {item.example_id} ({values.split}, {example.variant}) ===\n--- prompt ---\n{item.prompt}\n"
                 f"--- target ---\n{item.target}\n--- symbols ---\n{symbols}\n"
             )
-
-
-def _guard_note(name: str, split: TestSplit) -> str:
-    """One line: how many questions the contamination guard took from a test split, by query type where known."""
-    removed = len(split.excluded_overlap)
-    total = removed + len(split.examples)
-    by_type = ", ".join(f"{kind} {n}" for kind, n in split.excluded_by_query_type.items())
-    gone = split.query_types_gone()
-    return (
-        f"note: the contamination guard removed {removed} of {total} '{name}' questions that share a question or "
-        f"template with training{f' ({by_type})' if by_type else ''}"
-        + (f"; none of query type {', '.join(gone)} is left" if gone else "")
-        + "; data.keep_overlap=True keeps them"
-    )
 
 
 def export(config: ConfigDict, values: flags.FlagValues) -> None:

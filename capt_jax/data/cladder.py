@@ -54,6 +54,8 @@ QUERY_TYPE_NAMES = {
     "nie": "natural indirect effect",
     "det-counterfactual": "deterministic counterfactual",
 }
+# "det_counterfactual", "Exp-Away": a query type without its separators, to its name in the release.
+_QUERY_TYPE_SPELLINGS = {re.sub(r"[-_]", "", name): name for name in QUERY_TYPE_NAMES}
 REASONING_STEPS = ("step0", "step1", "step2", "step3", "step4", "step5", "end")
 _STORY_NAME_KEY = re.compile(r"[A-Z]name")  # a story's variable names sit under Xname, Yname, ...
 
@@ -146,7 +148,7 @@ def load_cladder_file(
         )
     if anticommonsense is None and (folder / "anticommonsense.yml").is_file():
         anticommonsense = read_yaml_mapping(folder / "anticommonsense.yml", "anti-commonsense replacements")
-    gaps = _StoryGaps()
+    gaps = _OracleGaps()
     examples = [
         _example(record, index, str(path), variant, models, stories, anticommonsense, gaps)
         for index, record in enumerate(records)
@@ -156,7 +158,7 @@ def load_cladder_file(
 
 
 @dataclasses.dataclass
-class _StoryGaps:
+class _OracleGaps:
     """What the story tables (or the known query types) could not tell about one file's questions, said once per
     file: each gap leaves story phrases in (or makes ambiguous) the oracle templates of the questions it counts."""
 
@@ -209,7 +211,7 @@ def _example(
     models: Mapping[int, Mapping[str, Any]],
     stories: Mapping[str, Mapping[str, Any]] | None,
     anticommonsense: Mapping[str, Any] | None,
-    gaps: _StoryGaps,
+    gaps: _OracleGaps,
 ) -> Example:
     question_id = record.get("question_id") if isinstance(record, Mapping) else None
     record_id = ListIndex(index) if question_id is None else question_id
@@ -251,6 +253,7 @@ def _example(
     }
     steps = _reasoning_steps(record.get("reasoning"), file, record_id)
     query_type = require_str(meta, "query_type", file, record_id, "meta").strip().lower()
+    query_type = _QUERY_TYPE_SPELLINGS.get(re.sub(r"[-_\s]", "", query_type), query_type)
     if query_type not in QUERY_TYPE_NAMES:
         gaps.add("unknown query type", repr(query_type), record_id)
     variables = _variables(mapping, story, file, record_id, story_id, segments_text(segments).lower(), gaps)
@@ -336,7 +339,7 @@ def _variables(
     record_id: Any,
     story_id: str,
     prompt: str,
-    gaps: _StoryGaps,
+    gaps: _OracleGaps,
 ) -> list[dict[str, Any]]:
     """Per causal variable: its letter, name and every wording of each value.
 

@@ -32,6 +32,8 @@ class ListIndex(int):
     def __repr__(self) -> str:
         return f"at list index {int(self)}"
 
+    __str__ = int.__repr__  # elsewhere, as the number it is
+
 
 @dataclasses.dataclass(frozen=True)
 class Example:

@@ -203,10 +203,11 @@ def official_record_example(key: str, record: Any, file: str, variant: str = "id
 
 def examples_from_capt_records(records: Any, file: str, variant: str = "id") -> list[Example]:
     """A CAPT-format file's content: {"next_steps": [records]} or the bare list."""
+    field = None
     if isinstance(records, Mapping):
-        records = require(_entry(records), "next_steps", file, None)
+        field, records = "next_steps", require(_entry(records), "next_steps", file, None)
     if not isinstance(records, list) or not records:
-        raise DataError(file, None, "next_steps", "expected a non-empty list of records")
+        raise DataError(file, None, field, "expected a non-empty list of records")
     return [capt_record_example(record, index, file, variant) for index, record in enumerate(records)]
 
 

@@ -143,6 +143,21 @@ class TestSplit:
         kept = {e.meta.get("query_type") for e in self.examples}
         return sorted(t for t in self.excluded_by_query_type if t not in kept)
 
+    def guard_note(self, name: str) -> str | None:
+        """One `note:` line saying what the contamination guard took from this split (`name`), by query type where
+        known, and which query types its accuracy then leaves out; None when it took nothing."""
+        if not self.excluded_overlap:
+            return None
+        removed = len(self.excluded_overlap)
+        by_type = ", ".join(f"{kind} {n}" for kind, n in self.excluded_by_query_type.items())
+        gone = self.query_types_gone()
+        left_out = f"; none of query type {', '.join(gone)} is left, so '{name}' accuracy does not cover it"
+        return (
+            f"note: the contamination guard removed {removed} of {removed + len(self.examples)} '{name}' questions "
+            f"that share a question or template with training{f' ({by_type})' if by_type else ''}"
+            + (left_out if gone else "")
+        )
+
     def without(self, train: Sequence[Example]) -> TestSplit:
         """This split less its questions that share a question or normalised template with `train`
         (`without_overlap`), counted with those removed before. A split the guard empties is not a score of 0: it
