@@ -166,10 +166,14 @@ def method_name(config: ConfigDict, base_only: bool, trained: dict[str, Any] | N
 
 def evaluation_sets(config: ConfigDict, trained_on: Sequence[Example] = ()) -> dict[str, TestSplit]:
     """The configured splits (only those are built), cleaned of `trained_on` too (a workdir's training questions,
-    when the config selects others), each cut to eval.max_examples (0: all)."""
+    when the config selects others), each cut to eval.max_examples (0: all). A ConfigError when every one is
+    skipped."""
     sets = test_examples(config.data, tuple(config.eval.splits))
     if trained_on and not config.data.keep_overlap:
         sets = {name: split.without(trained_on) for name, split in sets.items()}
+    if all(split.skipped for split in sets.values()):  # nothing to score: said before a model loads or trains
+        reasons = "; ".join(split.skipped for split in sets.values())
+        raise ConfigError(f"config key 'eval.splits': no requested test split can be evaluated ({reasons})")
     for name, split in sets.items():
         if (
             split.query_types_gone() and not split.skipped

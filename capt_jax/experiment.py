@@ -526,9 +526,9 @@ def run_experiment(
     if trained:
         validate_attention(config)
     sets = evaluation_sets(config)  # data errors surface before anything trains
-    for name, found in sets.items():
-        if found.skipped:
-            print(f"note: split {name} is skipped: {found.skipped}", file=sys.stderr)
+    skipped = {name: found.skipped for name, found in sets.items() if found.skipped}
+    for name, reason in skipped.items():
+        print(f"note: split {name} is skipped: {reason}", file=sys.stderr)
     sets = {name: found for name, found in sets.items() if not found.skipped}
     workdir.mkdir(parents=True, exist_ok=True)
     timing_file = workdir / "timing.json"
@@ -561,6 +561,7 @@ def run_experiment(
     (workdir / "estimators.json").write_text(json.dumps(estimates, indent=2))
     excluded = {name: len(found.excluded_overlap) for name, found in sets.items()}
     note = f"Test questions removed by the contamination guard, per split: {excluded}."
+    note += "".join(f" Split {name} is skipped: {reason}." for name, reason in skipped.items())
     (workdir / "summary.md").write_text(markdown(rows, paired, gaps, estimates, list(sets), note) + "\n")
     plot_accuracy(rows, list(sets), workdir / "accuracy.png")
     plot_losses(cells, workdir / "loss.png")

@@ -511,6 +511,8 @@ def finished_position(config: ConfigDict) -> int | None:
     before = check_same_training(config)
     position = int(meta["data_position"])
     if position >= config.train.max_steps:
+        if _data_moved(config, before):  # the files may now hold other data: build its pairs to compare
+            check_same_data(config.workdir, {**meta, "data_fingerprint": data_fingerprint(training_pairs(config))})
         return position
     started = (before or {}).get("train.max_steps", config.train.max_steps)
     if started != config.train.max_steps and jax.process_index() == 0:
@@ -519,6 +521,15 @@ def finished_position(config: ConfigDict) -> int | None:
             f"from step {position} on, the learning rate follows the schedule of a {config.train.max_steps}-step run"
         )
     return None
+
+
+def _data_moved(config: ConfigDict, before: dict[str, Any] | None) -> bool:
+    """Whether this run reads its training data from other files than the workdir's run did (or may: a workdir
+    without config.json)."""
+    now = dotted(json.loads(config.to_json_best_effort()))
+    return before is None or any(
+        before.get(key) != now.get(key) for key in ("data.path", "data.data_dir", "data.data_file")
+    )
 
 
 # Keys a run may change when it resumes: where things are, how long it runs, how it logs, saves, evaluates and

@@ -137,7 +137,8 @@ def test_the_guard_checks_the_variant_that_was_trained_on(variant):
 
 def test_an_anti_file_under_its_own_name_takes_id_from_the_release_file_beside_it(tmp_path):
     """Trained on an anticommonsense file named by the user, "id" is the release's commonsense file beside it, as
-    for the OOD splits, never the anti file's own questions; with none beside it, "id" is skipped with the reason."""
+    for the OOD splits, never the anti file's own questions; with none beside it, "id" is skipped with the reason.
+    "anti" is the trained file's own test part, as when the data comes from a folder."""
     _needs_shared("cladder")
     folder = SHARED / "cladder"
     for path in folder.iterdir():
@@ -163,6 +164,8 @@ def test_an_anti_file_under_its_own_name_takes_id_from_the_release_file_beside_i
         (alone / name).symlink_to(folder / name)
     lonely = test_sets("cladder", data_file=alone / "my_questions.json", variant="anti")
     assert lonely["id"].examples == [] and "no commonsense file is beside it" in lonely["id"].skipped
+    # Its own variant's split is its own test part, with or without release files beside it.
+    assert questions(lonely["anti"]) == questions(from_dir["anti"]) and lonely["anti"].examples
 
 
 def test_keep_overlap_reproduces_the_unguarded_protocol():

@@ -223,6 +223,25 @@ def test_bad_grid_flags_are_one_error_line(flag, message, capsys):
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
+def test_a_grid_with_no_split_left_to_score_trains_nothing(tiny_chat_dir, tmp_path, capsys):
+    """Every test question is a training question's twin, so the guard empties every split: say so before any
+    model trains, not after the grid with "no finished evaluation"."""
+    from capt_jax.data.prontoqa_generator import generate_prontoqa
+
+    twins = tmp_path / "twins.json"
+    twins.write_text(json.dumps({"next_steps": generate_prontoqa(20, (3, 5), "true", True, 0) * 3}))
+    work = tmp_path / "exp"
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            ["--config=configs/experiment_prontoqa_smollm2.py", "--methods=base,sft", "--seeds=0", f"--workdir={work}",
+             f"--config.model.path={tiny_chat_dir}", f"--config.data.data_file={twins}", "--config.data.n_train=30"]
+        )  # fmt: skip
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config key 'eval.splits': no requested test split can be evaluated (")
+    assert "all 6 test questions share a question or template with training" in err and not work.exists()
+
+
 def test_estimator_rows_average_valid_rates_over_seeds_and_leave_out_the_oracle():
     def results(valid: float, leftovers: int, **paths: float | int | None) -> dict:
         return {"splits": {"id": {"estimator_valid_rate": valid, "estimator_gold_leftovers": leftovers, **paths}}}

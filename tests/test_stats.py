@@ -11,6 +11,8 @@ def test_wilson_interval_known_values():
     assert wilson_interval(25, 32) == pytest.approx((0.6124500635075647, 0.8897616374739581), abs=1e-12)
     assert wilson_interval(19, 32) == pytest.approx((0.4226002487538287, 0.7448036515733456), abs=1e-12)
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    # Exactly 0 and 1 at the ends (the plain formula gave 2.8e-17 for 0 of 6).
+    assert all(wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0 for n in range(1, 50))
     assert wilson_interval(0, 0) == (0.0, 1.0)
 
 

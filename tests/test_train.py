@@ -145,6 +145,21 @@ def test_relative_workdir_checkpoints_and_resumes(tmp_path, tiny_chat_dir, sft_f
     assert "train.max_steps is 3 now and was 2 when this workdir last ran: from step 2 on" in capsys.readouterr().out
 
 
+def test_a_finished_workdir_pointed_at_other_data_is_refused(tmp_path, tiny_chat_dir, sft_file, capsys):
+    """A finished run is not rebuilt (no model, no data), but data read from other files now may be other data: an
+    experiment rerun on a new data_dir must not report models trained on the old one as if trained on it."""
+    args = train_args(tiny_chat_dir, sft_file, tmp_path / "w", "--config.train.max_steps=1")
+    run_in_process(args)
+    moved = tmp_path / "moved.jsonl"
+    moved.write_text(sft_file.read_text())
+    run_in_process([*args, f"--config.data.path={moved}"])  # the same data elsewhere: still finished
+    assert "already trained" in capsys.readouterr().out
+    other = write_sft_jsonl(tmp_path / "other.jsonl", 150)
+    with pytest.raises(SystemExit):
+        run_in_process([*args, f"--config.data.path={other}"])
+    assert "checkpoints/1: was trained on other data (160+0 pairs, " in capsys.readouterr().err
+
+
 def kill_once_step_6_is_committed(args: list[str], workdir: Path) -> None:
     """Start a training command and SIGKILL it once checkpoint 6 is committed and step 7 has run."""
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
