@@ -212,7 +212,7 @@ def test_sets(
                 raw[name] = _cladder_id(
                     trained_variant, data_dir, data_file, n_train, split_seed, test_fraction, load_options
                 )
-            elif name == "id" or _CLADDER_OOD.get(name) == trained_variant and dataset == "cladder":
+            elif name == "id" or (dataset == "cladder" and _CLADDER_OOD.get(name) == trained_variant):
                 raw[name] = id_test  # the trained file's own test part, whatever the file is called
             elif dataset == "prontoqa":
                 raw[name] = _prontoqa_refill(name, id_test, examples, ood_seed)
