@@ -427,13 +427,18 @@ def check_same_data(workdir: str, now: dict[str, Any]) -> None:
     except ckpt.CheckpointError:
         return
     where = f"{ckpt.checkpoint_dir(workdir)}/{step}"
-    if meta.get("data_fingerprint", now["data_fingerprint"]) != now["data_fingerprint"]:
-        raise ConfigError(
-            f"{where}: was trained on other data ({meta['data_fingerprint']}) than this run builds "
-            f"({now['data_fingerprint']}); resume it on its own data, or train in a new workdir"
-        )
+    refuse_other_data(where, meta, now["data_fingerprint"])
     if meta["base_model"] != now["base_model"] and jax.process_index() == 0:
         print(f"note: {where} was trained on base {meta['base_model']}; resuming on {now['base_model']}")
+
+
+def refuse_other_data(where: str, meta: dict[str, Any], fingerprint: str) -> None:
+    """A ConfigError when checkpoint `where` (its `meta`) was trained on other data than `fingerprint`'s."""
+    if meta.get("data_fingerprint", fingerprint) != fingerprint:
+        raise ConfigError(
+            f"{where}: was trained on other data ({meta['data_fingerprint']}) than this run builds "
+            f"({fingerprint}); resume it on its own data, or train in a new workdir"
+        )
 
 
 def step_batch(run: Run, step: int) -> dict[str, jax.Array]:
@@ -504,7 +509,7 @@ def finished_position(config: ConfigDict) -> int | None:
     and builds nothing. None when there is more to train, or no readable checkpoint (setup then resumes or says
     why). A checkpointed workdir trained with other settings is refused here (`check_same_training`)."""
     try:
-        _, meta = ckpt.read_meta(config.workdir)
+        step, meta = ckpt.read_meta(config.workdir)
     except ckpt.CheckpointError:
         return None
     ckpt.check_base_quantization(config.workdir, base_quantization(config))
@@ -512,7 +517,8 @@ def finished_position(config: ConfigDict) -> int | None:
     position = int(meta["data_position"])
     if position >= config.train.max_steps:
         if _data_moved(config, before):  # the files may now hold other data: build its pairs to compare
-            check_same_data(config.workdir, {**meta, "data_fingerprint": data_fingerprint(training_pairs(config))})
+            where = f"{ckpt.checkpoint_dir(config.workdir)}/{step}"
+            refuse_other_data(where, meta, data_fingerprint(training_pairs(config)))
         return position
     started = (before or {}).get("train.max_steps", config.train.max_steps)
     if started != config.train.max_steps and jax.process_index() == 0:
