@@ -397,6 +397,24 @@ def test_capt_format_fields_load_in_any_spelling(tmp_path):
         load_prontoqa_file(path)
 
 
+@pytest.mark.parametrize(
+    "content, where",
+    [
+        ({"next_steps": [GOOD_RECORD, dict(GOOD_RECORD, facts="Every dog is a canine.")]}, "record 1, field 'facts'"),
+        ({"example1": {"test_example": OFFICIAL_TEST, "Test-Example": OFFICIAL_TEST}}, "record 'example1'"),
+        ({"example1": {"test_example": dict(OFFICIAL_TEST, Answer="False")}}, "example1.test_example', field 'answer'"),
+    ],
+    ids=["capt", "official entry", "official test example"],
+)
+def test_a_field_spelled_twice_is_refused(tmp_path, content, where):
+    """Fields are read in any spelling, so "Facts" beside "facts" would silently keep one of them."""
+    path = tmp_path / "prontoqa.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(DataError, match="given twice") as raised:
+        load_prontoqa_file(path)
+    assert where in str(raised.value)
+
+
 def test_malformed_json_names_the_file(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text("{")

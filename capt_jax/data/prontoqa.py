@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .example import DataError, Example, require, require_str
+from .example import DataError, Example, ListIndex, require, require_str
 from .files import read_json
 
 QUERY_PREFIX = "True or false: "
@@ -154,7 +154,7 @@ def capt_record_example(record: Any, index: int, file: str, variant: str = "id")
     """One CAPT-format record (Facts, Query, claims, next_steps, read in any case and with "-" or "_", as the
     generator's fields are); its id is the index."""
     if isinstance(record, Mapping):
-        entry = _entry(record)
+        entry = _entry(record, file, index)
         record = {name: entry[_field_name(name)] for name in CAPT_FIELDS if _field_name(name) in entry}
     facts = split_sentences(require_str(record, "Facts", file, index))
     query = _query_statement(require_str(record, "Query", file, index), file, index, "Query")
@@ -180,7 +180,7 @@ def official_record_example(key: str, record: Any, file: str, variant: str = "id
     test = require(record, "test_example", file, key)
     record_id = f"{key}.test_example"
     if isinstance(test, Mapping):
-        test = _entry(test)
+        test = _entry(test, file, record_id)
         if isinstance(test.get("answer"), bool):
             test["answer"] = str(test["answer"])
     question = require_str(test, "question", file, record_id)
@@ -205,7 +205,7 @@ def examples_from_capt_records(records: Any, file: str, variant: str = "id") -> 
     """A CAPT-format file's content: {"next_steps": [records]} or the bare list."""
     field = None
     if isinstance(records, Mapping):
-        field, records = "next_steps", require(_entry(records), "next_steps", file, None)
+        field, records = "next_steps", require(_entry(records, file, None), "next_steps", file, None)
     if not isinstance(records, list) or not records:
         raise DataError(file, None, field, "expected a non-empty list of records")
     return [capt_record_example(record, index, file, variant) for index, record in enumerate(records)]
@@ -217,20 +217,29 @@ def load_prontoqa_file(path: str | Path, variant: str = "id") -> list[Example]:
     path = Path(path)
     content = read_json(path)
     if isinstance(content, list) and content:
-        listed = [_entry(value) for value in content]
+        listed = [_entry(value, str(path), ListIndex(index)) for index, value in enumerate(content)]
         if all(_is_official_entry(entry) for entry in listed):
             content = {f"example{index}": entry for index, entry in enumerate(listed)}
-    if isinstance(content, Mapping) and "next_steps" not in _entry(content):
-        entries = {key: _entry(value) for key, value in content.items()}
+    if isinstance(content, Mapping) and "next_steps" not in _entry(content, str(path), None):
+        entries = {key: _entry(value, str(path), key) for key, value in content.items()}
         entries = {k: v for k, v in entries.items() if _is_official_entry(v) or _ENTRY_KEY.fullmatch(str(k))}
         if entries:
             return [official_record_example(key, record, str(path), variant) for key, record in entries.items()]
     return examples_from_capt_records(content, str(path), variant)
 
 
-def _entry(value: Any) -> Any:
-    """An object with its keys spelled as the generator does ("Test_Example" -> "test_example")."""
-    return {_field_name(k): v for k, v in value.items()} if isinstance(value, Mapping) else value
+def _entry(value: Any, file: str, record_id: str | int | None) -> Any:
+    """An object with its keys spelled as the generator does ("Test_Example" -> "test_example"). Two keys that
+    spell one field ("Facts" and "facts") are refused: keeping either would drop the other unseen."""
+    if not isinstance(value, Mapping):
+        return value
+    spelled: dict[str, Any] = {}
+    for key in value:
+        name = _field_name(key)
+        if name in spelled:
+            raise DataError(file, record_id, name, f"given twice, as {spelled[name]!r} and {key!r}; keep one")
+        spelled[name] = key
+    return {name: value[key] for name, key in spelled.items()}
 
 
 def _is_official_entry(entry: Any) -> bool:
