@@ -340,6 +340,25 @@ def test_the_cudnn_call_is_marked_causal_so_the_kernel_skips_the_upper_blocks(mo
         library_attention(q[:, :7], k, v, mask[:, :, :7], 0.25, "xla")
 
 
+@pytest.mark.parametrize("length, expected", [(8, ["cudnn"]), (7, [])])
+def test_an_odd_length_leaves_the_cudnn_branch(monkeypatch, length, expected):
+    """jax refuses to differentiate the cuDNN kernel with a bias at an odd length, so such a call (an odd
+    train.seq_len) attends through recomputing_attention instead, with the same result."""
+    config = ModelConfig.from_hf_dict(ARCHS["tiny"])
+    q, k, v, _, mask = call_site_inputs(jnp.float32, length, "padding")
+    calls = []
+
+    def spy(q, k, v, mask, scale, implementation):
+        calls.append(implementation)
+        return library_attention(q, k, v, mask, scale, "xla")
+
+    monkeypatch.setattr(attention_module, "attention_implementation", lambda config: "cudnn")
+    monkeypatch.setattr(attention_module, "library_attention", spy)
+    out = attention_module.attend(q, k, v, mask, config, causal_block=4)
+    assert calls == expected
+    np.testing.assert_allclose(out, recomputing_attention(q, k, v, mask, config.head_dim**-0.5), atol=1e-5)
+
+
 def test_decoder_through_the_cudnn_branch_matches_the_xla_path(monkeypatch):
     """The whole decoder with `attend` taking its cuDNN branch (implementation "xla" on the CPU): training logits
     with left padding and packed rows, and a prefill + greedy decode, equal the recomputing path's."""

@@ -305,9 +305,12 @@ def attend(
 
     On GPU in half precision through jax.nn.dot_product_attention's cuDNN flash kernel; elsewhere through
     recomputing_attention, in causal blocks of queries when the caller passes `causal_block` (Full and Prefill).
+    An odd number of queries also takes recomputing_attention: jax refuses to differentiate the cuDNN kernel with
+    a bias (our mask becomes one) at an odd length (NotImplementedError), which an odd `train.seq_len` would hit.
+    Length buckets are even, so only such a setting, or a direct call, gets here.
     """
     scale = config.head_dim**-0.5
-    if attention_implementation(config) == "cudnn" and q.shape[1] > 1:
+    if attention_implementation(config) == "cudnn" and q.shape[1] > 1 and q.shape[1] % 2 == 0:
         return library_attention(q, k, v, mask, scale, "cudnn")
     return recomputing_attention(q, k, v, mask, scale, causal_block)
 
