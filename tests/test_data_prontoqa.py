@@ -415,6 +415,50 @@ def test_a_field_spelled_twice_is_refused(tmp_path, content, where):
     assert where in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (  # AndIntro: a fact used as a step, and a claim joining two terms; its refills could not be proved
+            dict(
+                question="Happy lorpuses are impuses. Alex is a lorpus. Alex is happy.",
+                query="True or false: Alex is an impus.",
+                chain_of_thought=[
+                    "Alex is a lorpus.", "Alex is happy.", "Alex is a happy lorpus.", "Happy lorpuses are impuses.",
+                    "Alex is an impus.",
+                ],
+            ),
+            "field 'chain_of_thought': 'Alex is happy.' is a step but not a rule",
+        ),
+        (
+            dict(
+                chain_of_thought=["Max is a cat.", "Every cat is a feline.", "Rex is a feline."],
+                query="True or false: Rex is a feline.",
+            ),
+            "'Rex is a feline.' is not a claim about 'Max'",
+        ),
+        (dict(query="Prove: Max is a feline."), "expected it to start with 'True or false: ' (a proofs-only file"),
+    ],
+    ids=["step not a rule", "claim about another entity", "proofs-only query"],
+)  # fmt: skip
+def test_proofs_the_abstraction_cannot_mirror_are_refused(tmp_path, change, message):
+    """The generator's other deduction rules and proofs-only files parse sentence by sentence, but are not
+    the modus-ponens chains whose refills stay provable, so they are refused, naming the statement."""
+    path = tmp_path / "official.json"
+    path.write_text(json.dumps({"example1": {"test_example": dict(OFFICIAL_TEST, **change)}}))
+    with pytest.raises(DataError, match="record 'example1.test_example'") as raised:
+        load_prontoqa_file(path)
+    assert message in str(raised.value)
+
+
+def test_a_proof_ending_in_blank_lines_loads(tmp_path):
+    """Some generator outputs end the last claim with blank lines; they are not part of the statement."""
+    record = dict(OFFICIAL_TEST, chain_of_thought=[*OFFICIAL_TEST["chain_of_thought"][:-1], "Max is a feline.\n\n"])
+    path = tmp_path / "official.json"
+    path.write_text(json.dumps({"example1": {"test_example": record}}))
+    [example] = load_prontoqa_file(path)
+    assert example.answer == "True" and example.meta["claims"][-1] == "Max is a feline."
+
+
 def test_malformed_json_names_the_file(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text("{")

@@ -22,6 +22,7 @@ from .files import read_json
 QUERY_PREFIX = "True or false: "
 _ENTRY_KEY = re.compile(r"example\d+", re.IGNORECASE)
 _QUERY = re.compile(r"\s*true\s+or\s+false\s*[:?]\s*(.+?)\s*", re.IGNORECASE)
+_PROVE = re.compile(r"\s*prove\b", re.IGNORECASE)  # the generator's --proofs-only queries
 _RULE = re.compile(r"(Every|Each) (.+?) is (not )?(.+)\.")
 _PLURAL_RULE = re.compile(r"(.+?) are (not )?(.+)\.")
 _FACT = re.compile(r"(.+?) is (not )?(.+)\.")
@@ -165,10 +166,11 @@ def capt_record_example(record: Any, index: int, file: str, variant: str = "id")
     steps = next_steps[:-1]
     if len(steps) != len(claims) - 1 or not claims:
         raise DataError(file, index, "claims", f"{len(claims)} claims do not fit {len(steps)} proof steps")
+    _check_grammar({"Facts": facts, "Query": [query], "claims": claims, "next_steps": steps}, file, index)
+    _check_proof(claims, steps, file, index, ("claims", "next_steps"))
     answer = derive_answer(claims[-1], query)
     if answer is None:
         raise DataError(file, index, "Query", "neither the last claim nor its negation")
-    _check_grammar({"Facts": facts, "Query": [query], "claims": claims, "next_steps": steps}, file, index)
     return make_example(
         str(index), variant, facts, claims[0], query, claims, steps, answer, {"source_file": file, "format": "capt"}
     )
@@ -189,11 +191,12 @@ def official_record_example(key: str, record: Any, file: str, variant: str = "id
     if len(chain) % 2 != 1:
         raise DataError(file, record_id, "chain_of_thought", "expected claim, rule, claim, ... , claim")
     claims, steps = chain[0::2], chain[1::2]
+    facts = split_sentences(question)
+    _check_grammar({"question": facts, "query": [query], "chain_of_thought": chain}, file, record_id)
+    _check_proof(claims, steps, file, record_id, ("chain_of_thought", "chain_of_thought"))
     answer = require_str(test, "answer", file, record_id).strip().capitalize()
     if answer != derive_answer(claims[-1], query):
         raise DataError(file, record_id, "answer", f"{answer!r} contradicts the proof's last claim")
-    facts = split_sentences(question)
-    _check_grammar({"question": facts, "query": [query], "chain_of_thought": chain}, file, record_id)
     if claims[0] in facts:
         facts.remove(claims[0])
     return make_example(
@@ -261,15 +264,37 @@ def _check_grammar(fields: Mapping[str, Sequence[str]], file: str, record_id: An
                 raise DataError(file, record_id, field, str(err)) from err
 
 
+def _check_proof(
+    claims: Sequence[str], steps: Sequence[str], file: str, record_id: Any, fields: tuple[str, str]
+) -> None:
+    """A proof the abstraction can mirror: claims about one entity, each step a rule (Every/Each/plural subject).
+
+    Proofs of the generator's other deduction rules (AndIntro's "Alex is happy." as a step, say) parse statement by
+    statement, but their refills would be unprovable from their facts under the same answer, so they are refused.
+    """
+    entity = parse_sentence(claims[0]).subject
+    for claim in claims:
+        parsed = parse_sentence(claim)
+        if parsed.subject_kind != "entity" or parsed.subject != entity:
+            raise DataError(
+                file, record_id, fields[0], f"{claim!r} is not a claim about {entity!r}, the proof's entity"
+            )
+    for step in steps:
+        if parse_sentence(step).subject_kind == "entity":
+            raise DataError(file, record_id, fields[1], f"{step!r} is a step but not a rule (Every/Each ... or plural)")
+
+
 def _query_statement(query: str, file: str, record_id: Any, field: str) -> str:
     """The statement a query asks about, after "True or false:" in any case, spacing, or with "?" for ":"."""
     match = _QUERY.fullmatch(query)
     if not match:
-        raise DataError(file, record_id, field, f"expected it to start with {QUERY_PREFIX!r}")
+        proofs_only = " (a proofs-only file's 'Prove:' queries have no answer to learn)" * bool(_PROVE.match(query))
+        raise DataError(file, record_id, field, f"expected it to start with {QUERY_PREFIX!r}{proofs_only}")
     return match.group(1)
 
 
 def _string_list(value: Any, file: str, record_id: Any, field: str) -> list[str]:
+    """Statements without the blank lines some generator outputs end a proof's last claim with."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise DataError(file, record_id, field, "expected a list of strings")
-    return list(value)
+    return [v.strip() for v in value]
