@@ -325,6 +325,9 @@ GOOD_RECORD = {
         (lambda r: r.update(claims=["Max is a cat."]), "claims"),
         (lambda r: r.update(Query="True or false: Max is a dog."), "Query"),
         (lambda r: r.update(Facts="Every cat is a feline. Max likes fish."), "Facts"),
+        (lambda r: r.update(claims=["Max is a cat.", "Max likes fish."]), "claims"),  # grammar, not the answer
+        (lambda r: r.update(next_steps=["Max is a cat.", "Finish."]), "next_steps"),  # a step that is no rule
+        (lambda r: r.update(claims=["Every cat is a feline.", "Max is a feline."]), "claims"),  # no entity
     ],
 )
 def test_bad_capt_records_name_file_record_and_field(tmp_path, change, field):
@@ -402,9 +405,10 @@ def test_capt_format_fields_load_in_any_spelling(tmp_path):
     [
         ({"next_steps": [GOOD_RECORD, dict(GOOD_RECORD, facts="Every dog is a canine.")]}, "record 1, field 'facts'"),
         ({"example1": {"test_example": OFFICIAL_TEST, "Test-Example": OFFICIAL_TEST}}, "record 'example1'"),
+        ([{"test_example": OFFICIAL_TEST}, {"test_example": OFFICIAL_TEST, "Test_example": {}}], "record 'example1'"),
         ({"example1": {"test_example": dict(OFFICIAL_TEST, Answer="False")}}, "example1.test_example', field 'answer'"),
     ],
-    ids=["capt", "official entry", "official test example"],
+    ids=["capt", "official entry", "official entry in a list", "official test example"],
 )
 def test_a_field_spelled_twice_is_refused(tmp_path, content, where):
     """Fields are read in any spelling, so "Facts" beside "facts" would silently keep one of them."""

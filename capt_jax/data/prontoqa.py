@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .example import DataError, Example, ListIndex, require, require_str
+from .example import DataError, Example, require, require_str
 from .files import read_json
 
 QUERY_PREFIX = "True or false: "
@@ -219,15 +219,14 @@ def load_prontoqa_file(path: str | Path, variant: str = "id") -> list[Example]:
     "example0", ...; other top-level values, such as settings, are ignored) or in a list."""
     path = Path(path)
     content = read_json(path)
-    if isinstance(content, list) and content:
-        listed = [_entry(value, str(path), ListIndex(index)) for index, value in enumerate(content)]
-        if all(_is_official_entry(entry) for entry in listed):
-            content = {f"example{index}": entry for index, entry in enumerate(listed)}
+    if isinstance(content, list) and content and all(_is_official_entry(value) for value in content):
+        content = {f"example{index}": value for index, value in enumerate(content)}
     if isinstance(content, Mapping) and "next_steps" not in _entry(content, str(path), None):
-        entries = {key: _entry(value, str(path), key) for key, value in content.items()}
-        entries = {k: v for k, v in entries.items() if _is_official_entry(v) or _ENTRY_KEY.fullmatch(str(k))}
-        if entries:
-            return [official_record_example(key, record, str(path), variant) for key, record in entries.items()]
+        keys = [key for key, value in content.items() if _is_official_entry(value) or _ENTRY_KEY.fullmatch(str(key))]
+        if keys:
+            return [
+                official_record_example(key, _entry(content[key], str(path), key), str(path), variant) for key in keys
+            ]
     return examples_from_capt_records(content, str(path), variant)
 
 
@@ -245,9 +244,9 @@ def _entry(value: Any, file: str, record_id: str | int | None) -> Any:
     return {name: value[key] for name, key in spelled.items()}
 
 
-def _is_official_entry(entry: Any) -> bool:
-    """Whether an object, its keys already spelled as the generator does (`_entry`), is a generator entry."""
-    return isinstance(entry, Mapping) and "test_example" in entry
+def _is_official_entry(value: Any) -> bool:
+    """Whether an object is a generator entry: it holds a test_example, in any spelling."""
+    return isinstance(value, Mapping) and any(_field_name(key) == "test_example" for key in value)
 
 
 def _field_name(key: Any) -> str:
@@ -272,7 +271,10 @@ def _check_proof(
     Proofs of the generator's other deduction rules (AndIntro's "Alex is happy." as a step, say) parse statement by
     statement, but their refills would be unprovable from their facts under the same answer, so they are refused.
     """
-    entity = parse_sentence(claims[0]).subject
+    first = parse_sentence(claims[0])
+    if first.subject_kind != "entity":
+        raise DataError(file, record_id, fields[0], f"the first claim, {claims[0]!r}, is not about an entity")
+    entity = first.subject
     for claim in claims:
         parsed = parse_sentence(claim)
         if parsed.subject_kind != "entity" or parsed.subject != entity:
@@ -288,13 +290,16 @@ def _query_statement(query: str, file: str, record_id: Any, field: str) -> str:
     """The statement a query asks about, after "True or false:" in any case, spacing, or with "?" for ":"."""
     match = _QUERY.fullmatch(query)
     if not match:
-        proofs_only = " (a proofs-only file's 'Prove:' queries have no answer to learn)" * bool(_PROVE.match(query))
-        raise DataError(file, record_id, field, f"expected it to start with {QUERY_PREFIX!r}{proofs_only}")
+        problem = f"expected it to start with {QUERY_PREFIX!r}"
+        if _PROVE.match(query):
+            problem += " (a proofs-only file's 'Prove:' queries have no answer to learn)"
+        raise DataError(file, record_id, field, problem)
     return match.group(1)
 
 
 def _string_list(value: Any, file: str, record_id: Any, field: str) -> list[str]:
-    """Statements without the blank lines some generator outputs end a proof's last claim with."""
+    """Statements without surrounding whitespace, which is not part of them (the generator puts blank lines around
+    some proof lines of its other deduction rules)."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise DataError(file, record_id, field, "expected a list of strings")
     return [v.strip() for v in value]

@@ -310,7 +310,7 @@ def attend(
     Length buckets are even, so only such a setting, or a direct call, gets here.
     """
     scale = config.head_dim**-0.5
-    if attention_implementation(config) == "cudnn" and q.shape[1] > 1 and q.shape[1] % 2 == 0:
+    if attention_implementation(config) == "cudnn" and q.shape[1] % 2 == 0:
         return library_attention(q, k, v, mask, scale, "cudnn")
     return recomputing_attention(q, k, v, mask, scale, causal_block)
 
