@@ -298,8 +298,10 @@ def call_site_inputs(dtype, length: int, masking: str):
     return q, k, v, cotangent, attention_mask(query_slots, valid)
 
 
-# bf16: the outputs agree exactly and the gradients to 0.016 (under one bf16 step at 4-8) on these numpy inputs.
-@pytest.mark.parametrize("dtype, tolerance, grad_tolerance", [(jnp.float32, 1e-5, 1e-5), (jnp.bfloat16, 1e-2, 6e-2)])
+# Gradients may differ by bf16 rounding in another summation order, so their bound scales with each gradient's
+# largest entry: 2^-5 of it, 8 bf16 roundings (2^-8). On these numpy inputs the outputs agree exactly and the
+# gradients to 1.8 roundings with jax 0.10.2 and 3.2 with 0.11.2 (the value gradient, with is_causal or without).
+@pytest.mark.parametrize("dtype, tolerance, grad_tolerance", [(jnp.float32, 1e-5, 1e-6), (jnp.bfloat16, 1e-2, 2**-5)])
 @pytest.mark.parametrize("masking", ["padding", "packed"])  # Full or Prefill on left-padded rows, Full on packed rows
 def test_cudnn_call_site_with_xla_matches_recomputing_attention(dtype, tolerance, grad_tolerance, masking):
     q, k, v, cotangent, mask = call_site_inputs(dtype, 12, masking)
@@ -317,9 +319,11 @@ def test_cudnn_call_site_with_xla_matches_recomputing_attention(dtype, tolerance
         want = jax.jit(ours, static_argnums=4)(q, k, v, mask, 0.25)
         assert want.dtype == dtype
         np.testing.assert_allclose(out.astype(jnp.float32), want.astype(jnp.float32), atol=tolerance)
-        for got, want in zip(library_grads, jax.jit(jax.grad(loss(ours), (0, 1, 2)))(q, k, v)):
-            assert want.dtype == dtype
-            np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32), atol=grad_tolerance)
+        for got, expected in zip(library_grads, jax.jit(jax.grad(loss(ours), (0, 1, 2)))(q, k, v)):
+            assert expected.dtype == dtype
+            expected = np.asarray(expected, np.float32)
+            bound = grad_tolerance * np.abs(expected).max()
+            np.testing.assert_allclose(np.asarray(got, np.float32), expected, atol=bound)
 
 
 def test_the_cudnn_call_is_marked_causal_so_the_kernel_skips_the_upper_blocks(monkeypatch):
