@@ -344,20 +344,27 @@ def test_the_cudnn_call_is_marked_causal_so_the_kernel_skips_the_upper_blocks(mo
         library_attention(q[:, :7], k, v, mask[:, :, :7], 0.25, "xla")
 
 
+def take_the_cudnn_branch(monkeypatch) -> list[str]:
+    """Make `attend` take its cuDNN branch on the CPU, through the call site with implementation "xla"; the
+    implementations the branch asked for are appended to the returned list."""
+    calls = []
+
+    def xla_call_site(q, k, v, mask, scale, implementation):
+        calls.append(implementation)
+        return library_attention(q, k, v, mask, scale, "xla")
+
+    monkeypatch.setattr(attention_module, "attention_implementation", lambda config: "cudnn")
+    monkeypatch.setattr(attention_module, "library_attention", xla_call_site)
+    return calls
+
+
 @pytest.mark.parametrize("length, expected", [(8, ["cudnn"]), (7, [])])
 def test_an_odd_length_leaves_the_cudnn_branch(monkeypatch, length, expected):
     """jax refuses to differentiate the cuDNN kernel with a bias at an odd length, so such a call (an odd
     train.seq_len) attends through recomputing_attention instead, with the same result."""
     config = ModelConfig.from_hf_dict(ARCHS["tiny"])
     q, k, v, _, mask = call_site_inputs(jnp.float32, length, "padding")
-    calls = []
-
-    def spy(q, k, v, mask, scale, implementation):
-        calls.append(implementation)
-        return library_attention(q, k, v, mask, scale, "xla")
-
-    monkeypatch.setattr(attention_module, "attention_implementation", lambda config: "cudnn")
-    monkeypatch.setattr(attention_module, "library_attention", spy)
+    calls = take_the_cudnn_branch(monkeypatch)
     out = attention_module.attend(q, k, v, mask, config, causal_block=4)
     assert calls == expected
     np.testing.assert_allclose(out, recomputing_attention(q, k, v, mask, config.head_dim**-0.5), atol=1e-5)
@@ -384,14 +391,7 @@ def test_decoder_through_the_cudnn_branch_matches_the_xla_path(monkeypatch):
 
     expected = run()
     decode.clear_cache()  # decode is jitted on the config: trace it again with the patched branch
-    calls = []
-
-    def xla_call_site(q, k, v, mask, scale, implementation):
-        calls.append(implementation)
-        return library_attention(q, k, v, mask, scale, "xla")
-
-    monkeypatch.setattr(attention_module, "attention_implementation", lambda config: "cudnn")
-    monkeypatch.setattr(attention_module, "library_attention", xla_call_site)
+    calls = take_the_cudnn_branch(monkeypatch)
     got = run()
     decode.clear_cache()
     assert calls and set(calls) == {"cudnn"}
