@@ -1,0 +1,114 @@
+"""What a CPU can prove of the GPU paths: jax lowers them for CUDA without a GPU.
+
+The LoRA step and greedy generation of a tiny Qwen2 in bf16, through the cuDNN attention branch, are exported
+for the "cuda" platform.
+That runs jax's own checks of the cuDNN call (layouts, head size, the bias's shape, the flash-kernel conditions)
+and its lowering under scan, remat and the gradient, which the CPU tests of the call site (test_kernels.py) run
+with implementation "xla" instead. Whether cuDNN then builds and runs the graph is left to the device check.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import export
+
+from capt_jax.architectures import ARCHS
+from capt_jax.config import default_config
+from capt_jax.generate import Sampling, decode
+from capt_jax.lora import init_lora, make_optimizer, warmup_cosine
+from capt_jax.model import ModelConfig, init_params
+from capt_jax.model import attention as attention_module
+from capt_jax.train import make_train_step
+
+FORWARD, BACKWARD = "__cudnn$fmhaScaleBiasSoftmax", "__cudnn$fmhaScaleBiasSoftmaxBackward"
+BATCH, LENGTH = 2, 32
+
+
+@pytest.fixture
+def cudnn_without_a_gpu(monkeypatch):
+    """The cuDNN branch, lowered as for a GPU. jax asks the CUDA plugin for cuDNN's version before it lowers the
+    call, and a CPU has none, so 9.8 answers: in jax 0.10-0.11 the version gates only what this call does not use
+    (multi-head latent attention, compute capability 10.3)."""
+    try:
+        from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
+    except ImportError:
+        pytest.skip("this jax keeps its cuDNN attention elsewhere")
+    if not hasattr(cudnn_attention, "check_cudnn_version"):
+        pytest.skip("this jax checks cuDNN's version elsewhere")
+    monkeypatch.setattr(cudnn_attention, "check_cudnn_version", lambda: 90800)
+    monkeypatch.setattr(attention_module, "attention_implementation", lambda config: "cudnn")
+
+
+def exported_for_cuda(fn, *args) -> str:
+    """`fn` lowered for CUDA, as MLIR text; the cuDNN calls have no export compatibility guarantee, which a module
+    compiled here and now does not need."""
+    unchecked = [export.DisabledSafetyCheck.custom_call(target) for target in (FORWARD, BACKWARD)]
+    return export.export(jax.jit(fn), platforms=("cuda",), disabled_checks=unchecked)(*args).mlir_module()
+
+
+def tiny_bf16(**changes) -> tuple[ModelConfig, dict]:
+    model_config = ModelConfig.from_hf_dict(ARCHS["tiny"]).replace(dtype="bfloat16", **changes)
+    return model_config, jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0), "bfloat16"))
+
+
+def cuda_step_module(remat_policy: str) -> str:
+    """The LoRA train step (batch 2 x 32, bf16 compute, scanned layers), exported for CUDA, as MLIR text."""
+    model_config, params = tiny_bf16(remat_policy=remat_policy)
+    config = default_config()
+    config.lora.rank, config.lora.dropout = 8, 0.1
+    schedule = warmup_cosine(1e-3, 10, 0.0)
+    optimizer = make_optimizer(schedule, 0.01, 1.0)
+    lora = jax.eval_shape(lambda: init_lora(model_config, config.lora.targets, 8, jax.random.PRNGKey(0)))
+    state = {
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "lora": lora,
+        "opt": jax.eval_shape(optimizer.init, lora),
+        "rng": jax.eval_shape(jax.random.PRNGKey, 0),
+    }
+    tokens = jax.ShapeDtypeStruct((1, BATCH, LENGTH), jnp.int32)
+    batch = {
+        "inputs": tokens,
+        "targets": tokens,
+        "weights": jax.ShapeDtypeStruct((1, BATCH, LENGTH), jnp.float32),
+        "task": jax.ShapeDtypeStruct((1, BATCH), jnp.int32),
+        "mask": jax.ShapeDtypeStruct((1, BATCH, LENGTH), jnp.bool_),
+    }
+    return exported_for_cuda(make_train_step(model_config, config, optimizer, schedule), state, params, batch)
+
+
+def custom_calls(module: str, target: str) -> list[str]:
+    return [line for line in module.splitlines() if f"custom_call @{target}(" in line]
+
+
+@pytest.mark.parametrize("remat_policy", ["none", "full"])
+def test_the_training_step_lowers_to_cudnn_flash_attention_for_a_gpu(cudnn_without_a_gpu, remat_policy):
+    module = cuda_step_module(remat_policy)
+    forward, backward = custom_calls(module, FORWARD), custom_calls(module, BACKWARD)
+    assert forward and backward, "no cuDNN attention in the step lowered for CUDA"
+    for call in forward + backward:
+        assert re.search(r"mask_type\\22: \\22CAUSAL", call), "the call is not marked causal"
+        assert f"tensor<{BATCH}x1x{LENGTH}x{LENGTH}xbf16>" in call.split("->")[0], "the mask is not its bias"
+    # jax 0.11.1 (PR #39512) stopped computing the gradient of a bias that comes from a boolean mask alone.
+    bias_gradient = [f"tensor<{BATCH}x1x{LENGTH}x{LENGTH}xbf16>" in call.split("->")[-1] for call in backward]
+    assert set(bias_gradient) == {jax.__version_info__ < (0, 11, 1)}
+
+
+def test_generation_lowers_its_prefill_to_cudnn_for_a_gpu(cudnn_without_a_gpu):
+    """The prompt goes through cuDNN (no gradient), the one-token decode steps through XLA's attention."""
+    model_config, params = tiny_bf16()
+    prompts = jax.ShapeDtypeStruct((4, 16), jnp.int32)
+    prompt_mask = jax.ShapeDtypeStruct((4, 16), jnp.bool_)
+
+    def generate(params, prompts, prompt_mask, rng):
+        sampling, eos_ids = Sampling(), (0,)
+        return decode(
+            params, prompts, prompt_mask, rng, config=model_config, max_new_tokens=4, sampling=sampling,
+            eos_ids=eos_ids, pad_id=0,
+        )  # fmt: skip
+
+    module = exported_for_cuda(generate, params, prompts, prompt_mask, jax.eval_shape(jax.random.PRNGKey, 0))
+    assert custom_calls(module, FORWARD) and not custom_calls(module, BACKWARD)
