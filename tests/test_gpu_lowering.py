@@ -1,7 +1,7 @@
 """What a CPU can prove of the GPU paths: jax lowers them for CUDA without a GPU.
 
-The LoRA step and greedy generation of a tiny Qwen2 in bf16, through the cuDNN attention branch, are exported
-for the "cuda" platform.
+The LoRA step (of a tiny Qwen2, and of Qwen2.5-3B at the device check's 8 x 1024) and greedy generation in bf16,
+through the cuDNN attention branch, are exported for the "cuda" platform; weights are shapes only.
 That runs jax's own checks of the cuDNN call (layouts, head size, the bias's shape, the flash-kernel conditions)
 and its lowering under scan, remat and the gradient, which the CPU tests of the call site (test_kernels.py) run
 with implementation "xla" instead. Whether cuDNN then builds and runs the graph is left to the device check.
@@ -25,7 +25,6 @@ from capt_jax.model import attention as attention_module
 from capt_jax.train import make_train_step
 
 FORWARD, BACKWARD = "__cudnn$fmhaScaleBiasSoftmax", "__cudnn$fmhaScaleBiasSoftmaxBackward"
-BATCH, LENGTH = 2, 32
 
 
 @pytest.fixture
@@ -50,14 +49,14 @@ def exported_for_cuda(fn, *args) -> str:
     return export.export(jax.jit(fn), platforms=("cuda",), disabled_checks=unchecked)(*args).mlir_module()
 
 
-def tiny_bf16(**changes) -> tuple[ModelConfig, dict]:
-    model_config = ModelConfig.from_hf_dict(ARCHS["tiny"]).replace(dtype="bfloat16", **changes)
+def bf16_model(arch: str, **changes) -> tuple[ModelConfig, dict]:
+    model_config = ModelConfig.from_hf_dict(ARCHS[arch]).replace(dtype="bfloat16", **changes)
     return model_config, jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0), "bfloat16"))
 
 
-def cuda_step_module(remat_policy: str) -> str:
-    """The LoRA train step (batch 2 x 32, bf16 compute, scanned layers), exported for CUDA, as MLIR text."""
-    model_config, params = tiny_bf16(remat_policy=remat_policy)
+def cuda_step_module(arch: str, batch_size: int, length: int, remat_policy: str) -> str:
+    """The LoRA train step (bf16 compute, scanned layers), exported for CUDA, as MLIR text."""
+    model_config, params = bf16_model(arch, remat_policy=remat_policy)
     config = default_config()
     config.lora.rank, config.lora.dropout = 8, 0.1
     schedule = warmup_cosine(1e-3, 10, 0.0)
@@ -69,13 +68,13 @@ def cuda_step_module(remat_policy: str) -> str:
         "opt": jax.eval_shape(optimizer.init, lora),
         "rng": jax.eval_shape(jax.random.PRNGKey, 0),
     }
-    tokens = jax.ShapeDtypeStruct((1, BATCH, LENGTH), jnp.int32)
+    tokens = jax.ShapeDtypeStruct((1, batch_size, length), jnp.int32)
     batch = {
         "inputs": tokens,
         "targets": tokens,
-        "weights": jax.ShapeDtypeStruct((1, BATCH, LENGTH), jnp.float32),
-        "task": jax.ShapeDtypeStruct((1, BATCH), jnp.int32),
-        "mask": jax.ShapeDtypeStruct((1, BATCH, LENGTH), jnp.bool_),
+        "weights": jax.ShapeDtypeStruct((1, batch_size, length), jnp.float32),
+        "task": jax.ShapeDtypeStruct((1, batch_size), jnp.int32),
+        "mask": jax.ShapeDtypeStruct((1, batch_size, length), jnp.bool_),
     }
     return exported_for_cuda(make_train_step(model_config, config, optimizer, schedule), state, params, batch)
 
@@ -84,22 +83,28 @@ def custom_calls(module: str, target: str) -> list[str]:
     return [line for line in module.splitlines() if f"custom_call @{target}(" in line]
 
 
-@pytest.mark.parametrize("remat_policy", ["none", "full"])
-def test_the_training_step_lowers_to_cudnn_flash_attention_for_a_gpu(cudnn_without_a_gpu, remat_policy):
-    module = cuda_step_module(remat_policy)
+@pytest.mark.parametrize(
+    "arch, batch_size, length, remat_policy",
+    [("tiny", 2, 32, "none"), ("tiny", 2, 32, "full"), ("qwen2.5-3b", 8, 1024, "dots")],
+)
+def test_the_training_step_lowers_to_cudnn_flash_attention_for_a_gpu(
+    cudnn_without_a_gpu, arch, batch_size, length, remat_policy
+):
+    module = cuda_step_module(arch, batch_size, length, remat_policy)
+    bias = f"tensor<{batch_size}x1x{length}x{length}xbf16>"
     forward, backward = custom_calls(module, FORWARD), custom_calls(module, BACKWARD)
     assert forward and backward, "no cuDNN attention in the step lowered for CUDA"
     for call in forward + backward:
         assert re.search(r"mask_type\\22: \\22CAUSAL", call), "the call is not marked causal"
-        assert f"tensor<{BATCH}x1x{LENGTH}x{LENGTH}xbf16>" in call.split("->")[0], "the mask is not its bias"
+        assert bias in call.split("->")[0], "the mask is not its bias"
     # jax 0.11.1 (PR #39512) stopped computing the gradient of a bias that comes from a boolean mask alone.
-    bias_gradient = [f"tensor<{BATCH}x1x{LENGTH}x{LENGTH}xbf16>" in call.split("->")[-1] for call in backward]
+    bias_gradient = [bias in call.split("->")[-1] for call in backward]
     assert set(bias_gradient) == {jax.__version_info__ < (0, 11, 1)}
 
 
 def test_generation_lowers_its_prefill_to_cudnn_for_a_gpu(cudnn_without_a_gpu):
     """The prompt goes through cuDNN (no gradient), the one-token decode steps through XLA's attention."""
-    model_config, params = tiny_bf16()
+    model_config, params = bf16_model("tiny")
     prompts = jax.ShapeDtypeStruct((4, 16), jnp.int32)
     prompt_mask = jax.ShapeDtypeStruct((4, 16), jnp.bool_)
 
