@@ -1,7 +1,8 @@
-"""What a CPU can prove of the GPU paths: jax lowers them for CUDA without a GPU.
+"""What a CPU can prove of the accelerator paths: jax lowers them for CUDA and TPU without either.
 
 The LoRA step (of a tiny Qwen2, and of Qwen2.5-3B at the device check's 8 x 1024) and greedy generation in bf16,
-through the cuDNN attention branch, are exported for the "cuda" platform; weights are shapes only.
+through the cuDNN attention branch, are exported for the "cuda" platform, and the step, through XLA's attention,
+for "tpu"; weights are shapes only.
 That runs jax's own checks of the cuDNN call (layouts, head size, the bias's shape, the flash-kernel conditions)
 and its lowering under scan, remat and the gradient, which the CPU tests of the call site (test_kernels.py) run
 with implementation "xla" instead. Whether cuDNN then builds and runs the graph is left to the device check.
@@ -42,11 +43,11 @@ def cudnn_without_a_gpu(monkeypatch):
     monkeypatch.setattr(attention_module, "attention_implementation", lambda config: "cudnn")
 
 
-def exported_for_cuda(fn, *args) -> str:
-    """`fn` lowered for CUDA, as MLIR text; the cuDNN calls have no export compatibility guarantee, which a module
-    compiled here and now does not need."""
+def exported_for(platform: str, fn, *args) -> str:
+    """`fn` lowered for `platform`, as MLIR text; the cuDNN calls have no export compatibility guarantee, which a
+    module compiled here and now does not need."""
     unchecked = [export.DisabledSafetyCheck.custom_call(target) for target in (FORWARD, BACKWARD)]
-    return export.export(jax.jit(fn), platforms=("cuda",), disabled_checks=unchecked)(*args).mlir_module()
+    return export.export(jax.jit(fn), platforms=(platform,), disabled_checks=unchecked)(*args).mlir_module()
 
 
 def bf16_model(arch: str, **changes) -> tuple[ModelConfig, dict]:
@@ -54,8 +55,8 @@ def bf16_model(arch: str, **changes) -> tuple[ModelConfig, dict]:
     return model_config, jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0), "bfloat16"))
 
 
-def cuda_step_module(arch: str, batch_size: int, length: int, remat_policy: str) -> str:
-    """The LoRA train step (bf16 compute, scanned layers), exported for CUDA, as MLIR text."""
+def step_module(platform: str, arch: str, batch_size: int, length: int, remat_policy: str) -> str:
+    """The LoRA train step (bf16 compute, scanned layers), exported for `platform`, as MLIR text."""
     model_config, params = bf16_model(arch, remat_policy=remat_policy)
     config = default_config()
     config.lora.rank, config.lora.dropout = 8, 0.1
@@ -76,7 +77,7 @@ def cuda_step_module(arch: str, batch_size: int, length: int, remat_policy: str)
         "task": jax.ShapeDtypeStruct((1, batch_size), jnp.int32),
         "mask": jax.ShapeDtypeStruct((1, batch_size, length), jnp.bool_),
     }
-    return exported_for_cuda(make_train_step(model_config, config, optimizer, schedule), state, params, batch)
+    return exported_for(platform, make_train_step(model_config, config, optimizer, schedule), state, params, batch)
 
 
 def custom_calls(module: str, target: str) -> list[str]:
@@ -90,7 +91,7 @@ def custom_calls(module: str, target: str) -> list[str]:
 def test_the_training_step_lowers_to_cudnn_flash_attention_for_a_gpu(
     cudnn_without_a_gpu, arch, batch_size, length, remat_policy
 ):
-    module = cuda_step_module(arch, batch_size, length, remat_policy)
+    module = step_module("cuda", arch, batch_size, length, remat_policy)
     bias = f"tensor<{batch_size}x1x{length}x{length}xbf16>"
     forward, backward = custom_calls(module, FORWARD), custom_calls(module, BACKWARD)
     assert forward and backward, "no cuDNN attention in the step lowered for CUDA"
@@ -115,5 +116,12 @@ def test_generation_lowers_its_prefill_to_cudnn_for_a_gpu(cudnn_without_a_gpu):
             eos_ids=eos_ids, pad_id=0,
         )  # fmt: skip
 
-    module = exported_for_cuda(generate, params, prompts, prompt_mask, jax.eval_shape(jax.random.PRNGKey, 0))
+    module = exported_for("cuda", generate, params, prompts, prompt_mask, jax.eval_shape(jax.random.PRNGKey, 0))
     assert custom_calls(module, FORWARD) and not custom_calls(module, BACKWARD)
+
+
+@pytest.mark.parametrize("arch, batch_size, length", [("tiny", 2, 32), ("qwen2.5-3b", 8, 1024)])
+def test_the_training_step_lowers_for_a_tpu(arch, batch_size, length):
+    """XLA's attention, and no custom call: nothing in the step exists only on a CPU or a GPU."""
+    module = step_module("tpu", arch, batch_size, length, "dots")
+    assert "custom_call @" not in module
