@@ -175,9 +175,8 @@ def evaluation_sets(config: ConfigDict, trained_on: Sequence[Example] = ()) -> d
         reasons = "; ".join(split.skipped for split in sets.values())
         raise ConfigError(f"config key 'eval.splits': no requested test split can be evaluated ({reasons})")
     for name, split in sets.items():
-        if (
-            split.query_types_gone() and not split.skipped
-        ):  # the counts are in results.json; this changes what is scored
+        # Said only when whole query types are gone, which changes what is scored; the counts are in results.json.
+        if split.query_types_gone() and not split.skipped:
             print(split.guard_note(name), file=sys.stderr)
     cap = config.eval.max_examples or None
     return {name: dataclasses.replace(split, examples=split.examples[:cap]) for name, split in sets.items()}

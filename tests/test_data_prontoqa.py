@@ -455,7 +455,7 @@ def test_proofs_the_abstraction_cannot_mirror_are_refused(tmp_path, change, mess
 
 
 def test_a_proof_ending_in_blank_lines_loads(tmp_path):
-    """Some generator outputs end the last claim with blank lines; they are not part of the statement."""
+    """Whitespace around a statement is not part of it (the generator puts blank lines around some proof lines)."""
     record = dict(OFFICIAL_TEST, chain_of_thought=[*OFFICIAL_TEST["chain_of_thought"][:-1], "Max is a feline.\n\n"])
     path = tmp_path / "official.json"
     path.write_text(json.dumps({"example1": {"test_example": record}}))

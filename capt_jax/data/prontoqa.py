@@ -275,7 +275,7 @@ def _check_proof(
     if first.subject_kind != "entity":
         raise DataError(file, record_id, fields[0], f"the first claim, {claims[0]!r}, is not about an entity")
     entity = first.subject
-    for claim in claims:
+    for claim in claims[1:]:
         parsed = parse_sentence(claim)
         if parsed.subject_kind != "entity" or parsed.subject != entity:
             raise DataError(
