@@ -43,7 +43,8 @@ def main() -> None:
         began = time.perf_counter()
         replies = complete(conversations, 0)
         seconds = time.perf_counter() - began
-        usable = sum(parse_estimation(r, e, form)[0] is not None for r, e in zip(replies, examples))
+        drop = config.eval.estimator_drop_unplaced
+        usable = sum(parse_estimation(r, e, form, drop).abstraction is not None for r, e in zip(replies, examples))
         tokens = [len(model.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in replies]
         rows.append(
             {

@@ -7,7 +7,8 @@ OpenAI-compatible endpoint (`openai`, the paper used GPT-4o-mini), or the fine-t
 trained with the estimation term of the objective). A model replies in one of the forms of
 `capt_jax.data.estimates` (the slot map alone, or the map plus the rewritten prompt); a reply is usable only
 if it passes `estimate_problems`, which sees the reply and the raw prompt and nothing of the gold answer, and
-is re-sampled up to `retries` times when it does not.
+is re-sampled up to `retries` times when it does not. Declared slots that the template never places (a repeated
+name, a name the text lacks) are dropped before the check (`without_unplaced`) unless the caller keeps them.
 """
 
 from __future__ import annotations
@@ -16,10 +17,18 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from capt_jax.config import ConfigError
 from capt_jax.data import Abstraction, Example, abstract
-from capt_jax.data.estimates import FORMS, estimate_problems, estimated_abstraction, read_symbols, symbol_map
+from capt_jax.data.estimates import (
+    FORMS,
+    estimate_problems,
+    estimated_abstraction,
+    read_symbols,
+    symbol_map,
+    without_unplaced,
+)
 
 _SLOTS = (
     "every event or entity of the text is a slot symbol_1, symbol_2, ... in order of first appearance, named by "
@@ -55,8 +64,17 @@ def estimation_target(abstraction: Abstraction, form: str) -> str:
     return json.dumps(reply, ensure_ascii=False)
 
 
-def parse_estimation(reply: str, example: Example, form: str) -> tuple[Abstraction | None, list[str]]:
-    """(the abstraction in a reply, or None; why it is not usable) for a reply in `form`."""
+class Parsed(NamedTuple):
+    """One reply read: its usable abstraction (None when it is not), why not, and the declared slots dropped."""
+
+    abstraction: Abstraction | None
+    problems: list[str]
+    dropped: list[str]
+
+
+def parse_estimation(reply: str, example: Example, form: str, drop_unplaced: bool = True) -> Parsed:
+    """A reply in `form`, read and checked; with `drop_unplaced`, declared slots that its template never places
+    are dropped first instead of failing the check (they change nothing the reasoner sees)."""
     start = reply.find("{")
     try:
         data, _ = json.JSONDecoder().raw_decode(reply[start:]) if start >= 0 else (None, 0)
@@ -68,25 +86,28 @@ def parse_estimation(reply: str, example: Example, form: str) -> tuple[Abstracti
         data = data.get("symbols") if isinstance(template, str) else None
     symbols = read_symbols(data)
     if symbols is None:
-        return None, [f"not a JSON reply of the {form} form"]
-    abstraction = estimated_abstraction(example, *symbols, template=template)
+        return Parsed(None, [f"not a JSON reply of the {form} form"], [])
+    abstraction, dropped = estimated_abstraction(example, *symbols, template=template), []
+    if drop_unplaced:
+        abstraction, dropped = without_unplaced(abstraction)
     problems = estimate_problems(abstraction, example.prompt)
-    return (None if problems else abstraction), problems
+    return Parsed(None if problems else abstraction, problems, dropped)
 
 
 @dataclasses.dataclass
 class Estimates:
-    """Per example: the usable abstraction (None when every attempt failed), the attempts it took, and why the
-    last attempt failed (empty when it did not)."""
+    """Per example: the usable abstraction (None when every attempt failed), the attempts it took, why the
+    last attempt failed (empty when it did not), and the declared slots its last attempt dropped."""
 
     abstractions: list[Abstraction | None]
     attempts: list[int]
     problems: list[list[str]]
+    dropped: list[list[str]]
 
     @classmethod
     def none(cls, count: int) -> Estimates:
         """No estimation at all (raw-prompt methods)."""
-        return cls([None] * count, [0] * count, [[] for _ in range(count)])
+        return cls([None] * count, [0] * count, [[] for _ in range(count)], [[] for _ in range(count)])
 
     @property
     def valid(self) -> int:
@@ -102,7 +123,7 @@ def oracle_estimates(examples: Sequence[Example]) -> Estimates:
     abstractions = [abstract(e) for e in examples]
     problems = [estimate_problems(a, e.prompt) for a, e in zip(abstractions, examples)]
     usable = [None if p else a for a, p in zip(abstractions, problems)]
-    return Estimates(usable, [1] * len(examples), problems)
+    return Estimates(usable, [1] * len(examples), problems, [[] for _ in examples])
 
 
 def few_shot_conversation(example: Example, shots: Sequence[Example], form: str) -> Messages:
@@ -117,7 +138,12 @@ def few_shot_conversation(example: Example, shots: Sequence[Example], form: str)
 
 
 def model_estimates(
-    examples: Sequence[Example], complete: Completer, form: str, shots: Sequence[Example] = (), retries: int = 3
+    examples: Sequence[Example],
+    complete: Completer,
+    form: str,
+    shots: Sequence[Example] = (),
+    retries: int = 3,
+    drop_unplaced: bool = True,
 ) -> Estimates:
     """Ask `complete` for every example; re-ask only the unusable ones, up to `retries` more times."""
     conversations = [few_shot_conversation(e, shots, form) for e in examples]
@@ -130,7 +156,8 @@ def model_estimates(
         still = []
         for i, reply in zip(pending, replies):
             estimates.attempts[i] = attempt + 1
-            estimates.abstractions[i], estimates.problems[i] = parse_estimation(reply, examples[i], form)
+            parsed = parse_estimation(reply, examples[i], form, drop_unplaced)
+            estimates.abstractions[i], estimates.problems[i], estimates.dropped[i] = parsed
             if estimates.abstractions[i] is None:
                 still.append(i)
         pending = still

@@ -227,15 +227,18 @@ def score_split(examples: Sequence[Example], replies: Sequence[str]) -> tuple[di
 
 
 def estimator_metrics(examples: Sequence[Example], estimates: Estimates, fallbacks: int) -> dict[str, Any]:
-    """How the first stage did: usable rate, fallbacks to the raw prompt, why estimates were unusable, and, as a
-    metric only, how many usable estimates still hold a gold name (never used to select or reject)."""
+    """How the first stage did: usable rate, fallbacks to the raw prompt, why estimates were unusable, how many
+    usable ones had declared slots dropped, and, as a metric only, how many usable estimates still hold a gold
+    name (never used to select or reject)."""
     reasons = Counter(p[0].split(":")[0] for p in estimates.problems if p)
+    usable = [a is not None for a in estimates.abstractions]
     gold_leftovers = sum(bool(leftover_names(a, e)) for a, e in zip(estimates.abstractions, examples) if a is not None)
     return {
         "estimator_valid_rate": estimates.valid_rate,
         "estimator_fallbacks": fallbacks,
         "estimator_attempts": sum(estimates.attempts),
         "estimator_problems": dict(reasons.most_common()),
+        "estimator_accepted_with_drops": sum(ok and bool(d) for ok, d in zip(usable, estimates.dropped)),
         "estimator_gold_leftovers": gold_leftovers,
     }
 
@@ -315,7 +318,9 @@ def make_estimator(config: ConfigDict, base: Pretrained, tuned: Pretrained) -> E
     else:
         model = tuned if e.estimator == "self" else (load_pretrained(e.estimator_model) if e.estimator_model else base)
         complete = model_completer(model, e.estimator_max_new_tokens, e.batch_size)
-    return lambda examples: model_estimates(examples, complete, form, shots, e.estimator_retries)
+    return lambda examples: model_estimates(
+        examples, complete, form, shots, e.estimator_retries, e.estimator_drop_unplaced
+    )
 
 
 def load_reasoner_model(config: ConfigDict, workdir: str | None) -> tuple[Pretrained, Pretrained, dict[str, Any]]:

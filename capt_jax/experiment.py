@@ -350,7 +350,8 @@ def contrast(
 
 def estimator_rows(evaluations: list[tuple[str, str | None, int, dict[str, Any]]]) -> list[dict[str, Any]]:
     """How often a model's estimate passed the gold-free check, per (method, estimator, split), over the seeds;
-    with how many accepted estimates still hold a gold name. The oracle is exact by construction: left out."""
+    with how many accepted estimates had declared slots dropped (None where an evaluation predates the count) and
+    still hold a gold name. The oracle is exact by construction: left out."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for method, estimator, seed, results in evaluations:
         if estimator not in (None, "oracle"):
@@ -364,6 +365,11 @@ def estimator_rows(evaluations: list[tuple[str, str | None, int, dict[str, Any]]
             "seeds": sorted(f["seed"] for f in found),
             "valid_rate_mean": float(np.mean([f["estimator_valid_rate"] for f in found])),
             "gold_leftovers": int(sum(f["estimator_gold_leftovers"] for f in found)),
+            "accepted_with_drops": (
+                int(sum(f["estimator_accepted_with_drops"] for f in found))
+                if all("estimator_accepted_with_drops" in f for f in found)
+                else None
+            ),
             **{key: value for path in ("estimated", "fallback") for key, value in pooled_accuracy(found, path).items()},
         }
         for (method, estimator, split), found in groups.items()
@@ -422,15 +428,18 @@ def markdown(
         ]
         lines += table(header, cells, f"OOD gaps: {GAPS}.")
     if estimates:
-        header = ["method", "estimator", "split", "seeds", "valid estimates", "accepted with a gold name"]
+        header = ["method", "estimator", "split", "seeds", "valid estimates", "accepted with slots dropped"]
+        header += ["accepted with a gold name"]
         header += ["accuracy through an estimate", "accuracy from the raw prompt"]
         cells = [
             [e["method"], e["estimator"], e["split"], seed_list(e), f"{100 * e['valid_rate_mean']:.1f}%"]
-            + [e["gold_leftovers"], path_cell(e, "estimated"), path_cell(e, "fallback")]
+            + ["-" if e["accepted_with_drops"] is None else e["accepted_with_drops"], e["gold_leftovers"]]
+            + [path_cell(e, "estimated"), path_cell(e, "fallback")]
             for e in estimates
         ]
         paths = (
-            "Questions without a valid estimate are answered as raw prompts. The accuracies per path are pooled "
+            "Questions without a valid estimate are answered as raw prompts. Slots dropped: declared slots that "
+            "placed nothing in the template (eval.estimator_drop_unplaced). The accuracies per path are pooled "
             "over the seeds (n: question-seed pairs); the first stage decides which questions take which path, so "
             "they are not random halves of the split."
         )

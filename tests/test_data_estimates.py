@@ -6,13 +6,14 @@ import dataclasses
 
 import pytest
 
-from capt_jax.data import abstract, load_examples
+from capt_jax.data import Example, abstract, load_examples
 from capt_jax.data.estimates import (
     estimate_problems,
     estimated_abstraction,
     read_symbols,
     symbol_map,
     template_from_symbols,
+    without_unplaced,
 )
 from capt_jax.data.prontoqa import load_prontoqa_file
 from capt_jax.data.render import Term
@@ -107,6 +108,33 @@ def test_grammar_words_and_phrases_not_in_the_text_are_rejected(generated):
     invented = dict(names, symbol_99="unicorn")
     problems = estimate_problems(estimated_abstraction(example, invented, wordings), example.prompt)
     assert "slots whose phrase the text does not hold: ['symbol_99']" in problems
+
+
+def test_slots_that_place_nothing_are_dropped_and_the_template_stays(generated):
+    """A repeated name (a second slot for the same entity) and a name the text lacks fail the check as declared; once
+    dropped, the estimate is the one without them, template and names. An unnamed slot is not dropped."""
+    example = generated[3]
+    names, wordings = read_symbols(symbol_map(abstract(example)))
+    noisy = dict(names, symbol_98=names["symbol_1"].upper(), symbol_99="unicorn")
+    estimate = estimated_abstraction(example, noisy, wordings)
+    assert any(
+        p.startswith("slots whose phrase the text does not hold") for p in estimate_problems(estimate, example.prompt)
+    )
+    cleaned, dropped = without_unplaced(estimate)
+    assert dropped == ["symbol_98", "symbol_99"] and estimate_problems(cleaned, example.prompt) == []
+    assert cleaned.prompt == estimate.prompt == estimated_abstraction(example, names, wordings).prompt
+    assert {slot: term.text for slot, term in cleaned.terms.items()} == names
+    unnamed = estimated_abstraction(example, dict(names, symbol_99=""), wordings)
+    assert without_unplaced(unnamed) == (unnamed, [])
+    assert any(p.startswith("slots without a name") for p in estimate_problems(unnamed, example.prompt))
+    # A value's phrases go with their slot: kept under a kept slot, dropped under a dropped one.
+    question = Example("0", "cladder", "commonsense", "Alice smokes. Is Alice healthy?", "", "No", {})
+    estimate = estimated_abstraction(
+        question, {"symbol_1": "Alice", "symbol_2": "unicorn"}, {"symbol_1=1": ("smokes",), "symbol_2=1": ("flies",)}
+    )
+    cleaned, dropped = without_unplaced(estimate)
+    assert dropped == ["symbol_2"] and cleaned.wordings == {"symbol_1=1": ("smokes",)}
+    assert estimate_problems(cleaned, question.prompt) == []
 
 
 def test_map_substitution_writes_plurals_and_articles_as_templates_do():

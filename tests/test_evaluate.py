@@ -129,7 +129,7 @@ def test_estimates_are_validated_and_invalid_ones_retried(prontoqa_examples, for
     )
     assert results["id"]["estimator_fallbacks"] == 1
     assert results["id"]["estimator_valid_rate"] == pytest.approx(2 / 3)
-    assert results["id"]["estimator_gold_leftovers"] == 0
+    assert results["id"]["estimator_gold_leftovers"] == 0 and results["id"]["estimator_accepted_with_drops"] == 0
 
     # Accuracy is also kept per path: the two estimated questions, and the one answered from its raw prompt.
     def answers_raw_prompts_only(prompts):
@@ -146,13 +146,50 @@ def test_estimates_are_validated_and_invalid_ones_retried(prontoqa_examples, for
 @pytest.mark.parametrize("form", ["map", "template"])
 def test_parse_estimation_accepts_the_oracle_and_rejects_malformed_replies(prontoqa_examples, form):
     example = prontoqa_examples[0]
-    abstraction, problems = parse_estimation(
+    abstraction, problems, _ = parse_estimation(
         "Sure! " + estimation_target(abstract(example), form) + " Done.", example, form
     )
     assert abstraction is not None and problems == []
     assert abstraction.prompt == abstract(example).prompt
     for reply in ('{"template": "no slots", "symbols": {}}', "{not json", "[1, 2]", '{"x": "y"}'):
-        assert parse_estimation(reply, example, form)[0] is None
+        assert parse_estimation(reply, example, form).abstraction is None
+
+
+@pytest.mark.parametrize("form", ["map", "template"])
+def test_a_repeated_name_is_dropped_unless_the_strict_check_is_asked_for(prontoqa_examples, form):
+    example = prontoqa_examples[0]
+    reply = json.loads(estimation_target(abstract(example), form))
+    symbols = reply if form == "map" else reply["symbols"]
+    symbols["symbol_99"] = symbols["symbol_1"]
+    strict = parse_estimation(json.dumps(reply), example, form, drop_unplaced=False)
+    assert strict.abstraction is None and strict.problems == [
+        "slots whose phrase the text does not hold: ['symbol_99']"
+    ]
+    parsed = parse_estimation(json.dumps(reply), example, form)
+    assert parsed.abstraction.prompt == abstract(example).prompt and parsed.dropped == ["symbol_99"]
+
+    def first_stage(reply: dict) -> dict:
+        results, _ = evaluate_sets(
+            {"id": TestSplit([example])},
+            lambda exs: model_estimates(exs, lambda conversations, attempt: [json.dumps(reply)], form, retries=0),
+            lambda prompts: ["<answer>True</answer>"],
+            "random",
+        )
+        return results["id"]
+
+    accepted = first_stage(reply)
+    assert accepted["estimator_valid_rate"] == 1 and accepted["estimator_accepted_with_drops"] == 1
+    # Dropped, yet rejected for another reason (a slot without a name): no accepted estimate had slots dropped.
+    unnamed = first_stage(
+        {**reply, "symbol_98": ""} if form == "map" else {**reply, "symbols": {**symbols, "symbol_98": ""}}
+    )
+    assert unnamed["estimator_valid_rate"] == 0 and unnamed["estimator_accepted_with_drops"] == 0
+    if form == "template":  # a declared slot whose name the template still writes out is not dropped
+        del symbols["symbol_99"]
+        reply["template"] = reply["template"].replace("{symbol_1}", abstract(example).terms["symbol_1"].text)
+        parsed = parse_estimation(json.dumps(reply), example, form)
+        assert parsed.abstraction is None and parsed.dropped == []
+        assert parsed.problems[0] == "slots whose phrase the text does not hold: ['symbol_1']"
 
 
 def test_split_that_cannot_be_made_is_reported_not_scored(prontoqa_examples):

@@ -15,6 +15,7 @@ and the raw prompt: the oracle's answer never selects, re-samples or rejects an 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -103,6 +104,35 @@ def estimated_abstraction(
         terms={slot: Term(names.get(slot, "")) for slot in slots},
         kinds=dict.fromkeys(slots, "event"),
         wordings={token: tuple(phrases) for token, phrases in wordings.items()},
+    )
+
+
+def without_unplaced(abstraction: Abstraction) -> tuple[Abstraction, list[str]]:
+    """(the estimate without the named slots that its template neither places nor leaves in its words, those slots).
+
+    A name repeated under a second slot (the map's substitution gives every occurrence to the first) or a name the
+    text lacks places nothing, so dropping it leaves the template, and so what the reasoner sees, as it was. Small
+    models repeat names often: in a study on development data (docs/EXPERIMENTS.md) most of SmolLM2-135M's own
+    estimates failed the check only for this. A slot without a name, or whose name a rewritten template (the
+    `template` form) still writes out, stays, for the check to refuse.
+    """
+    text = abstraction.prompt + "\n" + abstraction.reasoning
+    placed, dataset = set(slots_in(text)), abstraction.example.dataset
+    dropped = [
+        slot
+        for slot, term in abstraction.terms.items()
+        if slot not in placed and term.text.strip() and not names_present(text, [term.text], dataset)
+    ]
+    if not dropped:
+        return abstraction, []
+    return (
+        dataclasses.replace(
+            abstraction,
+            terms={slot: term for slot, term in abstraction.terms.items() if slot not in dropped},
+            kinds={slot: kind for slot, kind in abstraction.kinds.items() if slot not in dropped},
+            wordings={token: w for token, w in abstraction.wordings.items() if token.partition("=")[0] not in dropped},
+        ),
+        dropped,
     )
 
 
