@@ -104,8 +104,8 @@ def main() -> None:
         )
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("ids", "outcomes")}), flush=True)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+        with open(args.out, "w") as f:  # one split per line: the outcome lists would take a line per question
+            f.write("[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]\n")
 
 
 if __name__ == "__main__":
