@@ -13,7 +13,8 @@ resumes training and reuses finished evaluations. The results:
 * W/predictions.jsonl: one line per answered question (method, estimator, seed, split, id, prompt, reply, ...);
 * W/summary.json: rows {method, estimator, split, n, seeds, accuracy_mean, ci_low, ci_high};
 * W/paired.json: CAPT and each ablation (per estimator) vs SFT, and CAPT vs each ablation through the same
-  estimator, on every split: {split, a, b, seeds, a_better, b_better, p_value, test};
+  estimator, on every split: {split, a, b, seeds, a_better, b_better, p_value, test, difference: {points_mean,
+  ci_low, ci_high}} (A minus B accuracy, in points);
 * W/gaps.json: each model's ID minus OOD accuracy, and the same pairs' differences of gaps, in points with
   intervals: {label, method, estimator, split, seeds, points_mean, ci_low, ci_high, questions: paired or independent};
 * W/estimators.json: per model estimator and split, the rate of estimates passing the gold-free check;
@@ -226,7 +227,9 @@ def summarise(
     """(summary rows with bootstrap intervals, paired tests of every `compared_models` pair on every split, OOD
     gaps).
 
-    Each row is over the seeds its predictions have; a paired test over the seeds both sides have."""
+    Each row is over the seeds its predictions have; a paired test over the seeds both sides have, with the
+    accuracy difference's own bootstrap interval (two methods' separate intervals can overlap where the interval
+    of their difference excludes 0)."""
     groups: dict[tuple[str, str | None, str], list[dict[str, Any]]] = {}
     for p in predictions:
         groups.setdefault((p["method"], p["estimator"], p["split"]), []).append(p)
@@ -249,17 +252,19 @@ def summarise(
                 "ci_high": high,
             }
         )
+    drawn_with = {name: question_draw(name, sets) for name in sets}
     paired = []
     for a, b in compared_models(matrices):
         for split in sets:
             first, second = matrices.get((*a, split), {}), matrices.get((*b, split), {})
             if common := sorted(set(first) & set(second)):
                 test = paired_sign_test(np.array([first[s] for s in common]), np.array([second[s] for s in common]))
+                difference = contrast(matrices, [(*a, split, 1.0), (*b, split, -1.0)], drawn_with)
                 label_a, label_b = method_label(*a), method_label(*b)
                 paired.append(
                     {"split": split, "a": label_a, "b": label_b, "seeds": common, **test, "test": PAIRED_TEST}
+                    | {"difference": {k: difference[k] for k in ("points_mean", "ci_low", "ci_high")}}
                 )
-    drawn_with = {name: question_draw(name, sets) for name in sets}
     return rows, paired, ood_gaps(matrices, drawn_with)
 
 
@@ -413,19 +418,16 @@ def markdown(
     header = ["method", "seeds", *(f"{s} (n={n[s]})" for s in splits)]
     lines = table(header, cells, f"Accuracy in %, mean over the seeds; {INTERVAL}.")
     if paired:
-        header = ["split", "A", "B", "seeds", "questions favouring A", "favouring B", "p"]
+        header = ["split", "A", "B", "seeds", "A minus B, points", "questions favouring A", "favouring B", "p"]
         cells = [
-            [p["split"], p["a"], p["b"], seed_list(p), p["a_better"], p["b_better"], f"{p['p_value']:.3g}"]
+            [p["split"], p["a"], p["b"], seed_list(p), points(p.get("difference"))]
+            + [p["a_better"], p["b_better"], f"{p['p_value']:.3g}"]
             for p in paired
         ]
-        lines += table(header, cells, f"Paired test: {PAIRED_TEST}.")
+        lines += table(header, cells, f"Paired test: {PAIRED_TEST}. A minus B: {INTERVAL}, over the seeds both have.")
     if gaps:
         header = ["method", "split", "seeds", "questions", "ID minus split accuracy, points"]
-        cells = [
-            [g["label"], g["split"], seed_list(g), g["questions"]]
-            + [f"{g['points_mean']:+.1f} [{g['ci_low']:+.1f}, {g['ci_high']:+.1f}]"]
-            for g in gaps
-        ]
+        cells = [[g["label"], g["split"], seed_list(g), g["questions"], points(g)] for g in gaps]
         lines += table(header, cells, f"OOD gaps: {GAPS}.")
     if estimates:
         header = ["method", "estimator", "split", "seeds", "valid estimates", "accepted with slots dropped"]
@@ -451,6 +453,13 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], note: str) -> li
     """Markdown lines of one table and the note under it."""
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     return [*lines, *("| " + " | ".join(map(str, row)) + " |" for row in rows), "", note, ""]
+
+
+def points(difference: dict[str, Any] | None) -> str:
+    """A difference in points with its interval; "-" where a summary predates it."""
+    if difference is None:
+        return "-"
+    return f"{difference['points_mean']:+.1f} [{difference['ci_low']:+.1f}, {difference['ci_high']:+.1f}]"
 
 
 def seed_list(row: dict[str, Any]) -> str:

@@ -209,6 +209,10 @@ def test_every_ablation_is_compared_with_sft_like_capt():
     )
     [versus_order] = [p for p in paired if p["b"] == "order (self)" and p["split"] == "anti"]
     assert (versus_order["a_better"], versus_order["b_better"]) == (1, 0)  # question 4: right twice against never
+    # Each paired test also carries the accuracy difference with its interval: capt 5/6 against sft 6/6 on id.
+    [versus_sft] = [p for p in paired if (p["a"], p["b"], p["split"]) == ("capt (self)", "sft", "id")]
+    assert versus_sft["difference"]["points_mean"] == pytest.approx(-100 / 6)
+    assert versus_sft["difference"]["ci_low"] <= -100 / 6 <= versus_sft["difference"]["ci_high"] <= 0
 
 
 @pytest.mark.parametrize(
