@@ -231,14 +231,14 @@ def estimator_metrics(examples: Sequence[Example], estimates: Estimates, fallbac
     usable ones had declared slots dropped, and, as a metric only, how many usable estimates still hold a gold
     name (never used to select or reject)."""
     reasons = Counter(p[0].split(":")[0] for p in estimates.problems if p)
-    usable = [a is not None for a in estimates.abstractions]
+    accepted_with_drops = sum(a is not None and bool(d) for a, d in zip(estimates.abstractions, estimates.dropped))
     gold_leftovers = sum(bool(leftover_names(a, e)) for a, e in zip(estimates.abstractions, examples) if a is not None)
     return {
         "estimator_valid_rate": estimates.valid_rate,
         "estimator_fallbacks": fallbacks,
         "estimator_attempts": sum(estimates.attempts),
         "estimator_problems": dict(reasons.most_common()),
-        "estimator_accepted_with_drops": sum(ok and bool(d) for ok, d in zip(usable, estimates.dropped)),
+        "estimator_accepted_with_drops": accepted_with_drops,
         "estimator_gold_leftovers": gold_leftovers,
     }
 

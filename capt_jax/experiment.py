@@ -420,7 +420,7 @@ def markdown(
     if paired:
         header = ["split", "A", "B", "seeds", "A minus B, points", "questions favouring A", "favouring B", "p"]
         cells = [
-            [p["split"], p["a"], p["b"], seed_list(p), points(p.get("difference"))]
+            [p["split"], p["a"], p["b"], seed_list(p), points(p["difference"])]
             + [p["a_better"], p["b_better"], f"{p['p_value']:.3g}"]
             for p in paired
         ]
@@ -455,10 +455,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], note: str) -> li
     return [*lines, *("| " + " | ".join(map(str, row)) + " |" for row in rows), "", note, ""]
 
 
-def points(difference: dict[str, Any] | None) -> str:
-    """A difference in points with its interval; "-" where a summary predates it."""
-    if difference is None:
-        return "-"
+def points(difference: dict[str, Any]) -> str:
+    """A difference in points with its interval."""
     return f"{difference['points_mean']:+.1f} [{difference['ci_low']:+.1f}, {difference['ci_high']:+.1f}]"
 
 
