@@ -37,14 +37,14 @@ def main() -> None:
     model = tuned if args.workdir else base
     shots = [] if args.workdir else training_examples(config.data)[: config.eval.estimator_shots]
     complete = model_completer(model, config.eval.estimator_max_new_tokens, config.eval.batch_size)
-    drop = config.eval.estimator_drop_unplaced
+    reading = (config.eval.estimator_drop_unplaced, config.eval.estimator_salvage_cut_off)
     rows = []
     for form in args.forms.split(","):
         conversations = [few_shot_conversation(e, shots, form) for e in examples]
         began = time.perf_counter()
         replies = complete(conversations, 0)
         seconds = time.perf_counter() - began
-        usable = sum(parse_estimation(r, e, form, drop).abstraction is not None for r, e in zip(replies, examples))
+        usable = sum(parse_estimation(r, e, form, *reading).abstraction is not None for r, e in zip(replies, examples))
         tokens = [len(model.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in replies]
         rows.append(
             {

@@ -96,6 +96,10 @@ def default_config() -> ConfigDict:
     # Drop the declared slots an estimate's template never places (a name repeated under a second slot, one the
     # text lacks) instead of rejecting the estimate; False is the stricter check that EXPERIMENTS.md runs 1-3 used.
     c.eval.estimator_drop_unplaced = True
+    # Read a reply whose JSON never closes (cut off at estimator_max_new_tokens, most often a model repeating
+    # slots) by its complete entries, checked as any estimate, instead of rejecting it. A loop's repeats place
+    # nothing, so this helps only with estimator_drop_unplaced.
+    c.eval.estimator_salvage_cut_off = False
     c.eval.openai_base_url = "https://api.openai.com/v1"
     c.eval.openai_model = "gpt-4o-mini"
     c.eval.openai_api_key_env = "OPENAI_API_KEY"
@@ -185,6 +189,7 @@ KEY_HELP = {
     "mesh.tensor": "tensor-parallel devices",
     "eval.estimator": "who abstracts test questions: oracle (upper bound), self, lm, openai",
     "eval.estimator_drop_unplaced": "drop an estimate's slots that place nothing instead of rejecting it",
+    "eval.estimator_salvage_cut_off": "read an estimate whose JSON never closes by its complete entries",
     "eval.splits": "test splits: id, anti, non",
     "eval.max_examples": "test questions per split (0: all)",
     "eval.max_new_tokens": "reply length",

@@ -8,7 +8,9 @@ trained with the estimation term of the objective). A model replies in one of th
 `capt_jax.data.estimates` (the slot map alone, or the map plus the rewritten prompt); a reply is usable only
 if it passes `estimate_problems`, which sees the reply and the raw prompt and nothing of the gold answer, and
 is re-sampled up to `retries` times when it does not. Declared slots that the template never places (a repeated
-name, a name the text lacks) are dropped before the check (`without_unplaced`) unless the caller keeps them.
+name, a name the text lacks) are dropped before the check (`without_unplaced`) unless the caller keeps them; a
+reply whose JSON never closes (cut off at its token limit) is rejected, or, when the caller salvages, keeps its
+complete entries (`closed_at_last_entry`) and faces the same check.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from capt_jax.config import ConfigError
 from capt_jax.data import Abstraction, Example, abstract
@@ -65,21 +67,60 @@ def estimation_target(abstraction: Abstraction, form: str) -> str:
 
 
 class Parsed(NamedTuple):
-    """One reply read: its usable abstraction (None when it is not), why not, and the declared slots dropped."""
+    """One reply read: its usable abstraction (None when it is not), why not, the declared slots dropped, and
+    whether it was read from a reply whose JSON never closes (cut off, most often at the token limit)."""
 
     abstraction: Abstraction | None
     problems: list[str]
     dropped: list[str]
+    salvaged: bool = False
 
 
-def parse_estimation(reply: str, example: Example, form: str, drop_unplaced: bool = True) -> Parsed:
-    """A reply in `form`, read and checked; with `drop_unplaced`, declared slots that its template never places
-    are dropped first instead of failing the check (they change nothing the reasoner sees)."""
-    start = reply.find("{")
+def _json_object(text: str) -> Any:
+    """The JSON value that `text` starts with, or None."""
     try:
-        data, _ = json.JSONDecoder().raw_decode(reply[start:]) if start >= 0 else (None, 0)
+        return json.JSONDecoder().raw_decode(text)[0]
     except json.JSONDecodeError:
-        data = None
+        return None
+
+
+def closed_at_last_entry(text: str) -> str | None:
+    """`text`, starting at a JSON object's `{` that never closes (a reply stopped at its token limit), closed
+    after the last entry that a comma follows; None when the object closes or no entry is followed by a comma.
+    The entry before the cut may itself be cut off (a number), so it goes. Cuts fall between the entries of
+    objects outside every list, so each entry kept is whole; malformed text stays malformed (the caller's parse
+    fails)."""
+    stack: list[str] = []
+    in_string = escaped = False
+    cut: tuple[int, str] | None = None
+    for i, char in enumerate(text):
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            stack.append(char)
+        elif char in "}]":
+            if len(stack) <= 1:
+                return None
+            stack.pop()
+        elif char == "," and stack and "[" not in stack:
+            cut = (i, "}" * len(stack))
+    return text[: cut[0]] + cut[1] if cut else None
+
+
+def parse_estimation(
+    reply: str, example: Example, form: str, drop_unplaced: bool = True, salvage_cut_off: bool = False
+) -> Parsed:
+    """A reply in `form`, read and checked; with `drop_unplaced`, declared slots that its template never places
+    are dropped first instead of failing the check (they change nothing the reasoner sees). With
+    `salvage_cut_off`, a reply whose JSON never closes (cut off at the token limit, most often by a loop) keeps
+    its complete entries (`closed_at_last_entry`)."""
+    start = reply.find("{")
+    data = _json_object(reply[start:]) if start >= 0 else None
+    salvaged = False
+    if data is None and start >= 0 and salvage_cut_off and (closed := closed_at_last_entry(reply[start:])):
+        data, salvaged = _json_object(closed), True
     template = None
     if check_form(form) == "template":
         template = data.get("template") if isinstance(data, dict) else None
@@ -91,23 +132,25 @@ def parse_estimation(reply: str, example: Example, form: str, drop_unplaced: boo
     if drop_unplaced:
         abstraction, dropped = without_unplaced(abstraction)
     problems = estimate_problems(abstraction, example.prompt)
-    return Parsed(None if problems else abstraction, problems, dropped)
+    return Parsed(None if problems else abstraction, problems, dropped, salvaged)
 
 
 @dataclasses.dataclass
 class Estimates:
     """Per example: the usable abstraction (None when every attempt failed), the attempts it took, why the
-    last attempt failed (empty when it did not), and the declared slots its last attempt dropped."""
+    last attempt failed (empty when it did not), the declared slots its last attempt dropped, and whether that
+    attempt's reply was salvaged from JSON that never closes."""
 
     abstractions: list[Abstraction | None]
     attempts: list[int]
     problems: list[list[str]]
     dropped: list[list[str]]
+    salvaged: list[bool]
 
     @classmethod
     def none(cls, count: int) -> Estimates:
         """No estimation at all (raw-prompt methods)."""
-        return cls([None] * count, [0] * count, [[] for _ in range(count)], [[] for _ in range(count)])
+        return cls([None] * count, [0] * count, [[] for _ in range(count)], [[] for _ in range(count)], [False] * count)
 
     @property
     def valid(self) -> int:
@@ -123,7 +166,7 @@ def oracle_estimates(examples: Sequence[Example]) -> Estimates:
     abstractions = [abstract(e) for e in examples]
     problems = [estimate_problems(a, e.prompt) for a, e in zip(abstractions, examples)]
     usable = [None if p else a for a, p in zip(abstractions, problems)]
-    return Estimates(usable, [1] * len(examples), problems, [[] for _ in examples])
+    return Estimates(usable, [1] * len(examples), problems, [[] for _ in examples], [False] * len(examples))
 
 
 def few_shot_conversation(example: Example, shots: Sequence[Example], form: str) -> Messages:
@@ -144,6 +187,7 @@ def model_estimates(
     shots: Sequence[Example] = (),
     retries: int = 3,
     drop_unplaced: bool = True,
+    salvage_cut_off: bool = False,
 ) -> Estimates:
     """Ask `complete` for every example; re-ask only the unusable ones, up to `retries` more times."""
     conversations = [few_shot_conversation(e, shots, form) for e in examples]
@@ -156,8 +200,8 @@ def model_estimates(
         still = []
         for i, reply in zip(pending, replies):
             estimates.attempts[i] = attempt + 1
-            parsed = parse_estimation(reply, examples[i], form, drop_unplaced)
-            estimates.abstractions[i], estimates.problems[i], estimates.dropped[i] = parsed
+            parsed = parse_estimation(reply, examples[i], form, drop_unplaced, salvage_cut_off)
+            estimates.abstractions[i], estimates.problems[i], estimates.dropped[i], estimates.salvaged[i] = parsed
             if estimates.abstractions[i] is None:
                 still.append(i)
         pending = still

@@ -228,10 +228,11 @@ def score_split(examples: Sequence[Example], replies: Sequence[str]) -> tuple[di
 
 def estimator_metrics(examples: Sequence[Example], estimates: Estimates, fallbacks: int) -> dict[str, Any]:
     """How the first stage did: usable rate, fallbacks to the raw prompt, why estimates were unusable, how many
-    usable ones had declared slots dropped, and, as a metric only, how many usable estimates still hold a gold
-    name (never used to select or reject)."""
+    usable ones had declared slots dropped or came from a reply whose JSON never closes, and, as a metric only,
+    how many usable estimates still hold a gold name (never used to select or reject)."""
     reasons = Counter(p[0].split(":")[0] for p in estimates.problems if p)
     accepted_with_drops = sum(a is not None and bool(d) for a, d in zip(estimates.abstractions, estimates.dropped))
+    accepted_cut_off = sum(a is not None and s for a, s in zip(estimates.abstractions, estimates.salvaged))
     gold_leftovers = sum(bool(leftover_names(a, e)) for a, e in zip(estimates.abstractions, examples) if a is not None)
     return {
         "estimator_valid_rate": estimates.valid_rate,
@@ -239,6 +240,7 @@ def estimator_metrics(examples: Sequence[Example], estimates: Estimates, fallbac
         "estimator_attempts": sum(estimates.attempts),
         "estimator_problems": dict(reasons.most_common()),
         "estimator_accepted_with_drops": accepted_with_drops,
+        "estimator_accepted_cut_off": accepted_cut_off,
         "estimator_gold_leftovers": gold_leftovers,
     }
 
@@ -319,7 +321,7 @@ def make_estimator(config: ConfigDict, base: Pretrained, tuned: Pretrained) -> E
         model = tuned if e.estimator == "self" else (load_pretrained(e.estimator_model) if e.estimator_model else base)
         complete = model_completer(model, e.estimator_max_new_tokens, e.batch_size)
     return lambda examples: model_estimates(
-        examples, complete, form, shots, e.estimator_retries, e.estimator_drop_unplaced
+        examples, complete, form, shots, e.estimator_retries, e.estimator_drop_unplaced, e.estimator_salvage_cut_off
     )
 
 

@@ -355,8 +355,9 @@ def contrast(
 
 def estimator_rows(evaluations: list[tuple[str, str | None, int, dict[str, Any]]]) -> list[dict[str, Any]]:
     """How often a model's estimate passed the gold-free check, per (method, estimator, split), over the seeds;
-    with how many accepted estimates had declared slots dropped (None where an evaluation predates the count) and
-    still hold a gold name. The oracle is exact by construction: left out."""
+    with how many accepted estimates had declared slots dropped, came from a reply whose JSON never closes (each
+    None where an evaluation predates its count) and still hold a gold name. The oracle is exact by construction:
+    left out."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for method, estimator, seed, results in evaluations:
         if estimator not in (None, "oracle"):
@@ -370,15 +371,17 @@ def estimator_rows(evaluations: list[tuple[str, str | None, int, dict[str, Any]]
             "seeds": sorted(f["seed"] for f in found),
             "valid_rate_mean": float(np.mean([f["estimator_valid_rate"] for f in found])),
             "gold_leftovers": int(sum(f["estimator_gold_leftovers"] for f in found)),
-            "accepted_with_drops": (
-                int(sum(f["estimator_accepted_with_drops"] for f in found))
-                if all("estimator_accepted_with_drops" in f for f in found)
-                else None
-            ),
+            "accepted_with_drops": count_over_seeds(found, "estimator_accepted_with_drops"),
+            "accepted_cut_off": count_over_seeds(found, "estimator_accepted_cut_off"),
             **{key: value for path in ("estimated", "fallback") for key, value in pooled_accuracy(found, path).items()},
         }
         for (method, estimator, split), found in groups.items()
     ]
+
+
+def count_over_seeds(found: list[dict[str, Any]], key: str) -> int | None:
+    """`key`'s count summed over the seeds, or None when an evaluation predates it."""
+    return int(sum(f[key] for f in found)) if all(key in f for f in found) else None
 
 
 def pooled_accuracy(found: list[dict[str, Any]], path: str) -> dict[str, float | int | None]:
@@ -431,17 +434,20 @@ def markdown(
         lines += table(header, cells, f"OOD gaps: {GAPS}.")
     if estimates:
         header = ["method", "estimator", "split", "seeds", "valid estimates", "accepted with slots dropped"]
-        header += ["accepted with a gold name"]
+        header += ["accepted from a cut-off reply", "accepted with a gold name"]
         header += ["accuracy through an estimate", "accuracy from the raw prompt"]
         cells = [
             [e["method"], e["estimator"], e["split"], seed_list(e), f"{100 * e['valid_rate_mean']:.1f}%"]
-            + ["-" if e["accepted_with_drops"] is None else e["accepted_with_drops"], e["gold_leftovers"]]
+            + ["-" if e[key] is None else e[key] for key in ("accepted_with_drops", "accepted_cut_off")]
+            + [e["gold_leftovers"]]
             + [path_cell(e, "estimated"), path_cell(e, "fallback")]
             for e in estimates
         ]
         paths = (
             "Questions without a valid estimate are answered as raw prompts. Slots dropped: declared slots that "
-            "placed nothing in the template (eval.estimator_drop_unplaced). The accuracies per path are pooled "
+            "placed nothing in the template (eval.estimator_drop_unplaced). Cut off: replies whose JSON never "
+            "closes (stopped at eval.estimator_max_new_tokens), read by their complete entries "
+            "(eval.estimator_salvage_cut_off). The accuracies per path are pooled "
             "over the seeds (n: question-seed pairs); the first stage decides which questions take which path, so "
             "they are not random halves of the split."
         )

@@ -9,6 +9,7 @@ import pytest
 from capt_jax.config import ConfigDict, ConfigError, get_config
 from capt_jax.data import Example, TestSplit, abstract, load_examples, training_examples, training_questions
 from capt_jax.estimate import (
+    closed_at_last_entry,
     estimation_target,
     model_estimates,
     oracle_estimates,
@@ -146,7 +147,7 @@ def test_estimates_are_validated_and_invalid_ones_retried(prontoqa_examples, for
 @pytest.mark.parametrize("form", ["map", "template"])
 def test_parse_estimation_accepts_the_oracle_and_rejects_malformed_replies(prontoqa_examples, form):
     example = prontoqa_examples[0]
-    abstraction, problems, _ = parse_estimation(
+    abstraction, problems, *_ = parse_estimation(
         "Sure! " + estimation_target(abstract(example), form) + " Done.", example, form
     )
     assert abstraction is not None and problems == []
@@ -190,6 +191,53 @@ def test_a_repeated_name_is_dropped_unless_the_strict_check_is_asked_for(prontoq
         parsed = parse_estimation(json.dumps(reply), example, form)
         assert parsed.abstraction is None and parsed.dropped == []
         assert parsed.problems[0] == "slots whose phrase the text does not hold: ['symbol_1']"
+
+
+@pytest.mark.parametrize(
+    "text, closed",
+    [
+        ('{"a": "x", "b": "y', '{"a": "x"}'),  # cut inside a value
+        ('{"a": "x, y", "b": ["p", "q', '{"a": "x, y"}'),  # never inside a list: the entry goes whole
+        ('{"a": "x", "b": [{"c": 1, "d": 2}, {"c": 3, "d', '{"a": "x"}'),  # nor in an object inside a list
+        ('{"a": "x", "b": 12', '{"a": "x"}'),  # the last entry may be cut off itself
+        ('{"t": "s", "m": {"a": "1", "b": "2", "c', '{"t": "s", "m": {"a": "1", "b": "2"}}'),
+        ('{"a": "x\\", ", "b"', '{"a": "x\\", "}'),  # an escaped quote does not end the string
+        ('{"a": "x"}', None),  # not cut off
+        ('{"a": "x"} and, after it', None),
+        ('{"a": "x', None),  # no complete entry
+    ],
+)
+def test_closed_at_last_entry(text, closed):
+    assert closed_at_last_entry(text) == closed
+
+
+@pytest.mark.parametrize("form", ["map", "template"])
+def test_a_cut_off_reply_keeps_its_complete_entries_only_when_salvaged(prontoqa_examples, form):
+    example = prontoqa_examples[0]
+    target = estimation_target(abstract(example), form)
+    closing = "}" if form == "map" else "}}"
+    name = abstract(example).terms["symbol_1"].text
+    cut = target[: -len(closing)] + f', "symbol_99": "{name}", "symbol_100": "{name[:2]}'  # a loop, cut off
+    rejected = parse_estimation(cut, example, form)
+    assert rejected.abstraction is None and rejected.problems == [f"not a JSON reply of the {form} form"]
+    salvaged = parse_estimation(cut, example, form, salvage_cut_off=True)
+    assert salvaged.abstraction.prompt == abstract(example).prompt
+    assert salvaged.dropped == ["symbol_99"] and salvaged.salvaged
+    whole = parse_estimation(target, example, form, salvage_cut_off=True)
+    assert whole.abstraction is not None and not whole.salvaged
+
+    def first_stage(salvage: bool) -> dict:
+        results, _ = evaluate_sets(
+            {"id": TestSplit([example])},
+            lambda exs: model_estimates(exs, lambda c, attempt: [cut], form, retries=0, salvage_cut_off=salvage),
+            lambda prompts: ["<answer>True</answer>"],
+            "random",
+        )
+        return results["id"]
+
+    salvaging, strict = first_stage(True), first_stage(False)
+    assert salvaging["estimator_accepted_cut_off"] == 1 and salvaging["estimator_valid_rate"] == 1
+    assert strict["estimator_accepted_cut_off"] == 0 and strict["estimator_valid_rate"] == 0
 
 
 def test_split_that_cannot_be_made_is_reported_not_scored(prontoqa_examples):

@@ -252,6 +252,7 @@ def test_estimator_rows_average_valid_rates_over_seeds_and_leave_out_the_oracle(
 
     paths = {"n_estimated": 4, "accuracy_estimated": 0.5, "n_fallback": 16, "accuracy_fallback": 0.75}
     paths["estimator_accepted_with_drops"] = 2
+    paths["estimator_accepted_cut_off"] = 1
     evaluations = [
         ("capt", "self", 0, results(0.2, 3, **paths)),
         ("capt", "self", 1, results(0.4, 1, **dict(paths, n_estimated=8, accuracy_estimated=1.0, n_fallback=12))),
@@ -267,6 +268,7 @@ def test_estimator_rows_average_valid_rates_over_seeds_and_leave_out_the_oracle(
         "valid_rate_mean": pytest.approx(0.3),
         "gold_leftovers": 4,
         "accepted_with_drops": 4,
+        "accepted_cut_off": 2,
         "n_estimated": 12,
         "accuracy_estimated": pytest.approx((2 + 8) / 12),
         "n_fallback": 28,
@@ -275,6 +277,7 @@ def test_estimator_rows_average_valid_rates_over_seeds_and_leave_out_the_oracle(
     # An evaluation from before the per-path counts leaves them unknown rather than pooled over fewer seeds.
     (row,) = estimator_rows([*evaluations[:1], ("capt", "self", 1, results(0.4, 1))])
     assert row["n_estimated"] is None and row["accuracy_fallback"] is None and row["accepted_with_drops"] is None
+    assert row["accepted_cut_off"] is None
     # summary.md shows the unknown counts as "-" and still ends with the caller's note.
     text = markdown([], [], [], [row], ["id"], "NOTE")
-    assert "| capt | self | id | 0,1 | 30.0% | - | 4 | - | - |" in text and text.endswith("\nNOTE")
+    assert "| capt | self | id | 0,1 | 30.0% | - | - | 4 | - | - |" in text and text.endswith("\nNOTE")
