@@ -92,7 +92,7 @@ def closed_at_last_entry(text: str) -> str | None:
     fails)."""
     stack: list[str] = []
     in_string = escaped = False
-    cut: tuple[int, str] | None = None
+    cut: tuple[int, int] | None = None  # (where, how many objects are open there)
     for i, char in enumerate(text):
         if in_string:
             escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
@@ -105,8 +105,8 @@ def closed_at_last_entry(text: str) -> str | None:
                 return None
             stack.pop()
         elif char == "," and stack and "[" not in stack:
-            cut = (i, "}" * len(stack))
-    return text[: cut[0]] + cut[1] if cut else None
+            cut = (i, len(stack))
+    return text[: cut[0]] + "}" * cut[1] if cut else None
 
 
 def parse_estimation(
@@ -117,9 +117,9 @@ def parse_estimation(
     `salvage_cut_off`, a reply whose JSON never closes (cut off at the token limit, most often by a loop) keeps
     its complete entries (`closed_at_last_entry`)."""
     start = reply.find("{")
-    data = _json_object(reply[start:]) if start >= 0 else None
-    salvaged = False
-    if data is None and start >= 0 and salvage_cut_off and (closed := closed_at_last_entry(reply[start:])):
+    body = reply[start:] if start >= 0 else ""
+    data, salvaged = _json_object(body), False
+    if data is None and salvage_cut_off and (closed := closed_at_last_entry(body)):
         data, salvaged = _json_object(closed), True
     template = None
     if check_form(form) == "template":
